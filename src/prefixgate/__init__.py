@@ -1,0 +1,3 @@
+"""prefixgate: a cache-stable gateway for Anthropic-API agents."""
+
+__version__ = "0.1.0"

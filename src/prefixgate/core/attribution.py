@@ -1,0 +1,175 @@
+"""Detect and parse Claude Code's attribution block.
+
+Claude Code opens its system prompt with a line such as::
+
+    x-anthropic-billing-header: cc_version=2.1.197.3ab; cc_entrypoint=cli; cch=fa690;
+
+or, in newer builds, a JSON payload::
+
+    x-anthropic-billing-header: {"cc_is_subagent":true}
+
+Its values change per conversation, per subagent and sometimes per request, so
+it defeats every prefix cache that does not know about it.
+
+Detection is deliberately narrow:
+
+* only at offset 0 of the system prompt: the first text block of an array
+  ``system``, or the first line of a string ``system``;
+* only the fixed header structure: the header name, then either a JSON object or
+  one or more ``key=value`` pairs separated by ``; `` (trailing ``;`` optional);
+  the header ends at a line break, at the end of the text, or, when the pairs end
+  with ``;``, right before glued text (``...cch=fa690;You are Claude Code``).
+
+Anything else, including the same text quoted later in the prompt, in a user
+message or in a tool result, is not an attribution block. Everything here is a
+pure function of its arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+HEADER_NAME = "x-anthropic-billing-header"
+
+_PREFIX = re.compile(r"x-anthropic-billing-header:[ \t]*")
+_KEY = r"[A-Za-z_][A-Za-z0-9_.-]*"
+_VALUE = r"[^;\s]*"
+# Pairs separated by "; " (any horizontal whitespace), optional final ";".
+_KV = re.compile(rf"(?P<pairs>{_KEY}={_VALUE}(?:;[ \t]*{_KEY}={_VALUE})*)(?P<semi>;?)")
+_PAIR = re.compile(rf"({_KEY})=({_VALUE})")
+_LINE_END = re.compile(r"[ \t]*(?:\r\n|\n|\r|$)")
+
+Form = Literal["kv", "json"]
+Location = Literal["block", "string"]
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """One attribution block found at the head of a system prompt.
+
+    ``header`` is the header itself; ``removed`` is the exact text a strip
+    removes (the header plus the line break that ends it, if any), so
+    ``text.startswith(removed)`` holds for the text it was found in.
+    """
+
+    header: str
+    removed: str
+    form: Form
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    location: Location = "block"
+    whole_block: bool = True
+    glued: bool = False
+
+    @property
+    def separator(self) -> str:
+        """The line break (or nothing) that followed the header."""
+        return self.removed[len(self.header) :]
+
+    @property
+    def is_subagent(self) -> bool:
+        value = self.fields.get("cc_is_subagent")
+        return value is True or value == "true"
+
+    @property
+    def entrypoint(self) -> str | None:
+        value = self.fields.get("cc_entrypoint")
+        return value if isinstance(value, str) else None
+
+
+def parse_header(text: str) -> Attribution | None:
+    """Parse an attribution header at offset 0 of ``text``.
+
+    Returns ``None`` unless ``text`` starts with a well-formed header. The
+    result's ``location`` and ``whole_block`` describe ``text`` alone; callers
+    that know where the text came from adjust ``location``.
+    """
+    head = _PREFIX.match(text)
+    if head is None:
+        return None
+    start = head.end()
+    if text.startswith("{", start):
+        return _parse_json(text, start)
+    return _parse_kv(text, start)
+
+
+def _parse_json(text: str, start: int) -> Attribution | None:
+    try:
+        payload, end = json.JSONDecoder().raw_decode(text, start)
+    except ValueError:
+        return None
+    if not isinstance(payload, dict):
+        return None
+    return _finish(text, end, "json", payload, glued_ok=False)
+
+
+def _parse_kv(text: str, start: int) -> Attribution | None:
+    match = _KV.match(text, start)
+    if match is None:
+        return None
+    fields = dict(_PAIR.findall(match.group("pairs")))
+    glued_ok = bool(match.group("semi"))
+    return _finish(text, match.end(), "kv", fields, glued_ok=glued_ok)
+
+
+def _finish(
+    text: str, end: int, form: Form, fields: Mapping[str, Any], *, glued_ok: bool
+) -> Attribution | None:
+    line_end = _LINE_END.match(text, end)
+    if line_end is not None:
+        header = text[:end]
+        removed = text[: line_end.end()]
+        glued = False
+    elif glued_ok:
+        header = removed = text[:end]
+        glued = True
+    else:
+        return None
+    return Attribution(
+        header=header,
+        removed=removed,
+        form=form,
+        fields=fields,
+        whole_block=len(removed) == len(text),
+        glued=glued,
+    )
+
+
+def detect(body: Mapping[str, Any]) -> Attribution | None:
+    """Find the attribution block at the head of ``body['system']``, if any."""
+    system = body.get("system")
+    if isinstance(system, str):
+        found = parse_header(system)
+        return None if found is None else _at(found, "string")
+    if isinstance(system, list) and system:
+        first = system[0]
+        if isinstance(first, dict) and first.get("type") == "text":
+            text = first.get("text")
+            if isinstance(text, str):
+                found = parse_header(text)
+                return None if found is None else _at(found, "block")
+    return None
+
+
+def _at(found: Attribution, location: Location) -> Attribution:
+    return Attribution(
+        header=found.header,
+        removed=found.removed,
+        form=found.form,
+        fields=found.fields,
+        location=location,
+        whole_block=found.whole_block,
+        glued=found.glued,
+    )
+
+
+def render_fields(fields: Mapping[str, Any]) -> str:
+    """Render fields as ``k=v; k=v;`` (JSON-form values compactly encoded)."""
+    parts = []
+    for key, value in fields.items():
+        text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+        parts.append(f"{key}={text};")
+    return " ".join(parts)

@@ -1,0 +1,29 @@
+"""Canonical JSON and digests: the same value always hashes the same way.
+
+Keys are sorted, separators are compact and non-ASCII text is kept as UTF-8, so
+the digest depends on the value only, never on how a client happened to order
+or escape its JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+
+def canonical_json(value: Any) -> bytes:
+    """Encode ``value`` as canonical JSON bytes."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def digest(value: Any) -> str:
+    """SHA-256 of the canonical JSON of ``value``, as 64 hex digits."""
+    return hashlib.sha256(canonical_json(value)).hexdigest()
+
+
+def chain(parts: list[str]) -> str:
+    """Hash an ordered list of digests into one (order matters, as in a prefix)."""
+    return hashlib.sha256("\n".join(parts).encode("ascii")).hexdigest()

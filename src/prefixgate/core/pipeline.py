@@ -1,0 +1,175 @@
+"""The rewrite pipeline: client bytes in, the bytes to forward and what was learnt out.
+
+    parse -> detect attribution -> apply policy -> serialise -> segment -> key
+
+Pure: no sockets, no clock, no environment. The forwarded bytes are the
+client's own bytes whenever the policy changed nothing; when it did, only the
+``system`` value is re-encoded and spliced back in place, so every other byte
+(key order, escapes, number formats, whitespace) stays as the client sent it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefixgate.core.attribution import Attribution, detect
+from prefixgate.core.cachekey import PromptCacheKey, build_key
+from prefixgate.core.errors import InvalidRequest
+from prefixgate.core.policy import (
+    DEFAULT_NORMALIZE_KEEP,
+    Policy,
+    PolicyResult,
+    apply_policy,
+    normalized_line,
+)
+from prefixgate.core.segments import Segments, split
+
+
+@dataclass(frozen=True)
+class RewriteOptions:
+    policy: Policy = Policy.STRIP
+    normalize_keep: tuple[str, ...] = DEFAULT_NORMALIZE_KEEP
+    metadata_header: str | None = None
+    provider: str = "anthropic"
+    tenant: str = "default"
+    require_max_tokens: bool = True
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """The outcome of one rewrite."""
+
+    body: bytes
+    parsed: dict[str, Any]
+    attribution: Attribution | None
+    policy: Policy
+    changed: bool
+    segments: Segments
+    key: PromptCacheKey
+    upstream_headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def model(self) -> str:
+        return str(self.parsed["model"])
+
+    @property
+    def stream(self) -> bool:
+        return self.parsed.get("stream") is True
+
+
+def rewrite(raw: bytes, options: RewriteOptions = RewriteOptions()) -> Rewrite:
+    """Run the whole pipeline over one request body."""
+    body = parse_request(raw, require_max_tokens=options.require_max_tokens)
+    found = detect(body)
+    result = apply_policy(
+        body,
+        found,
+        options.policy,
+        normalize_keep=options.normalize_keep,
+        metadata_header=options.metadata_header,
+    )
+    out = splice_system(raw, body, result.body) if result.changed else raw
+    segments = segment(body, found, result)
+    key = build_key(
+        segments,
+        provider=options.provider,
+        model=str(body["model"]),
+        tenant=options.tenant,
+        policy=options.policy.value,
+    )
+    return Rewrite(
+        body=out,
+        parsed=result.body,
+        attribution=found,
+        policy=options.policy,
+        changed=result.changed,
+        segments=segments,
+        key=key,
+        upstream_headers=result.upstream_headers,
+    )
+
+
+def segment(body: Mapping[str, Any], found: Attribution | None, result: PolicyResult) -> Segments:
+    """Segment the prompt with the block split off into a segment of its own."""
+    if found is None:
+        return split(body, None)
+    stripped = apply_policy(body, found, Policy.STRIP).body
+    kept: str | None = None
+    if result.policy is Policy.PASSTHROUGH:
+        kept = found.header
+    elif result.policy is Policy.NORMALIZE:
+        kept = normalized_line(found)
+    return split(stripped, kept)
+
+
+def parse_request(raw: bytes, *, require_max_tokens: bool = True) -> dict[str, Any]:
+    """Parse and check the fields the gateway relies on; raise InvalidRequest."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    _check_fields(body, require_max_tokens=require_max_tokens)
+    return body
+
+
+def _check_fields(body: Mapping[str, Any], *, require_max_tokens: bool) -> None:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("model: field required (a non-empty string)")
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise InvalidRequest("messages: field required (a list of messages)")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise InvalidRequest(f"messages.{i}: each message must be an object with a role")
+        if not isinstance(message.get("content"), str | list):
+            raise InvalidRequest(f"messages.{i}.content: must be a string or a list of blocks")
+    max_tokens = body.get("max_tokens")
+    if require_max_tokens and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool)):
+        raise InvalidRequest("max_tokens: field required (an integer)")
+    if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens < 1:
+        raise InvalidRequest("max_tokens: must be at least 1")
+    system = body.get("system")
+    if system is not None and not isinstance(system, str | list):
+        raise InvalidRequest("system: must be a string or a list of text blocks")
+    if body.get("tools") is not None and not isinstance(body["tools"], list):
+        raise InvalidRequest("tools: must be a list")
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise InvalidRequest("stream: must be a boolean")
+
+
+# (item separator, key separator, ensure_ascii): JavaScript's JSON.stringify
+# first, then Python's json.dumps defaults; together they cover real clients.
+_STYLES: tuple[tuple[str, str, bool], ...] = (
+    (",", ":", False),
+    (", ", ": ", False),
+    (",", ":", True),
+    (", ", ": ", True),
+)
+
+
+def _encode(value: Any, style: tuple[str, str, bool] = _STYLES[0]) -> bytes:
+    item, colon, ascii_only = style
+    return json.dumps(value, ensure_ascii=ascii_only, separators=(item, colon)).encode("utf-8")
+
+
+def splice_system(raw: bytes, old: Mapping[str, Any], new: Mapping[str, Any]) -> bytes:
+    """Replace the encoded ``system`` value inside ``raw``, leaving other bytes alone.
+
+    Looks for ``"system":`` followed by the encoding of the old value in one of
+    the common JSON styles; when it occurs exactly once it is swapped for the
+    new value encoded the same way. Otherwise (a client with unusual spacing)
+    the whole body is re-encoded compactly, which keeps keys and their order.
+    """
+    for style in _STYLES:
+        key = b'"system"' + style[1].encode()
+        needle = key + _encode(old["system"], style)
+        at = raw.find(needle)
+        if at >= 0 and raw.find(needle, at + 1) < 0:
+            return raw[:at] + key + _encode(new["system"], style) + raw[at + len(needle) :]
+    return _encode(dict(new))

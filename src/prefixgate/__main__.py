@@ -1,0 +1,3 @@
+from prefixgate.cli import main
+
+main()

@@ -1,0 +1,158 @@
+"""Command line: serve, rewrite, key, demo.
+
+Each command is a thin layer: it reads its input, calls the pure core or the
+app, and prints. Contracts other tools rely on:
+
+* ``rewrite [--policy P] [--explain] [FILE|-]`` prints the body that would be
+  forwarded, as JSON on stdout; ``--explain`` writes what was found to stderr.
+* ``key [FILE|-]`` prints ``{"key", "segments", "attribution"}`` as one JSON object.
+
+FILE holds a request body or one capture record (``method``, ``path``,
+``headers``, ``body`` as a JSON string).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from prefixgate import __version__
+from prefixgate.config import ConfigError, Settings, load_settings
+from prefixgate.core.errors import PrefixgateError
+from prefixgate.core.pipeline import Rewrite, RewriteOptions, rewrite
+from prefixgate.core.policy import Policy
+
+POLICIES = [p.value for p in Policy]
+
+
+def read_request(source: str) -> bytes:
+    """The request body in ``source`` (a path or ``-``), unwrapping a capture record."""
+    raw = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return raw  # let the pipeline report the JSON error
+    if isinstance(value, dict) and isinstance(value.get("body"), str) and "messages" not in value:
+        return str(value["body"]).encode("utf-8")
+    return raw
+
+
+def _policy(value: str | None) -> Policy | None:
+    return None if value is None else Policy.parse(value)
+
+
+def _run_rewrite(source: str, policy: Policy) -> Rewrite:
+    try:
+        return rewrite(
+            read_request(source), RewriteOptions(policy=policy, provider="anthropic:default")
+        )
+    except PrefixgateError as exc:
+        raise click.ClickException(f"{exc.error_type}: {exc.message}") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {source}: {exc.strerror}") from None
+
+
+@click.group()
+@click.version_option(__version__, prog_name="prefixgate")
+def main() -> None:
+    """prefixgate: a cache-stable gateway for Claude Code and other Anthropic-API agents."""
+
+
+@main.command("rewrite")
+@click.option("--policy", type=click.Choice(POLICIES), default="strip", show_default=True)
+@click.option("--explain", is_flag=True, help="Describe what was found and changed on stderr.")
+@click.argument("source", default="-")
+def rewrite_cmd(policy: str, explain: bool, source: str) -> None:
+    """Print the body prefixgate would forward for the request in SOURCE."""
+    result = _run_rewrite(source, Policy.parse(policy))
+    sys.stdout.buffer.write(result.body)
+    sys.stdout.buffer.write(b"\n")
+    if explain:
+        click.echo(_explain(result), err=True)
+
+
+def _explain(result: Rewrite) -> str:
+    found = result.attribution
+    if found is None:
+        return f"policy {result.policy.value}: no attribution block found; body unchanged"
+    fields = ", ".join(f"{k}={v}" for k, v in found.fields.items())
+    action = "changed" if result.changed else "left unchanged"
+    lines = [
+        f"attribution block found: {found.form} form, {found.location} "
+        f"({'whole first block' if found.whole_block else 'head of the text'}"
+        f"{', glued to the next text' if found.glued else ''})",
+        f"  fields: {fields}",
+        f"  text: {found.header!r}",
+        f"policy {result.policy.value}: body {action}",
+        f"prefix key: {result.key.hex}",
+    ]
+    return "\n".join(lines)
+
+
+@main.command("key")
+@click.option("--policy", type=click.Choice(POLICIES), default="strip", show_default=True)
+@click.argument("source", default="-")
+def key_cmd(policy: str, source: str) -> None:
+    """Print the stable prefix cache key and segment hashes of the request in SOURCE."""
+    result = _run_rewrite(source, Policy.parse(policy))
+    out: dict[str, Any] = {
+        "key": result.key.hex,
+        "segments": result.segments.summary(),
+        "attribution": dict(result.attribution.fields) if result.attribution else None,
+    }
+    click.echo(json.dumps(out, ensure_ascii=False))
+
+
+@main.command("serve")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--upstream", default=None, help="Anthropic-compatible base URL to forward to.")
+@click.option("--policy", type=click.Choice(POLICIES), default=None)
+@click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port to listen on (default 8787).")
+@click.option("--log-level", default="info", show_default=True)
+def serve_cmd(
+    config_path: str | None,
+    upstream: str | None,
+    policy: str | None,
+    host: str | None,
+    port: int | None,
+    log_level: str,
+) -> None:
+    """Run the gateway (with the bundled local runtime when no upstream is set)."""
+    flags = {"upstream": upstream, "policy": policy, "host": host, "port": port}
+    try:
+        settings = load_settings(config_path, flags=flags)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    from prefixgate.server import run
+
+    run(settings, log_level=log_level)
+
+
+@main.command("demo")
+@click.option("--all", "all_requests", is_flag=True, help="Replay the whole corpus file.")
+@click.option("--corpus", type=click.Path(exists=True, dir_okay=False), default=None)
+def demo_cmd(all_requests: bool, corpus: str | None) -> None:
+    """Replay recorded Claude Code requests straight to the local runtime and through prefixgate."""
+    from rich.console import Console
+
+    from prefixgate.demo import run_demo
+
+    code = run_demo(
+        all_requests=all_requests, corpus=Path(corpus) if corpus else None, console=Console()
+    )
+    sys.exit(code)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+__all__ = ["Settings", "configure_logging", "main", "read_request"]

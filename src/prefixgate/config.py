@@ -1,0 +1,261 @@
+"""Settings: the only module that reads files and the environment.
+
+Three sources, later ones winning: a TOML file, ``PREFIXGATE_*`` environment
+variables, command-line flags. ``build_settings`` is pure (it takes the three as
+plain mappings); ``load_settings`` reads the file and the environment and calls
+it. Example file::
+
+    [server]
+    host = "127.0.0.1"
+    port = 8787
+    max_body_bytes = 33554432
+
+    [upstreams.local]
+    kind = "anthropic"
+    url = "http://127.0.0.1:8080"
+    policy = "strip"               # default: strip, passthrough when first_party
+    # api_key_env = "LOCAL_KEY"    # or api_key = "..."; replaces client credentials
+    # first_party = false          # true for Anthropic's own API
+
+    [[routes]]
+    model = "claude-haiku-*"       # glob over the request's model
+    upstream = "local"
+    # policy = "normalize"         # overrides the upstream's policy on this route
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from prefixgate.core.policy import DEFAULT_NORMALIZE_KEEP, METADATA_HEADER, Policy
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8787
+DEFAULT_MAX_BODY = 32 * 1024 * 1024
+FIRST_PARTY_HOSTS = ("api.anthropic.com",)
+UPSTREAM_KINDS = ("anthropic",)
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    name: str
+    url: str
+    kind: str = "anthropic"
+    api_key: str | None = field(default=None, repr=False)
+    first_party: bool = False
+    policy: Policy = Policy.STRIP
+    normalize_keep: tuple[str, ...] = DEFAULT_NORMALIZE_KEEP
+    metadata_header: str | None = None
+    connect_timeout: float = 10.0
+    read_timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class Route:
+    model: str
+    upstream: str
+    policy: Policy | None = None
+
+    def matches(self, model: str) -> bool:
+        return fnmatch.fnmatchcase(model, self.model)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    tenant: str = "default"
+    audit_path: str | None = None
+    upstreams: Mapping[str, UpstreamConfig] = field(default_factory=dict)
+    routes: tuple[Route, ...] = ()
+
+    @property
+    def embedded(self) -> bool:
+        """True when no upstream is configured: serve starts the bundled runtime."""
+        return not self.upstreams
+
+    def route(self, model: str) -> tuple[UpstreamConfig, Policy] | None:
+        """The upstream and policy for ``model``, or None when no route matches."""
+        for route in self.routes:
+            if route.matches(model):
+                upstream = self.upstreams[route.upstream]
+                return upstream, route.policy or upstream.policy
+        return None
+
+    def warnings(self) -> list[str]:
+        """Settings that work but are probably not what the operator wants."""
+        out = []
+        for up in self.upstreams.values():
+            if up.policy is Policy.PASSTHROUGH and not up.first_party:
+                out.append(
+                    f"upstream {up.name!r} forwards the attribution block unchanged "
+                    "(passthrough) but is not first-party: its prefix cache will miss "
+                    "on every new conversation and subagent"
+                )
+            if up.first_party and up.policy is not Policy.PASSTHROUGH:
+                out.append(
+                    f"upstream {up.name!r} is first-party but its policy is "
+                    f"{up.policy.value}: Anthropic's API may refuse requests without the block"
+                )
+        return out
+
+    def with_upstream(self, url: str) -> Settings:
+        """These settings with every route sent to one upstream at ``url``."""
+        up = upstream_from_table("default", {"url": url})
+        return replace(self, upstreams={"default": up}, routes=(Route("*", "default"),))
+
+
+def is_first_party(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host in FIRST_PARTY_HOSTS
+
+
+def upstream_from_table(
+    name: str, table: Mapping[str, Any], env: Mapping[str, str] | None = None
+) -> UpstreamConfig:
+    """Build one upstream from its TOML table (pure apart from the given env)."""
+    url = table.get("url")
+    if not isinstance(url, str) or not urlsplit(url).scheme.startswith("http"):
+        raise ConfigError(f"upstreams.{name}.url: an http(s) URL is required, got {url!r}")
+    kind = str(table.get("kind", "anthropic"))
+    if kind not in UPSTREAM_KINDS:
+        raise ConfigError(f"upstreams.{name}.kind: unknown kind {kind!r} ({UPSTREAM_KINDS})")
+    first_party = bool(table.get("first_party", is_first_party(url)))
+    default_policy = Policy.PASSTHROUGH if first_party else Policy.STRIP
+    return UpstreamConfig(
+        name=name,
+        url=url.rstrip("/"),
+        kind=kind,
+        api_key=_api_key(name, table, env or {}),
+        first_party=first_party,
+        policy=_policy(f"upstreams.{name}.policy", table.get("policy"), default_policy),
+        normalize_keep=tuple(table.get("normalize_keep", DEFAULT_NORMALIZE_KEEP)),
+        metadata_header=table.get("metadata_header"),
+        connect_timeout=float(table.get("connect_timeout", 10.0)),
+        read_timeout=float(table.get("read_timeout", 600.0)),
+    )
+
+
+def _api_key(name: str, table: Mapping[str, Any], env: Mapping[str, str]) -> str | None:
+    if "api_key_env" in table:
+        var = str(table["api_key_env"])
+        if var not in env:
+            raise ConfigError(f"upstreams.{name}.api_key_env: variable {var} is not set")
+        return env[var]
+    key = table.get("api_key")
+    return str(key) if key else None
+
+
+def _policy(where: str, value: Any, default: Policy) -> Policy:
+    if value is None:
+        return default
+    try:
+        return Policy.parse(str(value))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _int(where: str, value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: an integer is required, got {value!r}") from None
+
+
+def build_settings(
+    file: Mapping[str, Any], env: Mapping[str, str], flags: Mapping[str, Any]
+) -> Settings:
+    """Merge the file, the environment and the flags (later wins) into Settings."""
+    server = dict(file.get("server", {}))
+    for key, var in (("host", "HOST"), ("port", "PORT"), ("max_body_bytes", "MAX_BODY_BYTES")):
+        if f"PREFIXGATE_{var}" in env:
+            server[key] = env[f"PREFIXGATE_{var}"]
+    server.update({k: v for k, v in flags.items() if k in ("host", "port") and v is not None})
+    tables = dict(file.get("upstreams", {}))
+    upstream_url = flags.get("upstream") or env.get("PREFIXGATE_UPSTREAM")
+    if upstream_url:
+        tables = {"default": {**tables.get("default", {}), "url": upstream_url}}
+        if env.get("PREFIXGATE_UPSTREAM_API_KEY"):
+            tables["default"]["api_key"] = env["PREFIXGATE_UPSTREAM_API_KEY"]
+    policy = flags.get("policy") or env.get("PREFIXGATE_POLICY")
+    if policy:
+        tables = {name: {**table, "policy": policy} for name, table in tables.items()}
+    upstreams = {name: upstream_from_table(name, t, env) for name, t in tables.items()}
+    return Settings(
+        host=str(server.get("host", DEFAULT_HOST)),
+        port=_int("server.port", server.get("port", DEFAULT_PORT)),
+        max_body_bytes=_int(
+            "server.max_body_bytes", server.get("max_body_bytes", DEFAULT_MAX_BODY)
+        ),
+        tenant=str(server.get("tenant", "default")),
+        audit_path=server.get("audit_path") or env.get("PREFIXGATE_AUDIT_PATH"),
+        upstreams=upstreams,
+        routes=_routes(file.get("routes", []), upstreams, upstream_url is not None),
+    )
+
+
+def _routes(
+    tables: Any, upstreams: Mapping[str, UpstreamConfig], single: bool
+) -> tuple[Route, ...]:
+    if single or not upstreams:
+        return (Route("*", next(iter(upstreams))),) if upstreams else ()
+    routes = []
+    for i, table in enumerate(tables):
+        name = table.get("upstream")
+        if name not in upstreams:
+            raise ConfigError(f"routes[{i}].upstream: no upstream named {name!r}")
+        policy = table.get("policy")
+        routes.append(
+            Route(
+                model=str(table.get("model", "*")),
+                upstream=name,
+                policy=None
+                if policy is None
+                else _policy(f"routes[{i}].policy", policy, Policy.STRIP),
+            )
+        )
+    routes.append(Route("*", next(iter(upstreams))))
+    return tuple(routes)
+
+
+def load_settings(
+    config_path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read the config file (flag, else ``PREFIXGATE_CONFIG``) and the environment."""
+    env = dict(os.environ if environ is None else environ)
+    path = config_path or env.get("PREFIXGATE_CONFIG")
+    file: dict[str, Any] = {}
+    if path:
+        try:
+            file = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return build_settings(file, env, flags or {})
+
+
+__all__ = [
+    "METADATA_HEADER",
+    "ConfigError",
+    "Route",
+    "Settings",
+    "UpstreamConfig",
+    "build_settings",
+    "load_settings",
+]

@@ -1,0 +1,51 @@
+"""Run the gateway: the embedded runtime when no upstream is set, then uvicorn."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import click
+import uvicorn
+
+from prefixgate.app.gateway import create_app
+from prefixgate.config import Settings
+from prefixgate.store.audit import AuditSink, JsonlAudit, MemoryAudit
+
+log = logging.getLogger("prefixgate")
+
+
+def run(settings: Settings, *, log_level: str = "info") -> None:
+    """Serve until interrupted; stop the embedded runtime, if any, on the way out."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    with contextlib.ExitStack() as stack:
+        if settings.embedded:
+            settings = settings.with_upstream(_start_embedded(stack))
+        audit: AuditSink = JsonlAudit(settings.audit_path) if settings.audit_path else MemoryAudit()
+        app = create_app(settings, audit=audit)
+        log.info("prefixgate listening on http://%s:%d", settings.host, settings.port)
+        for name, up in settings.upstreams.items():
+            log.info("upstream %s: %s (policy %s)", name, up.url, up.policy.value)
+        uvicorn.run(
+            app, host=settings.host, port=settings.port, log_level=log_level, access_log=False
+        )
+
+
+def _start_embedded(stack: contextlib.ExitStack) -> str:
+    from prefixgate.runtime.local import LocalRuntime, RuntimeMissing, default_spec
+
+    try:
+        spec = default_spec()
+    except RuntimeMissing as exc:
+        raise click.ClickException(
+            f"no upstream configured and the bundled runtime is not installed.\n{exc}\n"
+            "Or point prefixgate at a running server: prefixgate serve --upstream URL"
+        ) from None
+    runtime = LocalRuntime(spec)
+    log.info("starting the bundled llama-server (model %s)", spec.model.name)
+    runtime.start()
+    stack.callback(runtime.stop)
+    log.info("bundled runtime ready at %s", runtime.base_url)
+    return runtime.base_url

@@ -1,0 +1,192 @@
+"""Fold an Anthropic Messages response into one final record.
+
+``StreamFold`` is a pure left fold over stream events, in the spirit of the
+Anthropic SDK's ``accumulate_event``: feed it each event's type and JSON
+payload in order, then ask for ``result()``. ``summarize_message`` gives the
+same record for a non-streamed JSON response, so usage accounting and audit do
+not care how a response arrived.
+
+Usage is merged field by field and later non-null values win: ``message_start``
+carries the input side (llama.cpp sends ``input_tokens``,
+``cache_read_input_tokens`` and ``output_tokens: 0`` there), and
+``message_delta`` carries cumulative counts that may override any field
+(Anthropic may repeat or revise the cache fields there). A field never
+reported stays ``None``, meaning unknown, never a default of 0.
+
+Upstream data is not trusted to be well formed: a missing field, a value of the
+wrong type, a negative or boolean token count or an unknown event type is
+ignored, never raised on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+__all__ = ["MessageSummary", "StreamFold", "Usage", "summarize_message"]
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts as reported; ``None`` means the upstream did not say."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+
+    @property
+    def prompt_tokens(self) -> int | None:
+        """Whole prompt size: input plus cache read and cache creation.
+
+        ``None`` when ``input_tokens`` is unknown; unknown cache fields count 0.
+        """
+        if self.input_tokens is None:
+            return None
+        cached = (self.cache_read_input_tokens or 0) + (self.cache_creation_input_tokens or 0)
+        return self.input_tokens + cached
+
+    @classmethod
+    def from_payload(cls, payload: object) -> Usage:
+        """Read a wire ``usage`` object, keeping only usable token counts."""
+        return cls().merged(payload)
+
+    def merged(self, payload: object) -> Usage:
+        """This usage updated by the usable counts in a wire ``usage`` object."""
+        if not isinstance(payload, Mapping):
+            return self
+        updates = {}
+        for f in fields(self):
+            count = _token_count(payload.get(f.name))
+            if count is not None:
+                updates[f.name] = count
+        return replace(self, **updates) if updates else self
+
+
+@dataclass(frozen=True)
+class MessageSummary:
+    """The final record of one response.
+
+    ``error`` is the ``error`` object of an error event or error body (e.g.
+    ``{"type": "overloaded_error", "message": "Overloaded"}``), or the whole
+    payload when it has no such object. ``text`` joins all text content.
+    """
+
+    id: str | None = None
+    model: str | None = None
+    stop_reason: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    error: dict[str, Any] | None = None
+    text: str = ""
+
+
+class StreamFold:
+    """Accumulate stream events into a ``MessageSummary``.
+
+    The event type is the payload's ``type`` when that is a string, otherwise
+    ``event_type`` (the SSE event name), so data-only streams still fold.
+    """
+
+    def __init__(self) -> None:
+        self._id: str | None = None
+        self._model: str | None = None
+        self._stop_reason: str | None = None
+        self._usage = Usage()
+        self._error: dict[str, Any] | None = None
+        self._text: list[str] = []
+
+    def feed(self, event_type: str | None, payload: Mapping[str, Any]) -> None:
+        """Fold one event in; anything unusable is ignored."""
+        if not isinstance(payload, Mapping):
+            return
+        kind = payload.get("type")
+        if not isinstance(kind, str):
+            kind = event_type
+        if kind == "message_start":
+            self._on_message(payload.get("message"))
+        elif kind == "content_block_start":
+            self._text.append(_block_text(payload.get("content_block")))
+        elif kind == "content_block_delta":
+            self._on_delta(payload.get("delta"))
+        elif kind == "message_delta":
+            self._on_message_delta(payload)
+        elif kind == "error":
+            self._error = _error_of(payload)
+
+    def result(self) -> MessageSummary:
+        """The record so far; feeding may continue afterwards."""
+        return MessageSummary(
+            id=self._id,
+            model=self._model,
+            stop_reason=self._stop_reason,
+            usage=self._usage,
+            error=self._error,
+            text="".join(self._text),
+        )
+
+    def _on_message(self, message: object) -> None:
+        if not isinstance(message, Mapping):
+            return
+        self._id = _str_or(message.get("id"), self._id)
+        self._model = _str_or(message.get("model"), self._model)
+        self._stop_reason = _str_or(message.get("stop_reason"), self._stop_reason)
+        self._usage = self._usage.merged(message.get("usage"))
+        self._text.append(_content_text(message.get("content")))
+
+    def _on_delta(self, delta: object) -> None:
+        if isinstance(delta, Mapping) and delta.get("type") == "text_delta":
+            text = delta.get("text")
+            if isinstance(text, str):
+                self._text.append(text)
+
+    def _on_message_delta(self, payload: Mapping[str, Any]) -> None:
+        delta = payload.get("delta")
+        if isinstance(delta, Mapping):
+            self._stop_reason = _str_or(delta.get("stop_reason"), self._stop_reason)
+        self._usage = self._usage.merged(payload.get("usage"))
+
+
+def summarize_message(message: Mapping[str, Any]) -> MessageSummary:
+    """The record of a non-streamed JSON response (a message or an error body)."""
+    if not isinstance(message, Mapping):
+        return MessageSummary()
+    if message.get("type") == "error":
+        return MessageSummary(error=_error_of(message))
+    fold = StreamFold()
+    fold.feed("message_start", {"type": "message_start", "message": message})
+    return fold.result()
+
+
+def _token_count(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and value >= 0:
+        return value
+    return None
+
+
+def _str_or(value: object, default: str | None) -> str | None:
+    return value if isinstance(value, str) else default
+
+
+def _block_text(block: object) -> str:
+    if isinstance(block, Mapping) and block.get("type") == "text":
+        text = block.get("text")
+        if isinstance(text, str):
+            return text
+    return ""
+
+
+def _content_text(content: object) -> str:
+    if not isinstance(content, list):
+        return ""
+    return "".join(_block_text(block) for block in content)
+
+
+def _error_of(payload: Mapping[str, Any]) -> dict[str, Any]:
+    error = payload.get("error")
+    return dict(error) if isinstance(error, Mapping) else dict(payload)

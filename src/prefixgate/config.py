@@ -80,6 +80,7 @@ class Settings:
     audit_path: str | None = None
     upstreams: Mapping[str, UpstreamConfig] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()
+    policy_override: Policy | None = None
 
     @property
     def embedded(self) -> bool:
@@ -113,7 +114,10 @@ class Settings:
 
     def with_upstream(self, url: str) -> Settings:
         """These settings with every route sent to one upstream at ``url``."""
-        up = upstream_from_table("default", {"url": url})
+        table: dict[str, Any] = {"url": url}
+        if self.policy_override is not None:
+            table["policy"] = self.policy_override.value
+        up = upstream_from_table("default", table)
         return replace(self, upstreams={"default": up}, routes=(Route("*", "default"),))
 
 
@@ -122,12 +126,17 @@ def is_first_party(url: str) -> bool:
     return host in FIRST_PARTY_HOSTS
 
 
+def _is_http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 def upstream_from_table(
     name: str, table: Mapping[str, Any], env: Mapping[str, str] | None = None
 ) -> UpstreamConfig:
     """Build one upstream from its TOML table (pure apart from the given env)."""
     url = table.get("url")
-    if not isinstance(url, str) or not urlsplit(url).scheme.startswith("http"):
+    if not isinstance(url, str) or not _is_http_url(url):
         raise ConfigError(f"upstreams.{name}.url: an http(s) URL is required, got {url!r}")
     kind = str(table.get("kind", "anthropic"))
     if kind not in UPSTREAM_KINDS:
@@ -141,11 +150,29 @@ def upstream_from_table(
         api_key=_api_key(name, table, env or {}),
         first_party=first_party,
         policy=_policy(f"upstreams.{name}.policy", table.get("policy"), default_policy),
-        normalize_keep=tuple(table.get("normalize_keep", DEFAULT_NORMALIZE_KEEP)),
+        normalize_keep=_names(f"upstreams.{name}.normalize_keep", table),
         metadata_header=table.get("metadata_header"),
-        connect_timeout=float(table.get("connect_timeout", 10.0)),
-        read_timeout=float(table.get("read_timeout", 600.0)),
+        connect_timeout=_seconds(f"upstreams.{name}.connect_timeout", table, 10.0),
+        read_timeout=_seconds(f"upstreams.{name}.read_timeout", table, 600.0),
     )
+
+
+def _names(where: str, table: Mapping[str, Any]) -> tuple[str, ...]:
+    value = table.get("normalize_keep", DEFAULT_NORMALIZE_KEEP)
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: a list of field names is required, got {value!r}")
+    return tuple(value)
+
+
+def _seconds(where: str, table: Mapping[str, Any], default: float) -> float:
+    value = table.get(where.rsplit(".", 1)[1], default)
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: a number of seconds is required, got {value!r}") from None
+    if not seconds > 0:
+        raise ConfigError(f"{where}: must be positive, got {value!r}")
+    return seconds
 
 
 def _api_key(name: str, table: Mapping[str, Any], env: Mapping[str, str]) -> str | None:
@@ -167,42 +194,64 @@ def _policy(where: str, value: Any, default: Policy) -> Policy:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def _int(where: str, value: Any) -> int:
+def _int(where: str, value: Any, low: int = 0, high: int | None = None) -> int:
     try:
-        return int(value)
+        number = int(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: an integer is required, got {value!r}") from None
+    if number < low or (high is not None and number > high):
+        raise ConfigError(f"{where}: {number} is out of range ({low}..{high or 'any'})")
+    return number
+
+
+def _table(where: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: a table is required, got {value!r}")
+    return dict(value)
 
 
 def build_settings(
     file: Mapping[str, Any], env: Mapping[str, str], flags: Mapping[str, Any]
 ) -> Settings:
-    """Merge the file, the environment and the flags (later wins) into Settings."""
-    server = dict(file.get("server", {}))
+    """Merge the file, the environment and the flags (later wins) into Settings.
+
+    A policy given by flag or environment applies to every upstream and route.
+    """
+    server = _table("server", file.get("server", {}))
     for key, var in (("host", "HOST"), ("port", "PORT"), ("max_body_bytes", "MAX_BODY_BYTES")):
         if f"PREFIXGATE_{var}" in env:
             server[key] = env[f"PREFIXGATE_{var}"]
     server.update({k: v for k, v in flags.items() if k in ("host", "port") and v is not None})
-    tables = dict(file.get("upstreams", {}))
+    tables = {
+        name: _table(f"upstreams.{name}", t)
+        for name, t in _table("upstreams", file.get("upstreams", {})).items()
+    }
     upstream_url = flags.get("upstream") or env.get("PREFIXGATE_UPSTREAM")
     if upstream_url:
         tables = {"default": {**tables.get("default", {}), "url": upstream_url}}
         if env.get("PREFIXGATE_UPSTREAM_API_KEY"):
             tables["default"]["api_key"] = env["PREFIXGATE_UPSTREAM_API_KEY"]
-    policy = flags.get("policy") or env.get("PREFIXGATE_POLICY")
-    if policy:
-        tables = {name: {**table, "policy": policy} for name, table in tables.items()}
+    where, override = ("--policy", flags.get("policy"))
+    if not override:
+        where, override = ("PREFIXGATE_POLICY", env.get("PREFIXGATE_POLICY"))
+    policy = None if not override else _policy(where, override, Policy.STRIP)
+    if policy is not None:
+        tables = {name: {**table, "policy": policy.value} for name, table in tables.items()}
     upstreams = {name: upstream_from_table(name, t, env) for name, t in tables.items()}
+    routes = _routes(file.get("routes", []), upstreams, upstream_url is not None)
+    if policy is not None:
+        routes = tuple(replace(r, policy=None) for r in routes)
     return Settings(
         host=str(server.get("host", DEFAULT_HOST)),
-        port=_int("server.port", server.get("port", DEFAULT_PORT)),
+        port=_int("server.port", server.get("port", DEFAULT_PORT), 1, 65535),
         max_body_bytes=_int(
-            "server.max_body_bytes", server.get("max_body_bytes", DEFAULT_MAX_BODY)
+            "server.max_body_bytes", server.get("max_body_bytes", DEFAULT_MAX_BODY), 1
         ),
         tenant=str(server.get("tenant", "default")),
         audit_path=server.get("audit_path") or env.get("PREFIXGATE_AUDIT_PATH"),
         upstreams=upstreams,
-        routes=_routes(file.get("routes", []), upstreams, upstream_url is not None),
+        routes=routes,
+        policy_override=policy,
     )
 
 
@@ -211,8 +260,11 @@ def _routes(
 ) -> tuple[Route, ...]:
     if single or not upstreams:
         return (Route("*", next(iter(upstreams))),) if upstreams else ()
+    if not isinstance(tables, list):
+        raise ConfigError(f"routes: a list of tables is required, got {tables!r}")
     routes = []
-    for i, table in enumerate(tables):
+    for i, item in enumerate(tables):
+        table = _table(f"routes[{i}]", item)
         name = table.get("upstream")
         if name not in upstreams:
             raise ConfigError(f"routes[{i}].upstream: no upstream named {name!r}")
@@ -220,7 +272,7 @@ def _routes(
         routes.append(
             Route(
                 model=str(table.get("model", "*")),
-                upstream=name,
+                upstream=str(name),
                 policy=None
                 if policy is None
                 else _policy(f"routes[{i}].policy", policy, Policy.STRIP),
@@ -245,7 +297,7 @@ def load_settings(
             file = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     return build_settings(file, env, flags or {})
 

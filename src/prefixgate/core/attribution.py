@@ -18,7 +18,8 @@ Detection is deliberately narrow:
 * only the fixed header structure: the header name, then either a JSON object or
   one or more ``key=value`` pairs separated by ``; `` (trailing ``;`` optional);
   the header ends at a line break, at the end of the text, or, when the pairs end
-  with ``;``, right before glued text (``...cch=fa690;You are Claude Code``).
+  with ``;``, right before glued text (``...cch=fa690;You are Claude Code``),
+  never before whitespace (``...=1; and prose`` is prose, not a header).
 
 Anything else, including the same text quoted later in the prompt, in a user
 message or in a tool result, is not an attribution block. Everything here is a
@@ -123,7 +124,7 @@ def _finish(
         header = text[:end]
         removed = text[: line_end.end()]
         glued = False
-    elif glued_ok:
+    elif glued_ok and not text[end].isspace():
         header = removed = text[:end]
         glued = True
     else:

@@ -16,7 +16,7 @@ def canonical_json(value: Any) -> bytes:
     """Encode ``value`` as canonical JSON bytes."""
     return json.dumps(
         value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    ).encode("utf-8", "surrogatepass")
 
 
 def digest(value: Any) -> str:
@@ -26,4 +26,4 @@ def digest(value: Any) -> str:
 
 def chain(parts: list[str]) -> str:
     """Hash an ordered list of digests into one (order matters, as in a prefix)."""
-    return hashlib.sha256("\n".join(parts).encode("ascii")).hexdigest()
+    return hashlib.sha256("\n".join(parts).encode("utf-8", "surrogatepass")).hexdigest()

@@ -108,13 +108,17 @@ def segment(body: Mapping[str, Any], found: Attribution | None, result: PolicyRe
 def parse_request(raw: bytes, *, require_max_tokens: bool = True) -> dict[str, Any]:
     """Parse and check the fields the gateway relies on; raise InvalidRequest."""
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
     _check_fields(body, require_max_tokens=require_max_tokens)
     return body
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def _check_fields(body: Mapping[str, Any], *, require_max_tokens: bool) -> None:
@@ -155,7 +159,11 @@ _STYLES: tuple[tuple[str, str, bool], ...] = (
 
 def _encode(value: Any, style: tuple[str, str, bool] = _STYLES[0]) -> bytes:
     item, colon, ascii_only = style
-    return json.dumps(value, ensure_ascii=ascii_only, separators=(item, colon)).encode("utf-8")
+    text = json.dumps(value, ensure_ascii=ascii_only, separators=(item, colon))
+    # A lone surrogate (half an emoji from a JavaScript client) can only sit
+    # inside a JSON string; "backslashreplace" writes it as the \uXXXX escape
+    # JSON.stringify uses.
+    return text.encode("utf-8", "backslashreplace")
 
 
 def splice_system(raw: bytes, old: Mapping[str, Any], new: Mapping[str, Any]) -> bytes:

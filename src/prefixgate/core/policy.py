@@ -60,7 +60,7 @@ def normalized_line(found: Attribution, keep: Sequence[str] = DEFAULT_NORMALIZE_
             value = match.group(1) if match else value
         kept[key] = value
     rendered = render_fields(kept)
-    return f"{HEADER_NAME}: {rendered}" if rendered else f"{HEADER_NAME}: normalized;"
+    return f"{HEADER_NAME}: {rendered}" if rendered else f"{HEADER_NAME}: normalized=true;"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,120 @@
+"""Shared fixtures: the recorded Claude Code corpus.
+
+The corpus lives next to the checkout (``<repo>/../shared/corpus``) unless
+``PREFIXGATE_CORPUS_DIR`` names another folder. Tests that need it fail, with a
+message saying where it was looked for, when it is missing: they never skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CORPUS_ENV = "PREFIXGATE_CORPUS_DIR"
+
+PLAIN = "claude-code-2.1.197.jsonl"
+CCH_PER_REQUEST = "claude-code-2.1.197-cch-per-request.jsonl"
+INTERACTIVE = "claude-code-2.1.197-interactive.jsonl"
+CORPUS_FILES = (PLAIN, CCH_PER_REQUEST, INTERACTIVE)
+REQUESTS_PER_FILE = 14
+
+
+@dataclass(frozen=True)
+class CorpusRecord:
+    """One recorded request: ``raw`` is the body exactly as Claude Code sent it."""
+
+    file: str
+    index: int
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    raw: bytes
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """A fresh parse of the body (callers may mutate it)."""
+        parsed: dict[str, Any] = json.loads(self.raw)
+        return parsed
+
+    @property
+    def label(self) -> str:
+        return f"{self.file}[{self.index}]"
+
+
+def corpus_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where the corpus is: ``$PREFIXGATE_CORPUS_DIR``, else ``<repo>/../shared/corpus``."""
+    env = os.environ if environ is None else environ
+    configured = env.get(CORPUS_ENV)
+    return Path(configured) if configured else REPO_ROOT.parent / "shared" / "corpus"
+
+
+def load_corpus(directory: Path) -> dict[str, list[CorpusRecord]]:
+    """Load every corpus file; fail the test (never skip) when one is missing."""
+    missing = [name for name in CORPUS_FILES if not (directory / name).is_file()]
+    if missing:
+        pytest.fail(
+            f"corpus not found: {', '.join(missing)} missing from {directory} "
+            f"(set {CORPUS_ENV} to the folder holding the recorded *.jsonl files)",
+            pytrace=False,
+        )
+    out: dict[str, list[CorpusRecord]] = {}
+    for name in CORPUS_FILES:
+        records = []
+        with (directory / name).open("rb") as fh:
+            for index, line in enumerate(fh):
+                row = json.loads(line)
+                records.append(
+                    CorpusRecord(
+                        file=name,
+                        index=index,
+                        method=row["method"],
+                        path=row["path"],
+                        headers=row["headers"],
+                        raw=row["body"].encode("utf-8"),
+                    )
+                )
+        if len(records) != REQUESTS_PER_FILE:
+            pytest.fail(
+                f"corpus file {directory / name} holds {len(records)} requests, "
+                f"expected {REQUESTS_PER_FILE}",
+                pytrace=False,
+            )
+        out[name] = records
+    return out
+
+
+@pytest.fixture(scope="session")
+def corpus_records() -> dict[str, list[CorpusRecord]]:
+    """Every recorded request, by corpus file name, in recording order."""
+    return load_corpus(corpus_dir())
+
+
+@pytest.fixture(scope="session")
+def plain_records(corpus_records: dict[str, list[CorpusRecord]]) -> list[CorpusRecord]:
+    """``claude-code-2.1.197.jsonl``: 6 sessions of ``claude -p`` (no ``cch``)."""
+    return corpus_records[PLAIN]
+
+
+@pytest.fixture(scope="session")
+def cch_records(corpus_records: dict[str, list[CorpusRecord]]) -> list[CorpusRecord]:
+    """The same requests with a per-request ``cch`` in the block."""
+    return corpus_records[CCH_PER_REQUEST]
+
+
+@pytest.fixture(scope="session")
+def interactive_records(corpus_records: dict[str, list[CorpusRecord]]) -> list[CorpusRecord]:
+    """Two interactive sessions with a subagent and title side requests."""
+    return corpus_records[INTERACTIVE]
+
+
+@pytest.fixture(scope="session")
+def all_records(corpus_records: dict[str, list[CorpusRecord]]) -> list[CorpusRecord]:
+    """All 42 recorded requests."""
+    return [record for name in CORPUS_FILES for record in corpus_records[name]]

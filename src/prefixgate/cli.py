@@ -28,6 +28,7 @@ from prefixgate.core.pipeline import Rewrite, RewriteOptions, rewrite
 from prefixgate.core.policy import Policy
 
 POLICIES = [p.value for p in Policy]
+LOG_LEVELS = ["critical", "error", "warning", "info", "debug", "trace"]
 
 
 def read_request(source: str) -> bytes:
@@ -114,7 +115,12 @@ def key_cmd(policy: str, source: str) -> None:
 @click.option("--policy", type=click.Choice(POLICIES), default=None)
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port to listen on (default 8787).")
-@click.option("--log-level", default="info", show_default=True)
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="info",
+    show_default=True,
+)
 def serve_cmd(
     config_path: str | None,
     upstream: str | None,

@@ -23,7 +23,7 @@ def run(settings: Settings, *, log_level: str = "info") -> None:
     with contextlib.ExitStack() as stack:
         if settings.embedded:
             settings = settings.with_upstream(_start_embedded(stack))
-        audit: AuditSink = JsonlAudit(settings.audit_path) if settings.audit_path else MemoryAudit()
+        audit = _open_audit(settings.audit_path)
         app = create_app(settings, audit=audit)
         log.info("prefixgate listening on http://%s:%d", settings.host, settings.port)
         for name, up in settings.upstreams.items():
@@ -31,6 +31,15 @@ def run(settings: Settings, *, log_level: str = "info") -> None:
         uvicorn.run(
             app, host=settings.host, port=settings.port, log_level=log_level, access_log=False
         )
+
+
+def _open_audit(path: str | None) -> AuditSink:
+    if not path:
+        return MemoryAudit()
+    try:
+        return JsonlAudit(path)
+    except OSError as exc:
+        raise click.ClickException(f"cannot open the audit log {path}: {exc.strerror}") from None
 
 
 def _start_embedded(stack: contextlib.ExitStack) -> str:

@@ -35,18 +35,23 @@ def create_app(
 ) -> Starlette:
     """Build the gateway for ``settings``; nothing is opened until it starts."""
     sink = audit or MemoryAudit()
-    proxy = Proxy(settings, httpx.AsyncClient(), sink)
+    proxy = Proxy(settings, None, sink)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        proxy.client = httpx.AsyncClient(transport=transport, timeout=None, trust_env=False)
+        client = httpx.AsyncClient(transport=transport, timeout=None, trust_env=False)
+        proxy.client = client
         for warning in settings.warnings():
             log.warning("%s", warning)
         try:
             yield
         finally:
-            await proxy.client.aclose()
-            sink.close()
+            proxy.client = None
+            await client.aclose()
+            try:
+                sink.close()
+            except Exception:  # like a failed record, a failed close must not fail shutdown
+                log.exception("audit sink could not be closed")
 
     async def healthz(request: Request) -> Response:
         upstreams = {name: up.url for name, up in settings.upstreams.items()}
@@ -75,7 +80,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         message = f"method {request.method} is not allowed on {request.url.path}"
     else:
         message = str(getattr(exc, "detail", "")) or f"HTTP {status}"
-    return JSONResponse(error_body(error_type_for_status(status), message), status_code=status)
+    headers = getattr(exc, "headers", None)  # e.g. Allow on a 405
+    return JSONResponse(
+        error_body(error_type_for_status(status), message), status_code=status, headers=headers
+    )
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:

@@ -4,7 +4,8 @@ One ``Proxy`` per app. Its handlers are thin: the rewrite is the pure pipeline,
 the upstream call is ``AnthropicUpstream``, the stream is relayed event by event
 as it arrives (``SSEDecoder`` gives each event's exact bytes) while a
 ``StreamFold`` watches it for usage, and one audit record is written per request
-whatever happened.
+whatever happened. A streamed answer is closed upstream however the response to
+the client ends: completed, failed, or abandoned by a client that went away.
 """
 
 from __future__ import annotations
@@ -12,16 +13,18 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from prefixgate.config import Settings, UpstreamConfig
-from prefixgate.core.errors import NotFound, PayloadTooLarge, PrefixgateError
+from prefixgate.core.errors import NotFound, PayloadTooLarge, PrefixgateError, error_body
 from prefixgate.core.fold import MessageSummary, StreamFold, summarize_message
 from prefixgate.core.pipeline import Rewrite, RewriteOptions, parse_request, rewrite
 from prefixgate.core.sse import SSEDecoder, SSEEvent, encode_event
@@ -37,7 +40,13 @@ log = logging.getLogger("prefixgate")
 
 
 def error_response(exc: PrefixgateError) -> JSONResponse:
-    return JSONResponse(exc.to_body(), status_code=exc.status)
+    """The error as sent to the client; an upstream's error status is kept."""
+    return JSONResponse(exc.to_body(), status_code=error_status(exc))
+
+
+def error_status(exc: PrefixgateError) -> int:
+    status = getattr(exc, "upstream_status", exc.status)
+    return status if isinstance(status, int) else exc.status
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -96,10 +105,22 @@ class Exchange:
 
 
 class Proxy:
-    def __init__(self, settings: Settings, client: httpx.AsyncClient, audit: AuditSink) -> None:
+    """The handlers. ``client`` is set while the app runs (its lifespan opens it)."""
+
+    def __init__(
+        self, settings: Settings, client: httpx.AsyncClient | None, audit: AuditSink
+    ) -> None:
         self.settings = settings
         self.client = client
         self.audit = audit
+
+    def _upstream(self, config: UpstreamConfig) -> AnthropicUpstream:
+        if self.client is None:
+            raise RuntimeError(
+                "the gateway has not been started: its upstream client is opened by the "
+                "app's lifespan, which the ASGI server must run"
+            )
+        return AnthropicUpstream(config, self.client)
 
     async def messages(self, request: Request) -> Response:
         return await self._forward(request, require_max_tokens=True)
@@ -112,10 +133,11 @@ class Proxy:
         route = self.settings.route("*")
         if route is None:
             return error_response(NotFound("no upstream is configured"))
-        upstream = AnthropicUpstream(route[0], self.client)
+        upstream = self._upstream(route[0])
+        path = "/v1/models" + (f"?{request.url.query}" if request.url.query else "")
         try:
             response = await upstream.open(
-                "/v1/models", b"", forward_headers(request.headers, route[0]), method="GET"
+                path, b"", forward_headers(request.headers, route[0]), method="GET"
             )
         except PrefixgateError as exc:
             return error_response(exc)
@@ -139,16 +161,17 @@ class Proxy:
             assert ex.upstream is not None
             headers = forward_headers(request.headers, ex.upstream, rw.upstream_headers)
             path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            upstream = AnthropicUpstream(ex.upstream, self.client)
+            upstream = self._upstream(ex.upstream)
             response = await upstream.open(path, rw.body, headers)
         except PrefixgateError as exc:
-            status = getattr(exc, "upstream_status", exc.status)
-            self._finish(ex, status, None, exc.message)
-            return JSONResponse(exc.to_body(), status_code=status)
+            self._finish(ex, error_status(exc), None, exc.message)
+            return error_response(exc)
         ex.ttfb = time.perf_counter()
         if response.headers.get("content-type", "").startswith("text/event-stream"):
-            return StreamingResponse(
-                self._relay(ex, response),
+            relay = Relay(self, ex, response)
+            return RelayResponse(
+                relay.events(),
+                relay.close,
                 status_code=response.status_code,
                 headers=response_headers(response.headers),
             )
@@ -185,31 +208,6 @@ class Proxy:
         self._finish(ex, response.status_code, summary, None)
         return Response(content, response.status_code, response_headers(response.headers))
 
-    async def _relay(self, ex: Exchange, response: httpx.Response) -> AsyncIterator[bytes]:
-        decoder, fold = SSEDecoder(), StreamFold()
-        error: str | None = None
-        try:
-            async for chunk in response.aiter_bytes():
-                events = decoder.decode(chunk)
-                _feed(fold, events)
-                if events:
-                    yield b"".join(e.raw for e in events)
-            tail = decoder.flush()
-            _feed(fold, tail)
-            if tail:
-                yield b"".join(e.raw for e in tail)
-        except httpx.HTTPError as exc:
-            assert ex.upstream is not None
-            err = transport_error(ex.upstream, exc)
-            error = err.message
-            yield encode_event("error", err.to_body())
-        finally:
-            await response.aclose()
-            summary = fold.result()
-            if error is None and summary.error is not None:
-                error = str(summary.error.get("message", summary.error))
-            self._finish(ex, response.status_code, summary, error)
-
     def _finish(
         self, ex: Exchange, status: int, summary: MessageSummary | None, error: str | None
     ) -> None:
@@ -219,6 +217,92 @@ class Proxy:
         except Exception:  # an audit failure must never fail the request
             log.exception("audit record could not be written")
         log.info("%s", _log_line(rec))
+
+
+class Relay:
+    """One streamed answer: relayed event by event, folded for the audit record."""
+
+    ABANDONED = "stream abandoned before its end (client disconnected or gateway stopping)"
+    INTERNAL = "internal error in the gateway while relaying the stream; see its log"
+
+    def __init__(self, proxy: Proxy, ex: Exchange, response: httpx.Response) -> None:
+        self._proxy = proxy
+        self._ex = ex
+        self._response = response
+        self._fold = StreamFold()
+        self._error: str | None = None
+        self._ended = False
+        self._closed = False
+
+    async def events(self) -> AsyncIterator[bytes]:
+        """The upstream's events, each sent as soon as its last byte arrived.
+
+        A failure mid-stream ends the stream with an Anthropic ``error`` event.
+        """
+        decoder = SSEDecoder()
+        try:
+            async for chunk in self._response.aiter_bytes():
+                events = decoder.decode(chunk)
+                _feed(self._fold, events)
+                if events:
+                    yield b"".join(e.raw for e in events)
+            tail = decoder.flush()
+            _feed(self._fold, tail)
+            if tail:
+                yield b"".join(e.raw for e in tail)
+        except httpx.HTTPError as exc:
+            assert self._ex.upstream is not None
+            err = transport_error(self._ex.upstream, exc)
+            self._error = err.message
+            self._ended = True
+            yield encode_event("error", err.to_body())
+        except Exception:
+            log.exception("relaying the upstream stream failed")
+            self._error = self.INTERNAL
+            self._ended = True
+            yield encode_event("error", error_body("api_error", self.INTERNAL))
+        self._ended = True
+
+    async def close(self) -> None:
+        """Write the audit record and close the upstream answer (once)."""
+        if self._closed:
+            return
+        self._closed = True
+        summary = self._fold.result()
+        error = self._error
+        if error is None and not self._ended:
+            error = self.ABANDONED
+        if error is None and summary.error is not None:
+            error = str(summary.error.get("message", summary.error))
+        self._proxy._finish(self._ex, self._response.status_code, summary, error)
+        with anyio.CancelScope(shield=True):
+            await self._response.aclose()
+
+
+class RelayResponse(StreamingResponse):
+    """A StreamingResponse that runs ``on_close`` however it ends.
+
+    Starlette stops iterating the body when the client disconnects, and may
+    never start it when the client is gone first; either way the upstream answer
+    must still be closed (so the upstream stops generating) and audited.
+    """
+
+    def __init__(
+        self,
+        content: AsyncIterator[bytes],
+        on_close: Callable[[], Awaitable[None]],
+        *,
+        status_code: int,
+        headers: dict[str, str],
+    ) -> None:
+        super().__init__(content, status_code=status_code, headers=headers)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._on_close()
 
 
 def _feed(fold: StreamFold, events: list[SSEEvent]) -> None:

@@ -63,8 +63,13 @@ def forward_headers(
     upstream: UpstreamConfig,
     extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The headers sent upstream: the client's, less dropped ones, plus our own."""
-    out = {k: v for k, v in client_headers.items() if k.lower() not in DROPPED_REQUEST_HEADERS}
+    """The headers sent upstream: the client's, less dropped ones, plus our own.
+
+    Headers named in the client's ``Connection`` header are hop-by-hop too
+    (RFC 9110 section 7.6.1) and are dropped with the fixed list.
+    """
+    dropped = DROPPED_REQUEST_HEADERS | _connection_options(client_headers)
+    out = {k: v for k, v in client_headers.items() if k.lower() not in dropped}
     if upstream.api_key:
         out["x-api-key"] = upstream.api_key
         if not upstream.first_party:
@@ -74,9 +79,19 @@ def forward_headers(
     return out
 
 
+def _connection_options(headers: Mapping[str, str]) -> frozenset[str]:
+    """The header names listed in ``Connection`` (lower case)."""
+    names: set[str] = set()
+    for key, value in headers.items():
+        if key.lower() == "connection":
+            names.update(part.strip().lower() for part in value.split(",") if part.strip())
+    return frozenset(names)
+
+
 def response_headers(headers: httpx.Headers) -> dict[str, str]:
     """The upstream answer's headers that are relayed to the client."""
-    return {k: v for k, v in headers.items() if k.lower() not in DROPPED_RESPONSE_HEADERS}
+    dropped = DROPPED_RESPONSE_HEADERS | _connection_options(headers)
+    return {k: v for k, v in headers.items() if k.lower() not in dropped}
 
 
 class AnthropicUpstream:

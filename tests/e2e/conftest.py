@@ -1,0 +1,32 @@
+"""Shared end-to-end fixtures: one real llama-server for the whole test session.
+
+The runtime comes from the ``local`` extra. When it is missing the fixture raises
+RuntimeMissing, whose message says what to install: e2e tests fail, never skip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from prefixgate.runtime.local import LocalRuntime, default_spec
+
+
+@pytest.fixture(scope="session")
+def local_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRuntime]:
+    """A started LocalRuntime (bundled llama-server, Gemma 3 270M, one slot)."""
+    spec = default_spec()
+    log_path = tmp_path_factory.mktemp("local-runtime") / "llama-server.log"
+    runtime = LocalRuntime(spec, log_path=log_path, startup_timeout=300.0)
+    runtime.start()
+    try:
+        yield runtime
+    finally:
+        runtime.stop()
+
+
+@pytest.fixture(scope="session")
+def local_base_url(local_runtime: LocalRuntime) -> str:
+    """``http://127.0.0.1:PORT`` of the session's llama-server."""
+    return local_runtime.base_url

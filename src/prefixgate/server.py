@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 
 import click
 import uvicorn
@@ -20,6 +21,12 @@ def run(settings: Settings, *, log_level: str = "info") -> None:
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal with
+    # the handler it found at start. With Python's default that kills the
+    # process on the spot and the bundled runtime outlives us; with this one
+    # the stack below unwinds and stops it.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     with contextlib.ExitStack() as stack:
         if settings.embedded:
             settings = settings.with_upstream(_start_embedded(stack))
@@ -40,6 +47,10 @@ def _open_audit(path: str | None) -> AuditSink:
         return JsonlAudit(path)
     except OSError as exc:
         raise click.ClickException(f"cannot open the audit log {path}: {exc.strerror}") from None
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _start_embedded(stack: contextlib.ExitStack) -> str:

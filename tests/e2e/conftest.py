@@ -1,7 +1,12 @@
-"""Shared end-to-end fixtures: one real llama-server for the whole test session.
+"""Shared end-to-end fixtures: one real llama-server for the whole test session,
+and the gateway in front of it behind a recording proxy:
 
-The runtime comes from the ``local`` extra. When it is missing the fixture raises
-RuntimeMissing, whose message says what to install: e2e tests fail, never skip.
+    client -> prefixgate (uvicorn thread) -> Recorder (uvicorn thread) -> llama-server
+
+The recorder forwards every request unchanged and keeps a copy, so tests can
+prove what the upstream actually received. The runtime comes from the ``local``
+extra; when it is missing the fixture raises RuntimeMissing, whose message says
+what to install: e2e tests fail, never skip.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from servers import Gateway, gateway_in_front_of
 
 from prefixgate.runtime.local import LocalRuntime, default_spec
 
@@ -30,3 +36,10 @@ def local_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRun
 def local_base_url(local_runtime: LocalRuntime) -> str:
     """``http://127.0.0.1:PORT`` of the session's llama-server."""
     return local_runtime.base_url
+
+
+@pytest.fixture(scope="module")
+def gateway(local_runtime: LocalRuntime) -> Iterator[Gateway]:
+    """prefixgate (strip) in front of a recorder in front of the real llama-server."""
+    with gateway_in_front_of(local_runtime.base_url) as gw:
+        yield gw

@@ -16,25 +16,14 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import anthropic
 import httpx
 import pytest
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
-
-from prefixgate.app.gateway import create_app
-from prefixgate.config import Settings
-from prefixgate.runtime.local import LocalRuntime
-from prefixgate.store.audit import MemoryAudit
+from servers import Gateway, Seen
 
 pytestmark = pytest.mark.e2e
 
@@ -83,114 +72,6 @@ def system(version_suffix: str) -> list[dict[str, Any]]:
 def user(text: str, *, reminder: bool = False) -> dict[str, Any]:
     blocks = [{"type": "text", "text": REMINDER}] if reminder else []
     return {"role": "user", "content": [*blocks, {"type": "text", "text": text}]}
-
-
-# -- servers in threads ---------------------------------------------------------
-
-
-class ServerThread:
-    """A uvicorn server for ``app`` on a free loopback port, in a daemon thread."""
-
-    def __init__(self, app: Any) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(
-            app, http="h11", ws="none", lifespan="on", log_config=None, access_log=False
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
-        )
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert self.thread.is_alive(), "the server thread died while starting"
-            assert time.monotonic() < deadline, "the server did not start in 30 s"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-        self.sock.close()
-
-
-@dataclass(frozen=True)
-class Seen:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-class Recorder:
-    """A reverse proxy that forwards unchanged and keeps what it forwarded."""
-
-    HOP = frozenset({"host", "content-length", "transfer-encoding", "connection"})
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-        self.seen: list[Seen] = []
-        self.app = Starlette(
-            routes=[Route("/{path:path}", self.forward, methods=["GET", "POST"])],
-            lifespan=self.lifespan,
-        )
-        self._client: httpx.AsyncClient | None = None
-
-    @contextlib.asynccontextmanager
-    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        async with httpx.AsyncClient(
-            base_url=self.target, timeout=300.0, trust_env=False
-        ) as client:
-            self._client = client
-            yield
-
-    async def forward(self, request: Request) -> Response:
-        assert self._client is not None
-        body = await request.body()
-        headers = {k: v for k, v in request.headers.items() if k not in self.HOP}
-        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        self.seen.append(Seen(request.method, path, headers, body))
-        upstream = await self._client.send(
-            self._client.build_request(request.method, path, content=body, headers=headers),
-            stream=True,
-        )
-
-        async def relay() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in upstream.aiter_raw():
-                    yield chunk
-            finally:
-                await upstream.aclose()
-
-        kept = {
-            k: v
-            for k, v in upstream.headers.items()
-            if k.lower() not in self.HOP | {"content-encoding"}
-        }
-        return StreamingResponse(relay(), status_code=upstream.status_code, headers=kept)
-
-
-@dataclass
-class Gateway:
-    url: str
-    audit: MemoryAudit
-    recorder: Recorder
-    recorder_url: str
-    runtime_url: str
-
-
-@pytest.fixture(scope="module")
-def gateway(local_runtime: LocalRuntime) -> Iterator[Gateway]:
-    rec = Recorder(local_runtime.base_url)
-    with ServerThread(rec.app) as upstream:
-        audit = MemoryAudit()
-        app = create_app(Settings().with_upstream(upstream.url), audit=audit)
-        with ServerThread(app) as server:
-            yield Gateway(server.url, audit, rec, upstream.url, local_runtime.base_url)
 
 
 @pytest.fixture

@@ -509,7 +509,7 @@ async def test_an_internal_exception_is_a_500_and_the_app_keeps_serving(
 ) -> None:
     import prefixgate.app.proxy as proxy_module
 
-    real = proxy_module.rewrite
+    real = proxy_module.rewrite_parsed
     calls = 0
 
     def flaky(*args: Any, **kwargs: Any) -> Any:
@@ -519,7 +519,7 @@ async def test_an_internal_exception_is_a_500_and_the_app_keeps_serving(
             raise KeyError("a bug")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(proxy_module, "rewrite", flaky)
+    monkeypatch.setattr(proxy_module, "rewrite_parsed", flaky)
     upstream = Upstream()
     app = create_app(make_settings(), transport=upstream.transport)
     async with running(app, raise_app_exceptions=False) as client:

@@ -62,18 +62,43 @@ def test_digests_never_fail_on_odd_text() -> None:
     assert len(seg.messages[0]) == 64
 
 
-def test_without_cache_control_removes_markers_at_every_depth() -> None:
-    value = {
+def test_without_cache_control_removes_markers_where_the_api_puts_them() -> None:
+    message = {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "hi", "cache_control": EPHEMERAL},
+            {
+                "type": "tool_result",
+                "tool_use_id": "t1",
+                "cache_control": EPHEMERAL,
+                "content": [{"type": "text", "text": "out", "cache_control": EPHEMERAL}],
+            },
+        ],
+    }
+    before = json.dumps(message)
+    assert without_cache_control(message) == {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "hi"},
+            {
+                "type": "tool_result",
+                "tool_use_id": "t1",
+                "content": [{"type": "text", "text": "out"}],
+            },
+        ],
+    }
+    assert json.dumps(message) == before  # the input is not mutated
+
+
+def test_a_schema_property_named_cache_control_still_counts() -> None:
+    tool = {
+        "name": "Configure",
         "cache_control": EPHEMERAL,
-        "a": [{"cache_control": EPHEMERAL, "b": 1}, "cache_control"],
-        "c": {"d": {"cache_control": {"type": "ephemeral", "ttl": "1h"}, "e": None}},
+        "input_schema": {"type": "object", "properties": {"cache_control": {"type": "string"}}},
     }
-    before = json.dumps(value)
-    assert without_cache_control(value) == {
-        "a": [{"b": 1}, "cache_control"],
-        "c": {"d": {"e": None}},
-    }
-    assert json.dumps(value) == before  # the input is not mutated
+    cleaned = without_cache_control(tool)
+    assert "cache_control" not in cleaned
+    assert cleaned["input_schema"]["properties"] == {"cache_control": {"type": "string"}}
 
 
 def test_split_in_prompt_order() -> None:

@@ -26,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 from prefixgate.config import Settings, UpstreamConfig
 from prefixgate.core.errors import NotFound, PayloadTooLarge, PrefixgateError, error_body
 from prefixgate.core.fold import MessageSummary, StreamFold, summarize_message
-from prefixgate.core.pipeline import Rewrite, RewriteOptions, parse_request, rewrite
+from prefixgate.core.pipeline import Rewrite, RewriteOptions, parse_request, rewrite_parsed
 from prefixgate.core.sse import SSEDecoder, SSEEvent, encode_event
 from prefixgate.store.audit import AuditRecord, AuditSink
 from prefixgate.upstreams.anthropic import (
@@ -191,7 +191,7 @@ class Proxy:
             tenant=self.settings.tenant,
             require_max_tokens=require_max_tokens,
         )
-        ex.rewrite = rewrite(raw, options)
+        ex.rewrite = rewrite_parsed(raw, body, options)
         return ex.rewrite
 
     async def _whole(self, ex: Exchange, response: httpx.Response) -> Response:

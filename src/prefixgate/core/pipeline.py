@@ -63,6 +63,13 @@ class Rewrite:
 def rewrite(raw: bytes, options: RewriteOptions = RewriteOptions()) -> Rewrite:
     """Run the whole pipeline over one request body."""
     body = parse_request(raw, require_max_tokens=options.require_max_tokens)
+    return rewrite_parsed(raw, body, options)
+
+
+def rewrite_parsed(
+    raw: bytes, body: dict[str, Any], options: RewriteOptions = RewriteOptions()
+) -> Rewrite:
+    """The pipeline after ``parse_request``, for callers that already hold ``body``."""
     found = detect(body)
     result = apply_policy(
         body,

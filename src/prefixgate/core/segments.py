@@ -65,12 +65,19 @@ class Segments:
 
 
 def without_cache_control(value: Any) -> Any:
-    """A copy of ``value`` with every ``cache_control`` key removed."""
-    if isinstance(value, dict):
-        return {k: without_cache_control(v) for k, v in value.items() if k != "cache_control"}
-    if isinstance(value, list):
-        return [without_cache_control(v) for v in value]
-    return value
+    """``value`` (a block, tool or message) without ``cache_control`` markers.
+
+    Markers sit on system blocks, tools and content blocks (nested one level in
+    ``tool_result`` content); only those places are cleaned, so a tool schema
+    property that happens to be named ``cache_control`` still counts.
+    """
+    if not isinstance(value, dict):
+        return value
+    out = {k: v for k, v in value.items() if k != "cache_control"}
+    content = out.get("content")
+    if isinstance(content, list):
+        out["content"] = [without_cache_control(block) for block in content]
+    return out
 
 
 def split(body: Mapping[str, Any], attribution_text: str | None) -> Segments:

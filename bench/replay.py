@@ -1,0 +1,379 @@
+"""Replay recorded Claude Code requests three ways and compare the prefix cache.
+
+    python bench/replay.py [--corpus FILE] [--upstream URL] [--all | --slice SPEC]
+                           [--out results.json] [--no-litellm] [--policy strip]
+
+Columns, in one run, each against the same upstream:
+
+  direct      straight to the upstream
+  prefixgate  through ``python -m prefixgate serve`` (attribution block removed)
+  litellm     through LiteLLM's proxy, Anthropic ``/v1/messages`` to the same upstream
+
+The default upstream is the embedded runtime (bundled llama-server), restarted
+with an empty cache before every column so no column inherits another's cache.
+With ``--upstream URL`` nothing can be restarted: later columns may find prompts
+an earlier column left in the cache, and the script says so.
+
+LiteLLM runs from its own virtual environment (``bench/.venv-litellm``, created
+from ``bench/requirements-litellm.txt`` on first use). Results are printed as a
+table and written as JSON (default ``bench/results/replay-<timestamp>.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+
+from prefixgate.demo import (
+    ManagedProcess,
+    default_slice,
+    find_corpus,
+    free_port,
+    gateway_command,
+    replay_with_progress,
+)
+from prefixgate.replay import (
+    CaptureRecord,
+    Column,
+    load_capture,
+    miss_reasons,
+    render_report,
+    select,
+    summarize,
+)
+
+BENCH = Path(__file__).resolve().parent
+LITELLM_VENV = BENCH / ".venv-litellm"
+LITELLM_REQUIREMENTS = BENCH / "requirements-litellm.txt"
+RESULTS = BENCH / "results"
+DUMMY_KEY = "sk-bench-dummy"
+_METRIC = re.compile(r"^llamacpp:(prompt_tokens_total|prompt_tokens_cached_total)\s+(\S+)$", re.M)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", type=Path, help="recorded .jsonl file")
+    parser.add_argument("--upstream", help="an Anthropic-compatible base URL (default: embedded)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--all", action="store_true", help="every request (the default)")
+    which.add_argument("--slice", help="'demo', or request indices such as 0,1,12 or 0-3,12")
+    parser.add_argument("--out", type=Path, help="JSON results file")
+    parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM column")
+    parser.add_argument("--policy", default="strip", help="prefixgate policy (default: strip)")
+    parser.add_argument("--max-tokens", type=int, default=1, help="max_tokens sent (default: 1)")
+    return parser.parse_args(argv)
+
+
+# -- LiteLLM ----------------------------------------------------------------------------
+
+
+def ensure_litellm(console: Console) -> Path:
+    """The ``litellm`` executable of bench/.venv-litellm, creating the venv if needed."""
+    executable = LITELLM_VENV / "bin" / "litellm"
+    if executable.is_file():
+        return executable
+    console.print(f"Creating {LITELLM_VENV} from {LITELLM_REQUIREMENTS.name} (once)...")
+    subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+    (LITELLM_VENV / ".gitignore").write_text("*\n", encoding="utf-8")
+    pip = [str(LITELLM_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    subprocess.run([*pip, "-r", str(LITELLM_REQUIREMENTS)], check=True)
+    return executable
+
+
+def litellm_version() -> str:
+    python = LITELLM_VENV / "bin" / "python"
+    code = "import importlib.metadata as m; print(m.version('litellm'))"
+    done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=False)
+    return done.stdout.strip() or "unknown"
+
+
+def litellm_config(models: Sequence[str], api_base: str) -> str:
+    """A proxy config sending each model name to ``anthropic/<name>`` at ``api_base``."""
+    lines = ["model_list:"]
+    for model in models:
+        lines += [
+            f"  - model_name: {json.dumps(model)}",
+            "    litellm_params:",
+            f"      model: {json.dumps('anthropic/' + model)}",
+            f"      api_base: {json.dumps(api_base)}",
+            f"      api_key: {json.dumps(DUMMY_KEY)}",
+        ]
+    lines += [
+        "litellm_settings:",
+        "  telemetry: false",
+        "general_settings:",
+        "  # loopback only, no keys to protect: the proxy refuses to start without this",
+        "  dangerously_permit_weak_or_unset_master_key: true",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def litellm_proxy(
+    console: Console, models: Sequence[str], api_base: str, workdir: Path
+) -> Iterator[str]:
+    """Run LiteLLM's proxy in front of ``api_base``; yield its base URL."""
+    executable = ensure_litellm(console)
+    config = workdir / "litellm_config.yaml"
+    config.write_text(litellm_config(models, api_base), encoding="utf-8")
+    port = free_port()
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "NO_PROXY": "127.0.0.1"}
+    command = [str(executable), "--config", str(config), "--host", "127.0.0.1"]
+    proxy = ManagedProcess(
+        "litellm",
+        [*command, "--port", str(port)],
+        f"http://127.0.0.1:{port}/health/liveliness",
+        startup_timeout=180.0,
+        env=env,
+    )
+    with console.status("Starting LiteLLM's proxy..."):
+        proxy.start()
+    with proxy:
+        yield f"http://127.0.0.1:{port}"
+
+
+# -- the runs ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Upstream:
+    """Where requests end up; ``reset`` empties its cache when it can."""
+
+    url: str
+    reset: Callable[[], None] | None = None
+
+    def metrics(self) -> dict[str, float]:
+        """llama-server's prompt token counters since its start (empty if unavailable)."""
+        try:
+            text = httpx.get(f"{self.url}/metrics", timeout=5.0, trust_env=False).text
+        except httpx.HTTPError:
+            return {}
+        return {name: float(value) for name, value in _METRIC.findall(text)}
+
+
+@dataclasses.dataclass
+class Run:
+    column: Column
+    metrics: dict[str, float]
+
+
+def run_column(
+    console: Console,
+    name: str,
+    upstream: Upstream,
+    records: Sequence[CaptureRecord],
+    base_url: Callable[[], contextlib.AbstractContextManager[str]],
+    *,
+    attribution_removed: bool = False,
+    max_tokens: int = 1,
+) -> Run:
+    """Start the path to the upstream, warm it with one small request, empty
+    the upstream's cache, then replay ``records`` through it.
+
+    The warm-up keeps one-off start-up costs of a proxy (lazy imports, first
+    connection) out of the first measured request; it is skipped when the
+    upstream's cache cannot be emptied afterwards.
+    """
+    with base_url() as url:
+        if upstream.reset is not None:
+            with console.status(f"{name}: warm-up request, then an empty runtime cache..."):
+                warm_up(console, name, url, records[0].model if records else "")
+                upstream.reset()
+        results = replay_with_progress(console, name, records, url, max_tokens=max_tokens)
+    metrics = upstream.metrics() if upstream.reset is not None else {}
+    return Run(Column(name, results, attribution_removed=attribution_removed), metrics)
+
+
+def warm_up(console: Console, name: str, url: str, model: str) -> None:
+    """One tiny request through ``url``; a failure is reported, not fatal."""
+    body = {"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"anthropic-version": "2023-06-01", "x-api-key": DUMMY_KEY}
+    try:
+        response = httpx.post(
+            f"{url}/v1/messages", json=body, headers=headers, timeout=120.0, trust_env=False
+        )
+    except httpx.HTTPError as exc:
+        console.print(f"[yellow]{name}: warm-up failed: {exc}[/yellow]")
+        return
+    if response.status_code != 200:
+        console.print(f"[yellow]{name}: warm-up answered {response.status_code}[/yellow]")
+
+
+def run_all(
+    console: Console, args: argparse.Namespace, upstream: Upstream, records: Sequence[CaptureRecord]
+) -> list[Run]:
+    """The three columns, one after another, against the same upstream."""
+    models = sorted({r.model for r in records if r.model})
+
+    @contextlib.contextmanager
+    def direct() -> Iterator[str]:
+        yield upstream.url
+
+    @contextlib.contextmanager
+    def gateway() -> Iterator[str]:
+        port = free_port()
+        command = gateway_command(upstream.url, port, "--policy", args.policy)
+        with ManagedProcess("prefixgate", command, f"http://127.0.0.1:{port}/healthz"):
+            yield f"http://127.0.0.1:{port}"
+
+    @contextlib.contextmanager
+    def litellm() -> Iterator[str]:
+        with (
+            tempfile.TemporaryDirectory(prefix="bench-litellm-") as workdir,
+            litellm_proxy(console, models, upstream.url, Path(workdir)) as url,
+        ):
+            yield url
+
+    plan = [("direct", direct, False), ("prefixgate", gateway, _removes(args))]
+    if not args.no_litellm:
+        plan.append(("litellm", litellm, False))
+    return [
+        run_column(
+            console,
+            name,
+            upstream,
+            records,
+            factory,
+            attribution_removed=removed,
+            max_tokens=args.max_tokens,
+        )
+        for name, factory, removed in plan
+    ]
+
+
+def _removes(args: argparse.Namespace) -> bool:
+    return str(args.policy).replace("-", "_") in ("strip", "preserve_as_metadata")
+
+
+# -- output --------------------------------------------------------------------------
+
+
+def write_results(
+    path: Path,
+    args: argparse.Namespace,
+    corpus: Path,
+    records: Sequence[CaptureRecord],
+    runs: Sequence[Run],
+    extra: dict[str, Any],
+) -> None:
+    columns = []
+    for run in runs:
+        summary = summarize(run.column.results)
+        columns.append(
+            {
+                "name": run.column.name,
+                "attribution_removed": run.column.attribution_removed,
+                "summary": {**dataclasses.asdict(summary), "cached_share": summary.cached_share},
+                "runtime_metrics": run.metrics,
+                "reasons": miss_reasons(
+                    records, run.column.results, attribution_removed=run.column.attribution_removed
+                ),
+                "results": [dataclasses.asdict(r) for r in run.column.results],
+            }
+        )
+    document = {
+        "corpus": str(corpus),
+        "requests": [r.index for r in records],
+        "upstream": args.upstream or "embedded",
+        "max_tokens": args.max_tokens,
+        "policy": args.policy,
+        **extra,
+        "columns": columns,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+
+
+def print_metrics(console: Console, runs: Sequence[Run]) -> None:
+    """What the runtime itself counted per column: proof the requests reached it."""
+    for run in runs:
+        if not run.metrics:
+            continue
+        processed = run.metrics.get("prompt_tokens_total", 0.0)
+        cached = run.metrics.get("prompt_tokens_cached_total", 0.0)
+        console.print(
+            f"runtime /metrics after {run.column.name}: {processed:,.0f} prompt tokens"
+            f" processed, {cached:,.0f} cached"
+        )
+
+
+# -- main ----------------------------------------------------------------------------
+
+
+def choose(records: list[CaptureRecord], args: argparse.Namespace) -> list[CaptureRecord]:
+    if args.slice is None or args.all:
+        return records
+    if args.slice == "demo":
+        return default_slice(records)
+    return select(records, args.slice)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    corpus = find_corpus(args.corpus)
+    if corpus is None:
+        console.print("[red]No corpus found: pass --corpus FILE (a recorded .jsonl file).[/red]")
+        return 2
+    records = choose(load_capture(corpus), args)
+    console.print(f"{corpus.name}: replaying requests {', '.join(str(r.index) for r in records)}")
+    started = time.strftime("%Y%m%d-%H%M%S")
+    extra: dict[str, Any] = {"started": started}
+    try:
+        with upstream_for(console, args, extra) as upstream:
+            runs = run_all(console, args, upstream, records)
+    except KeyboardInterrupt:
+        console.print("[yellow]Interrupted; servers stopped.[/yellow]")
+        return 130
+    if not args.no_litellm:
+        extra["litellm_version"] = litellm_version()
+    console.print(render_report(records, [run.column for run in runs]))
+    print_metrics(console, runs)
+    out = args.out or RESULTS / f"replay-{started}.json"
+    write_results(out, args, corpus, records, runs, extra)
+    console.print(f"results: {out}")
+    return 0
+
+
+@contextlib.contextmanager
+def upstream_for(
+    console: Console, args: argparse.Namespace, extra: dict[str, Any]
+) -> Iterator[Upstream]:
+    """The given upstream, or the embedded runtime (started, stopped at the end)."""
+    if args.upstream:
+        console.print(
+            "[yellow]External upstream: its cache cannot be emptied between columns,"
+            " so later columns may reuse prompts cached by earlier ones.[/yellow]"
+        )
+        yield Upstream(args.upstream.rstrip("/"))
+        return
+    from prefixgate.runtime.local import LocalRuntime, default_spec
+
+    spec = default_spec()
+    extra["runtime"] = {k: str(v) for k, v in dataclasses.asdict(spec).items()}
+    runtime = LocalRuntime(spec)
+    try:
+        with console.status("Starting the local runtime (llama-server)..."):
+            runtime.start()
+        yield Upstream(runtime.base_url, reset=runtime.restart)
+    finally:
+        runtime.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -33,6 +33,7 @@ from prefixgate.core.attribution import detect
 from prefixgate.core.canonical import canonical_json
 from prefixgate.core.fold import MessageSummary, StreamFold, summarize_message
 from prefixgate.core.sse import SSEDecoder
+from prefixgate.upstreams.anthropic import HOP_BY_HOP_HEADERS
 
 __all__ = [
     "CaptureRecord",
@@ -54,24 +55,6 @@ __all__ = [
 ]
 
 SESSION_HEADER = "x-claude-code-session-id"
-# Not forwarded: hop-by-hop headers, those httpx sets itself, and
-# Accept-Encoding (the replay client must be able to decode what it asks for).
-_DROPPED_HEADERS = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "accept-encoding",
-    }
-)
 _MESSAGES_PATH = "/v1/messages"
 
 
@@ -232,7 +215,7 @@ def _skip(text: str, pos: int) -> int:
 
 def forward_headers(record: CaptureRecord) -> dict[str, str]:
     """The recorded headers minus hop-by-hop ones, ``Host`` and ``Content-Length``."""
-    return {k: v for k, v in record.headers if k.lower() not in _DROPPED_HEADERS}
+    return {k: v for k, v in record.headers if k.lower() not in HOP_BY_HOP_HEADERS}
 
 
 def request_url(base_url: str, record: CaptureRecord) -> str:

@@ -22,9 +22,9 @@ from prefixgate.core.errors import (
     error_type_for_status,
 )
 
-# Hop-by-hop headers (RFC 9110 section 7.6.1), headers the client's HTTP stack
-# computes, and client credentials, which are replaced by the upstream's own key.
-DROPPED_REQUEST_HEADERS = frozenset(
+# Hop-by-hop headers (RFC 9110 section 7.6.1) and headers the sender's HTTP
+# stack computes itself (including Accept-Encoding: whoever asks must decode).
+HOP_BY_HOP_HEADERS = frozenset(
     {
         "connection",
         "keep-alive",
@@ -38,11 +38,10 @@ DROPPED_REQUEST_HEADERS = frozenset(
         "host",
         "content-length",
         "accept-encoding",
-        "authorization",
-        "x-api-key",
-        "cookie",
     }
 )
+# Upstream, client credentials are replaced by the upstream's own key.
+DROPPED_REQUEST_HEADERS = HOP_BY_HOP_HEADERS | {"authorization", "x-api-key", "cookie"}
 DROPPED_RESPONSE_HEADERS = frozenset(
     {
         "connection",

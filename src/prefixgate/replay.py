@@ -314,15 +314,7 @@ def _usage_from_json(data: bytes) -> tuple[_Usage, str | None]:
 def _usage_from_sse(data: bytes) -> tuple[_Usage, str | None]:
     decoder = SSEDecoder()
     fold = StreamFold()
-    for event in [*decoder.decode(data), *decoder.flush()]:
-        if event.comment:
-            continue
-        try:
-            payload = event.json()
-        except ValueError:
-            continue
-        if isinstance(payload, dict):
-            fold.feed(event.event, payload)
+    fold.feed_events([*decoder.decode(data), *decoder.flush()])
     return _from_summary(fold.result())
 
 

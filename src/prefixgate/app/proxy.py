@@ -27,7 +27,7 @@ from prefixgate.config import Settings, UpstreamConfig
 from prefixgate.core.errors import NotFound, PayloadTooLarge, PrefixgateError, error_body
 from prefixgate.core.fold import MessageSummary, StreamFold, summarize_message
 from prefixgate.core.pipeline import Rewrite, RewriteOptions, parse_request, rewrite_parsed
-from prefixgate.core.sse import SSEDecoder, SSEEvent, encode_event
+from prefixgate.core.sse import SSEDecoder, encode_event
 from prefixgate.store.audit import AuditRecord, AuditSink
 from prefixgate.upstreams.anthropic import (
     AnthropicUpstream,
@@ -243,11 +243,11 @@ class Relay:
         try:
             async for chunk in self._response.aiter_bytes():
                 events = decoder.decode(chunk)
-                _feed(self._fold, events)
+                self._fold.feed_events(events)
                 if events:
                     yield b"".join(e.raw for e in events)
             tail = decoder.flush()
-            _feed(self._fold, tail)
+            self._fold.feed_events(tail)
             if tail:
                 yield b"".join(e.raw for e in tail)
         except httpx.HTTPError as exc:
@@ -303,18 +303,6 @@ class RelayResponse(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             await self._on_close()
-
-
-def _feed(fold: StreamFold, events: list[SSEEvent]) -> None:
-    for event in events:
-        if event.comment or not event.data:
-            continue
-        try:
-            payload = event.json()
-        except ValueError:
-            continue
-        if isinstance(payload, dict):
-            fold.feed(event.event, payload)
 
 
 def _summary_of(content: bytes) -> MessageSummary | None:

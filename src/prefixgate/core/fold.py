@@ -21,9 +21,11 @@ ignored, never raised on.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
+
+from prefixgate.core.sse import SSEEvent
 
 __all__ = ["MessageSummary", "StreamFold", "Usage", "summarize_message"]
 
@@ -114,6 +116,18 @@ class StreamFold:
             self._on_message_delta(payload)
         elif kind == "error":
             self._error = _error_of(payload)
+
+    def feed_events(self, events: Iterable[SSEEvent]) -> None:
+        """Fold decoded SSE events in, skipping comments and data that is not a JSON object."""
+        for event in events:
+            if event.comment or not event.data:
+                continue
+            try:
+                payload = event.json()
+            except ValueError:
+                continue
+            if isinstance(payload, dict):
+                self.feed(event.event, payload)
 
     def result(self) -> MessageSummary:
         """The record so far; feeding may continue afterwards."""

@@ -140,6 +140,29 @@ def serve_cmd(
     run(settings, log_level=log_level)
 
 
+@main.command("diagnose")
+@click.option("--policy", type=click.Choice(POLICIES), default="strip", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per request.")
+@click.argument("capture", type=click.Path(exists=True, dir_okay=False))
+def diagnose_cmd(policy: str, as_json: bool, capture: str) -> None:
+    """Say, offline, which segment changed before each request of a CAPTURE file, and why."""
+    from rich.console import Console
+
+    from prefixgate.diagnose import diagnose, render_diagnosis
+    from prefixgate.replay import load_capture
+
+    try:
+        records = load_capture(capture)
+    except (ValueError, KeyError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"{capture} is not a capture file: {exc}") from None
+    results = diagnose(records, Policy.parse(policy))
+    if as_json:
+        for result in results:
+            click.echo(result.to_json())
+        return
+    Console().print(render_diagnosis(results, Policy.parse(policy)))
+
+
 @main.command("demo")
 @click.option("--all", "all_requests", is_flag=True, help="Replay the whole corpus file.")
 @click.option("--corpus", type=click.Path(exists=True, dir_okay=False), default=None)

@@ -9,6 +9,10 @@ it. Example file::
     host = "127.0.0.1"
     port = 8787
     max_body_bytes = 33554432
+    audit_path = "~/.local/state/prefixgate/audit.db"  # the default; ".jsonl": JSON
+                                   # lines; "memory": keep records in memory only
+    capture_bodies = false         # true: the audit log also keeps prompts and answers
+    record_path = "capture.jsonl"  # append every request in the corpus format
 
     [upstreams.local]
     kind = "anthropic"
@@ -16,6 +20,8 @@ it. Example file::
     policy = "strip"               # default: strip, passthrough when first_party
     # api_key_env = "LOCAL_KEY"    # or api_key = "..."; replaces client credentials
     # first_party = false          # true for Anthropic's own API
+    # tokenizer = "auto"           # auto | llama.cpp | estimate: how expected
+                                   # cached tokens are counted
 
     [[routes]]
     model = "claude-haiku-*"       # glob over the request's model
@@ -41,6 +47,8 @@ DEFAULT_PORT = 8787
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
 FIRST_PARTY_HOSTS = ("api.anthropic.com",)
 UPSTREAM_KINDS = ("anthropic",)
+TOKENIZERS = ("auto", "llama.cpp", "estimate")
+IN_MEMORY = ("memory", "none")
 
 
 class ConfigError(ValueError):
@@ -59,6 +67,7 @@ class UpstreamConfig:
     metadata_header: str | None = None
     connect_timeout: float = 10.0
     read_timeout: float = 600.0
+    tokenizer: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -77,7 +86,9 @@ class Settings:
     port: int = DEFAULT_PORT
     max_body_bytes: int = DEFAULT_MAX_BODY
     tenant: str = "default"
-    audit_path: str | None = None
+    audit_path: str | None = None  # None: records are kept in memory only
+    capture_bodies: bool = False
+    record_path: str | None = None
     upstreams: Mapping[str, UpstreamConfig] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()
     policy_override: Policy | None = None
@@ -154,7 +165,51 @@ def upstream_from_table(
         metadata_header=table.get("metadata_header"),
         connect_timeout=_seconds(f"upstreams.{name}.connect_timeout", table, 10.0),
         read_timeout=_seconds(f"upstreams.{name}.read_timeout", table, 600.0),
+        tokenizer=_choice(
+            f"upstreams.{name}.tokenizer", table.get("tokenizer", "auto"), TOKENIZERS
+        ),
     )
+
+
+def _choice(where: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {value!r}")
+    return str(value)
+
+
+def default_audit_path(env: Mapping[str, str]) -> str | None:
+    """``$XDG_STATE_HOME/prefixgate/audit.db`` (``~/.local/state`` when unset)."""
+    state = env.get("XDG_STATE_HOME") or (
+        str(Path(env["HOME"]) / ".local" / "state") if env.get("HOME") else None
+    )
+    return str(Path(state) / "prefixgate" / "audit.db") if state else None
+
+
+def _audit_path(server: Mapping[str, Any], env: Mapping[str, str]) -> str | None:
+    path = server.get("audit_path") or env.get("PREFIXGATE_AUDIT_PATH")
+    if path is None:
+        return default_audit_path(env)
+    path = str(path)
+    if path.lower() in IN_MEMORY:
+        return None
+    return str(Path(path).expanduser()) if path.startswith("~") else path
+
+
+def _flag(where: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in (
+        "1",
+        "true",
+        "yes",
+        "on",
+        "0",
+        "false",
+        "no",
+        "off",
+    ):
+        return value.lower() in ("1", "true", "yes", "on")
+    raise ConfigError(f"{where}: expected true or false, got {value!r}")
 
 
 def _names(where: str, table: Mapping[str, Any]) -> tuple[str, ...]:
@@ -248,7 +303,12 @@ def build_settings(
             "server.max_body_bytes", server.get("max_body_bytes", DEFAULT_MAX_BODY), 1
         ),
         tenant=str(server.get("tenant", "default")),
-        audit_path=server.get("audit_path") or env.get("PREFIXGATE_AUDIT_PATH"),
+        audit_path=_audit_path(server, env),
+        capture_bodies=_flag(
+            "server.capture_bodies",
+            server.get("capture_bodies", env.get("PREFIXGATE_CAPTURE_BODIES", False)),
+        ),
+        record_path=flags.get("record") or server.get("record_path") or None,
         upstreams=upstreams,
         routes=routes,
         policy_override=policy,

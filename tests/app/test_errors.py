@@ -59,7 +59,7 @@ class Upstream:
 
 
 def make_settings(url: str = UPSTREAM_URL, **server: Any) -> Settings:
-    file = {"server": server, "upstreams": {"local": {"url": url}}}
+    file = {"server": server, "upstreams": {"local": {"url": url, "tokenizer": "estimate"}}}
     return build_settings(file, {}, {})
 
 

@@ -179,7 +179,15 @@ def sse_response(stream: httpx.AsyncByteStream | bytes, status: int = 200) -> ht
 
 
 def make_settings(policy: str = "strip", **table: Any) -> Settings:
-    upstream = {"url": UPSTREAM_URL, "api_key": UPSTREAM_KEY, "policy": policy, **table}
+    # Token counts are estimated here: these tests watch what is forwarded, and
+    # the tokenizer's own requests are tested in test_observer.py.
+    upstream = {
+        "url": UPSTREAM_URL,
+        "api_key": UPSTREAM_KEY,
+        "policy": policy,
+        "tokenizer": "estimate",
+        **table,
+    }
     return build_settings({"upstreams": {"local": upstream}}, {}, {})
 
 

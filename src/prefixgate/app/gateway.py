@@ -19,12 +19,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from prefixgate import __version__
+from prefixgate.app.dashboard import dashboard_endpoint
+from prefixgate.app.metrics import Metrics
+from prefixgate.app.observer import CacheObserver
 from prefixgate.app.proxy import Proxy
 from prefixgate.config import Settings
 from prefixgate.core.errors import error_body, error_type_for_status
-from prefixgate.store.audit import AuditSink, MemoryAudit
+from prefixgate.store.audit import AuditRecord, AuditSink, MemoryAudit
+from prefixgate.store.capture import CaptureLog
 
 log = logging.getLogger("prefixgate")
+DASHBOARD_RECORDS = 5000
 
 
 def create_app(
@@ -32,30 +37,43 @@ def create_app(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     audit: AuditSink | None = None,
+    capture: CaptureLog | None = None,
 ) -> Starlette:
-    """Build the gateway for ``settings``; nothing is opened until it starts."""
+    """Build the gateway for ``settings``; nothing is opened until it starts.
+
+    The app owns ``audit`` and ``capture`` from here on: both are closed when
+    it stops, after the last records are written.
+    """
     sink = audit or MemoryAudit()
-    proxy = Proxy(settings, None, sink)
+    metrics = Metrics()
+    observer = CacheObserver(settings, sink, metrics)
+    proxy = Proxy(settings, None, observer, capture)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client = httpx.AsyncClient(transport=transport, timeout=None, trust_env=False)
-        proxy.client = client
+        proxy.client = observer.client = client
         for warning in settings.warnings():
             log.warning("%s", warning)
         try:
             yield
         finally:
-            proxy.client = None
+            await observer.drain()
+            proxy.client = observer.client = None
             await client.aclose()
-            try:
-                sink.close()
-            except Exception:  # like a failed record, a failed close must not fail shutdown
-                log.exception("audit sink could not be closed")
+            for closable in (sink, capture):
+                try:
+                    if closable is not None:
+                        closable.close()
+                except Exception:  # like a failed record, a failed close must not fail shutdown
+                    log.exception("%s could not be closed", type(closable).__name__)
 
     async def healthz(request: Request) -> Response:
         upstreams = {name: up.url for name, up in settings.upstreams.items()}
         return JSONResponse({"status": "ok", "version": __version__, "upstreams": upstreams})
+
+    def records() -> list[AuditRecord]:
+        return sink.query(tenant=settings.tenant, limit=DASHBOARD_RECORDS)
 
     app = Starlette(
         routes=[
@@ -63,12 +81,15 @@ def create_app(
             Route("/v1/messages/count_tokens", proxy.count_tokens, methods=["POST"]),
             Route("/v1/models", proxy.models, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics.endpoint, methods=["GET"]),
+            Route("/dashboard", dashboard_endpoint(records), methods=["GET"]),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
         lifespan=lifespan,
     )
     app.state.proxy = proxy
     app.state.audit = sink
+    app.state.metrics = metrics
     return app
 
 

@@ -3,9 +3,10 @@
 One ``Proxy`` per app. Its handlers are thin: the rewrite is the pure pipeline,
 the upstream call is ``AnthropicUpstream``, the stream is relayed event by event
 as it arrives (``SSEDecoder`` gives each event's exact bytes) while a
-``StreamFold`` watches it for usage, and one audit record is written per request
-whatever happened. A streamed answer is closed upstream however the response to
-the client ends: completed, failed, or abandoned by a client that went away.
+``StreamFold`` watches it for usage, and the ``CacheObserver`` turns every
+request, whatever happened to it, into one audit record. A streamed answer is
+closed upstream however the response to the client ends: completed, failed, or
+abandoned by a client that went away.
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from prefixgate.app.observer import CacheObserver, Observation
 from prefixgate.config import Settings, UpstreamConfig
 from prefixgate.core.errors import NotFound, PayloadTooLarge, PrefixgateError, error_body
 from prefixgate.core.fold import MessageSummary, StreamFold, summarize_message
 from prefixgate.core.pipeline import Rewrite, RewriteOptions, parse_request, rewrite_parsed
 from prefixgate.core.sse import SSEDecoder, encode_event
-from prefixgate.store.audit import AuditRecord, AuditSink
+from prefixgate.core.usage import CacheUsage, cache_usage, from_anthropic
+from prefixgate.store.audit import AuditRecord
+from prefixgate.store.capture import CaptureLog
 from prefixgate.upstreams.anthropic import (
     AnthropicUpstream,
     forward_headers,
@@ -73,18 +77,25 @@ class Exchange:
     session: str | None
     upstream: UpstreamConfig | None = None
     rewrite: Rewrite | None = None
+    seen: Observation | None = None
     ttfb: float | None = None
+    raw: bytes | None = None
 
     def record(
         self, settings: Settings, status: int, summary: MessageSummary | None, error: str | None
     ) -> AuditRecord:
         rw, usage = self.rewrite, summary.usage if summary else None
+        who = self.seen.identity if self.seen else None
         now = time.perf_counter()
+        capture = settings.capture_bodies
         return AuditRecord(
             time=time.time(),
             route=self.route,
             tenant=settings.tenant,
-            session=self.session,
+            session=who.session if who else self.session,
+            session_source=who.session_source if who else None,
+            agent=who.agent if who else None,
+            kind=who.kind if who else "message",
             model=rw.model if rw else None,
             upstream=self.upstream.name if self.upstream else None,
             policy=rw.policy.value if rw else None,
@@ -101,6 +112,8 @@ class Exchange:
             ttfb_ms=None if self.ttfb is None else (self.ttfb - self.started) * 1000,
             total_ms=(now - self.started) * 1000,
             error=error,
+            request_body=self.raw.decode("utf-8", "replace") if capture and self.raw else None,
+            response_text=summary.text if capture and summary else None,
         )
 
 
@@ -108,11 +121,16 @@ class Proxy:
     """The handlers. ``client`` is set while the app runs (its lifespan opens it)."""
 
     def __init__(
-        self, settings: Settings, client: httpx.AsyncClient | None, audit: AuditSink
+        self,
+        settings: Settings,
+        client: httpx.AsyncClient | None,
+        observer: CacheObserver,
+        capture: CaptureLog | None = None,
     ) -> None:
         self.settings = settings
         self.client = client
-        self.audit = audit
+        self.observer = observer
+        self.capture = capture
 
     def _upstream(self, config: UpstreamConfig) -> AnthropicUpstream:
         if self.client is None:
@@ -156,9 +174,12 @@ class Proxy:
             session=request.headers.get("x-claude-code-session-id"),
         )
         try:
-            raw = await read_body(request, self.settings.max_body_bytes)
+            raw = ex.raw = await read_body(request, self.settings.max_body_bytes)
+            if self.capture is not None:
+                self.capture.append(request.method, request.url, request.headers, raw)
             rw = self._rewrite(ex, raw, require_max_tokens)
             assert ex.upstream is not None
+            ex.seen = self.observer.begin(request.headers, request.url.path, rw, ex.upstream)
             headers = forward_headers(request.headers, ex.upstream, rw.upstream_headers)
             path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             upstream = self._upstream(ex.upstream)
@@ -204,19 +225,24 @@ class Proxy:
             return error_response(err)
         finally:
             await response.aclose()
-        summary = _summary_of(content)
-        self._finish(ex, response.status_code, summary, None)
+        payload = _json_object(content)
+        summary = summarize_message(payload) if payload is not None else None
+        usage = cache_usage(payload) if payload is not None else CacheUsage()
+        self._finish(ex, response.status_code, summary, None, usage)
         return Response(content, response.status_code, response_headers(response.headers))
 
     def _finish(
-        self, ex: Exchange, status: int, summary: MessageSummary | None, error: str | None
+        self,
+        ex: Exchange,
+        status: int,
+        summary: MessageSummary | None,
+        error: str | None,
+        usage: CacheUsage | None = None,
     ) -> None:
         rec = ex.record(self.settings, status, summary, error)
-        try:
-            self.audit.record(rec)
-        except Exception:  # an audit failure must never fail the request
-            log.exception("audit record could not be written")
-        log.info("%s", _log_line(rec))
+        if usage is None:
+            usage = from_anthropic(summary.usage) if summary else CacheUsage()
+        self.observer.finish(rec, ex.seen, usage)
 
 
 class Relay:
@@ -305,28 +331,9 @@ class RelayResponse(StreamingResponse):
             await self._on_close()
 
 
-def _summary_of(content: bytes) -> MessageSummary | None:
+def _json_object(content: bytes) -> dict[str, Any] | None:
     try:
         payload = json.loads(content)
     except ValueError:
         return None
-    return summarize_message(payload) if isinstance(payload, dict) else None
-
-
-def _log_line(rec: AuditRecord) -> str:
-    parts: list[tuple[str, Any]] = [
-        ("route", rec.route),
-        ("status", rec.status),
-        ("model", rec.model),
-        ("upstream", rec.upstream),
-        ("policy", rec.policy),
-        ("attribution", "found" if rec.attribution_found else "none"),
-        ("key", rec.key[:12] if rec.key else None),
-        ("input", rec.input_tokens),
-        ("cached", rec.cache_read_input_tokens),
-        ("output", rec.output_tokens),
-        ("ms", None if rec.total_ms is None else round(rec.total_ms)),
-    ]
-    if rec.error:
-        parts.append(("error", rec.error))
-    return " ".join(f"{k}={v}" for k, v in parts if v is not None)
+    return payload if isinstance(payload, dict) else None

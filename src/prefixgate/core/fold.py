@@ -27,7 +27,7 @@ from typing import Any
 
 from prefixgate.core.sse import SSEEvent
 
-__all__ = ["MessageSummary", "StreamFold", "Usage", "summarize_message"]
+__all__ = ["MessageSummary", "StreamFold", "Usage", "summarize_message", "token_count"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class Usage:
             return self
         updates = {}
         for f in fields(self):
-            count = _token_count(payload.get(f.name))
+            count = token_count(payload.get(f.name))
             if count is not None:
                 updates[f.name] = count
         return replace(self, **updates) if updates else self
@@ -173,7 +173,7 @@ def summarize_message(message: Mapping[str, Any]) -> MessageSummary:
     return fold.result()
 
 
-def _token_count(value: object) -> int | None:
+def token_count(value: object) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():

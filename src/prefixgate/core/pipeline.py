@@ -21,10 +21,10 @@ from prefixgate.core.errors import InvalidRequest
 from prefixgate.core.policy import (
     DEFAULT_NORMALIZE_KEEP,
     Policy,
-    PolicyResult,
     apply_policy,
     normalized_line,
 )
+from prefixgate.core.prompt import PromptView, prompt_view
 from prefixgate.core.segments import Segments, split
 
 
@@ -49,6 +49,7 @@ class Rewrite:
     changed: bool
     segments: Segments
     key: PromptCacheKey
+    view: PromptView
     upstream_headers: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -79,7 +80,8 @@ def rewrite_parsed(
         metadata_header=options.metadata_header,
     )
     out = splice_system(raw, body, result.body) if result.changed else raw
-    segments = segment(body, found, result)
+    stripped, kept = prompt_parts(body, found, result.policy)
+    segments = split(stripped, kept)
     key = build_key(
         segments,
         provider=options.provider,
@@ -95,21 +97,27 @@ def rewrite_parsed(
         changed=result.changed,
         segments=segments,
         key=key,
+        view=prompt_view(stripped, kept),
         upstream_headers=result.upstream_headers,
     )
 
 
-def segment(body: Mapping[str, Any], found: Attribution | None, result: PolicyResult) -> Segments:
-    """Segment the prompt with the block split off into a segment of its own."""
+def prompt_parts(
+    body: Mapping[str, Any], found: Attribution | None, policy: Policy
+) -> tuple[Mapping[str, Any], str | None]:
+    """The request without its block, and what of the block the upstream sees.
+
+    Segments and prompt views keep the block apart from the system prompt, so
+    a changed fingerprint is never mistaken for a changed system prompt.
+    """
     if found is None:
-        return split(body, None)
+        return body, None
     stripped = apply_policy(body, found, Policy.STRIP).body
-    kept: str | None = None
-    if result.policy is Policy.PASSTHROUGH:
-        kept = found.header
-    elif result.policy is Policy.NORMALIZE:
-        kept = normalized_line(found)
-    return split(stripped, kept)
+    if policy is Policy.PASSTHROUGH:
+        return stripped, found.header
+    if policy is Policy.NORMALIZE:
+        return stripped, normalized_line(found)
+    return stripped, None
 
 
 def parse_request(raw: bytes, *, require_max_tokens: bool = True) -> dict[str, Any]:

@@ -1,0 +1,111 @@
+"""Prometheus metrics, fed one audit record at a time, served at ``GET /metrics``.
+
+Each app gets a registry of its own (two gateways in one test process do not
+share counters). Every series carries the tenant.
+
+=============================================  ==================================
+``prefixgate_requests_total``                  by status, upstream, policy, kind
+``prefixgate_prompt_tokens_total``             prompt tokens the upstream counted
+``prefixgate_cached_tokens_total``             of which it served from cache
+``prefixgate_expected_cached_tokens_total``    what an ideal prefix cache would serve
+``prefixgate_cache_unknown_total``             requests whose cache use was not reported
+``prefixgate_cache_misses_total``              by cause (``none`` is not counted)
+``prefixgate_attribution_blocks_total``        blocks found, by the policy that handled them
+``prefixgate_time_to_first_byte_seconds``      histogram
+``prefixgate_request_seconds``                 histogram, whole request
+=============================================  ==================================
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.requests import Request
+from starlette.responses import Response
+
+from prefixgate.store.audit import AuditRecord
+
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        up = ["tenant", "upstream"]
+        self.requests = Counter(
+            "prefixgate_requests",
+            "Requests answered, by status, upstream, policy and kind.",
+            ["tenant", "status", "upstream", "policy", "kind"],
+            registry=self.registry,
+        )
+        self.prompt = Counter(
+            "prefixgate_prompt_tokens", "Prompt tokens as the upstream counted them.", up,
+            registry=self.registry,
+        )  # fmt: skip
+        self.cached = Counter(
+            "prefixgate_cached_tokens", "Prompt tokens the upstream served from its cache.", up,
+            registry=self.registry,
+        )  # fmt: skip
+        self.expected = Counter(
+            "prefixgate_expected_cached_tokens",
+            "Prompt tokens an ideal prefix cache on the upstream would have served.",
+            up,
+            registry=self.registry,
+        )
+        self.unknown = Counter(
+            "prefixgate_cache_unknown",
+            "Requests whose upstream did not report its cache use.",
+            up,
+            registry=self.registry,
+        )
+        self.misses = Counter(
+            "prefixgate_cache_misses",
+            "Requests that missed the cache, by cause.",
+            [*up, "cause"],
+            registry=self.registry,
+        )
+        self.blocks = Counter(
+            "prefixgate_attribution_blocks",
+            "Attribution blocks found, by the policy that handled them.",
+            ["tenant", "policy"],
+            registry=self.registry,
+        )
+        self.ttfb = Histogram(
+            "prefixgate_time_to_first_byte_seconds",
+            "Time from the request to the upstream's response headers.",
+            up,
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.total = Histogram(
+            "prefixgate_request_seconds",
+            "Time from the request to its last byte.",
+            up,
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe(self, rec: AuditRecord) -> None:
+        up = (rec.tenant, rec.upstream or "-")
+        self.requests.labels(
+            rec.tenant, str(rec.status), rec.upstream or "-", rec.policy or "-", rec.kind
+        ).inc()
+        if rec.attribution_found:
+            self.blocks.labels(rec.tenant, rec.policy or "-").inc()
+        if rec.prompt_tokens is not None:
+            self.prompt.labels(*up).inc(rec.prompt_tokens)
+        if rec.cached_tokens is not None:
+            self.cached.labels(*up).inc(rec.cached_tokens)
+        elif rec.status == 200:
+            self.unknown.labels(*up).inc()
+        if rec.expected_cached_tokens is not None:
+            self.expected.labels(*up).inc(rec.expected_cached_tokens)
+        if rec.cause and rec.cause != "none":
+            self.misses.labels(*up, rec.cause).inc()
+        if rec.ttfb_ms is not None:
+            self.ttfb.labels(*up).observe(rec.ttfb_ms / 1000)
+        if rec.total_ms is not None:
+            self.total.labels(*up).observe(rec.total_ms / 1000)
+
+    async def endpoint(self, request: Request) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

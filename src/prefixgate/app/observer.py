@@ -1,0 +1,167 @@
+"""Watch the cache: one observation per request, from arrival to audit record.
+
+``begin`` runs on the request path, after the rewrite and before the upstream
+is called, so requests are compared in the order they reach the upstream: it
+names the session and agent and compares the prompt with the session's and
+the upstream's previous ones (``core/misses.py``; no I/O, microseconds).
+
+``finish`` runs when the answer is over (or failed). It schedules the rest in
+a task of its own so the client never waits for it: count the shared prefix's
+tokens (the upstream's tokenizer or an estimate), decide the cause, write the
+audit record, update the metrics. ``drain`` waits for those tasks on shutdown;
+a task cut short still writes its record, without the expected count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import httpx
+
+from prefixgate.app.metrics import Metrics
+from prefixgate.config import Settings, UpstreamConfig
+from prefixgate.core.identity import AgentLabeller, Identity, identify
+from prefixgate.core.misses import CacheTracker, Comparison, Owner, expected_tokens, verdict
+from prefixgate.core.pipeline import Rewrite
+from prefixgate.core.usage import CacheUsage
+from prefixgate.store.audit import AuditRecord, AuditSink
+from prefixgate.upstreams.tokenize import TokenCounter
+
+log = logging.getLogger("prefixgate")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What is known about a request when it is forwarded."""
+
+    identity: Identity
+    comparison: Comparison
+    upstream: UpstreamConfig
+    rewrite: Rewrite
+
+
+class CacheObserver:
+    def __init__(self, settings: Settings, audit: AuditSink, metrics: Metrics) -> None:
+        self.settings = settings
+        self.audit = audit
+        self.metrics = metrics
+        self.client: httpx.AsyncClient | None = None
+        self._tracker = CacheTracker()
+        self._labeller = AgentLabeller()
+        self._counters: dict[str, TokenCounter] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def begin(
+        self, headers: Mapping[str, str], route: str, rw: Rewrite, upstream: UpstreamConfig
+    ) -> Observation:
+        tenant = self.settings.tenant
+        who = identify(headers, route, rw, tenant, self._labeller)
+        owner = Owner(tenant, who.session, who.agent)
+        remember = who.kind != "count_tokens"
+        comparison = self._tracker.observe(upstream.name, owner, rw.view, remember=remember)
+        return Observation(who, comparison, upstream, rw)
+
+    def finish(self, rec: AuditRecord, seen: Observation | None, usage: CacheUsage) -> None:
+        """Complete ``rec`` with the cache fields off the request path, then record it."""
+        rec = replace(rec, prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens)
+        if seen is None or self.client is None or seen.identity.kind == "count_tokens":
+            self._write(rec)
+            return
+        known = self._counter(seen.upstream).known(seen.rewrite.view.pieces)
+        if known is not None:  # nothing to ask the upstream: finish now
+            self._write(self._judged(rec, seen, *known))
+            return
+        task = asyncio.get_running_loop().create_task(self._complete(rec, seen))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @property
+    def pending(self) -> int:
+        """Records still waiting for their token counts."""
+        return len(self._tasks)
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait for records still being completed; cut them short after ``timeout``."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+    async def _complete(self, rec: AuditRecord, seen: Observation) -> None:
+        tokens: dict[str, int] | None = None
+        source: str | None = None
+        try:
+            tokens, source = await self._counter(seen.upstream).counts(seen.rewrite.view.pieces)
+        except Exception:  # a failed count must not lose the record
+            log.exception("counting expected cached tokens failed")
+        finally:  # also when cancelled at shutdown
+            self._write(self._judged(rec, seen, tokens, source))
+
+    def _judged(
+        self,
+        rec: AuditRecord,
+        seen: Observation,
+        tokens: dict[str, int] | None,
+        source: str | None,
+    ) -> AuditRecord:
+        """``rec`` with expected cached tokens and the cause filled in."""
+        view, cmp = seen.rewrite.view, seen.comparison
+        expected = None if tokens is None else expected_tokens(view, cmp, tokens, rec.prompt_tokens)
+        ok = rec.status == 200 and rec.error is None
+        judged = verdict(cmp, expected, rec.cached_tokens if ok else None)
+        return replace(
+            rec,
+            expected_cached_tokens=expected,
+            expected_source=source if expected is not None else None,
+            changed_segment=judged.changed_segment,
+            cause=judged.cause,
+            cause_detail=judged.detail,
+        )
+
+    def _counter(self, upstream: UpstreamConfig) -> TokenCounter:
+        counter = self._counters.get(upstream.name)
+        if counter is None:
+            assert self.client is not None
+            counter = self._counters[upstream.name] = TokenCounter(upstream, self.client)
+        return counter
+
+    def _write(self, rec: AuditRecord) -> None:
+        try:
+            self.audit.record(rec)
+        except Exception:  # an audit failure must never fail the request
+            log.exception("audit record could not be written")
+        try:
+            self.metrics.observe(rec)
+        except Exception:
+            log.exception("metrics could not be updated")
+        log.info("%s", log_line(rec))
+
+
+def log_line(rec: AuditRecord) -> str:
+    parts: list[tuple[str, object]] = [
+        ("route", rec.route),
+        ("status", rec.status),
+        ("session", rec.session[:8] if rec.session else None),
+        ("agent", rec.agent),
+        ("kind", rec.kind if rec.kind != "message" else None),
+        ("model", rec.model),
+        ("upstream", rec.upstream),
+        ("policy", rec.policy),
+        ("attribution", "found" if rec.attribution_found else "none"),
+        ("key", rec.key[:12] if rec.key else None),
+        ("prompt", rec.prompt_tokens),
+        ("cached", rec.cached_tokens if rec.cached_tokens is not None else "unknown"),
+        ("expected", rec.expected_cached_tokens),
+        ("cause", rec.cause),
+        ("output", rec.output_tokens),
+        ("ms", None if rec.total_ms is None else round(rec.total_ms)),
+    ]
+    if rec.error:
+        parts.append(("error", rec.error))
+    return " ".join(f"{k}={v}" for k, v in parts if v is not None)

@@ -1,0 +1,206 @@
+"""Expected vs actual cached tokens, and the cause of every miss.
+
+Pure: the tracker is plain state fed in arrival order, token counts are
+passed in, nothing here does I/O.
+
+For each request two earlier ones are references: the same session and agent's
+previous request, and the last request on the same upstream. What an ideal
+prefix cache should serve is the longer common prefix with either (in pieces,
+see ``core/prompt.py``), converted to tokens. The cause, first match wins:
+
+``model_changed`` ... ``messages_rewritten``
+    the prompt stops extending the session's previous request at that
+    section (for a session's first request: at that section of the
+    upstream's last request; a different conversation there is no change)
+``evicted_by_other_session``
+    the prefix was unchanged but the upstream served less than expected, and
+    another session or agent used it in between
+``upstream_dropped``
+    the prefix was unchanged, nobody came in between, and it served less
+``none``
+    nothing to explain
+
+Claude Code's own names are used where it has them (``system_prompt_changed``,
+``tools_changed``, ``model_changed``, ``messages_rewritten``).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from prefixgate.core.prompt import Change, PromptView, common_pieces, first_change
+
+CAUSES = (
+    "none",
+    "model_changed",
+    "attribution_changed",
+    "system_prompt_changed",
+    "tools_changed",
+    "mcp_tools_changed",
+    "project_context_changed",
+    "messages_rewritten",
+    "evicted_by_other_session",
+    "upstream_dropped",
+)
+# Less than this much below expected is noise (template tokens, a retokenised
+# boundary), not a miss.
+TOLERANCE_TOKENS = 64
+TOLERANCE_SHARE = 0.05
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Whose request it is: the cache is expected to follow a (tenant, session, agent)."""
+
+    tenant: str
+    session: str
+    agent: str
+
+    def describe(self, viewer_tenant: str) -> str:
+        """How another request's owner is named to ``viewer_tenant`` (never
+        another tenant's session id)."""
+        if self.tenant != viewer_tenant:
+            return "a request of another tenant"
+        return f"session {self.session[:8]} ({self.agent})"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Where one request stands against its references, before any token count."""
+
+    change: Change | None  # the prefix change that explains a miss, if any
+    reference: str | None  # "session" or "upstream": what ``change`` is against
+    session_change: Change | None
+    upstream_change: Change | None
+    session_common: int  # pieces shared with the session's previous request
+    upstream_common: int  # pieces shared with the upstream's last request
+    has_session_ref: bool
+    interloper: str | None  # who used the upstream since this session's last request
+
+    @property
+    def predicted_cause(self) -> str:
+        return self.change.cause if self.change else "none"
+
+
+def compare(
+    view: PromptView,
+    owner: Owner,
+    session_prev: PromptView | None,
+    upstream_prev: tuple[Owner, PromptView] | None,
+) -> Comparison:
+    session_change = first_change(session_prev, view) if session_prev else None
+    upstream_change = None
+    interloper = None
+    if upstream_prev is not None:
+        prev_owner, prev_view = upstream_prev
+        upstream_change = first_change(prev_view, view)
+        if prev_owner != owner and session_prev is not None:
+            interloper = prev_owner.describe(owner.tenant)
+        other_conversation = prev_owner.session != owner.session
+        if other_conversation and upstream_change and upstream_change.section == "messages":
+            upstream_change = None
+    if session_prev is not None:
+        change, reference = session_change, "session"
+    else:
+        change, reference = upstream_change, "upstream"
+    return Comparison(
+        change=change,
+        reference=reference if change else None,
+        session_change=session_change,
+        upstream_change=upstream_change,
+        session_common=common_pieces(session_prev, view),
+        upstream_common=common_pieces(upstream_prev[1], view) if upstream_prev else 0,
+        has_session_ref=session_prev is not None,
+        interloper=interloper,
+    )
+
+
+class CacheTracker:
+    """The last prompt per upstream and per (tenant, session, agent).
+
+    ``observe`` compares a request with both and then remembers it. At most
+    ``limit`` owners are kept (least recently seen forgotten first); views hold
+    prompt text, so this is memory only, never written anywhere.
+    """
+
+    def __init__(self, limit: int = 256) -> None:
+        self._by_owner: OrderedDict[Owner, PromptView] = OrderedDict()
+        self._by_upstream: dict[str, tuple[Owner, PromptView]] = {}
+        self._limit = limit
+
+    def observe(
+        self, upstream: str, owner: Owner, view: PromptView, *, remember: bool = True
+    ) -> Comparison:
+        """Compare ``view`` with its references; then remember it unless told
+        not to (a token count uses no cache, so it cannot evict anything)."""
+        result = compare(view, owner, self._by_owner.get(owner), self._by_upstream.get(upstream))
+        if not remember:
+            return result
+        self._by_owner[owner] = view
+        self._by_owner.move_to_end(owner)
+        while len(self._by_owner) > self._limit:
+            self._by_owner.popitem(last=False)
+        self._by_upstream[upstream] = (owner, view)
+        return result
+
+
+def prefix_tokens(
+    view: PromptView, pieces: int, tokens: Mapping[str, int], prompt_tokens: int | None
+) -> int:
+    """Tokens in the first ``pieces`` pieces of ``view``.
+
+    ``tokens`` maps piece digests to their token counts. Pieces are counted
+    bare, without the chat template's tokens; when the upstream reported the
+    prompt's size, the count is scaled to it, so template tokens are shared out
+    in proportion.
+    """
+    counts = [tokens.get(p.digest, 0) for p in view.pieces]
+    shared = sum(counts[:pieces])
+    total = sum(counts)
+    if prompt_tokens is None or total == 0:
+        return shared
+    return min(prompt_tokens, round(shared * prompt_tokens / total))
+
+
+def expected_tokens(
+    view: PromptView, comparison: Comparison, tokens: Mapping[str, int], prompt_tokens: int | None
+) -> int:
+    """What an ideal prefix cache holding both references would serve."""
+    pieces = max(comparison.session_common, comparison.upstream_common)
+    return prefix_tokens(view, pieces, tokens, prompt_tokens)
+
+
+def is_miss(expected: int | None, actual: int | None) -> bool:
+    """Whether ``actual`` falls short of ``expected`` by more than noise."""
+    if expected is None or actual is None:
+        return False
+    return actual < expected - max(TOLERANCE_TOKENS, TOLERANCE_SHARE * expected)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    cause: str
+    changed_segment: str | None
+    detail: str | None
+
+
+def verdict(comparison: Comparison, expected: int | None, actual: int | None) -> Verdict:
+    """The cause for one request, once its actual cached tokens are known."""
+    change = comparison.change
+    if change is not None:
+        against = "previous request of the session"
+        if comparison.reference == "upstream":
+            against = "last request on the upstream"
+        return Verdict(change.cause, change.segment, f"{change.detail} (vs the {against})")
+    if not is_miss(expected, actual):
+        return Verdict("none", None, None)
+    shortfall = f"served {actual:,} of {expected:,} expected tokens"
+    if comparison.interloper is not None:
+        return Verdict(
+            "evicted_by_other_session",
+            None,
+            f"{comparison.interloper} used the upstream in between; {shortfall}",
+        )
+    return Verdict("upstream_dropped", None, f"prefix unchanged; {shortfall}")

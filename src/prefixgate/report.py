@@ -1,0 +1,403 @@
+"""What the audit says about prompt-cache reuse: per session, in total, and why it missed.
+
+Pure functions over a sequence of ``AuditRecord`` values (no I/O, no clock):
+
+``build_report``   totals, one row per (tenant, session), miss causes with examples
+``render_report``  rich tables for a terminal
+``report_json``    the same numbers as plain JSON-ready values
+
+Rules, shared with the dashboard (which is built from ``build_report``):
+
+* Cache numbers cover ``message`` and ``probe`` requests; ``count_tokens``
+  requests are counted as requests but never touch a cache.
+* Unknown is never zero. A request is *measured* when its prompt and actual
+  cached tokens are both known; the hit share is cached / prompt over measured
+  requests only, and requests that are not measured are counted as
+  ``unknown_cached``. The expected share is expected / prompt over requests whose
+  prompt and expected tokens are known. A share over no known tokens is ``None``.
+* Tokens saved are the cached tokens. Time saved is an *estimate*: each
+  measured request's cached tokens times the median prefill time per uncached
+  token on its upstream (``ttfb_ms / (prompt_tokens - cached_tokens)`` over
+  successful requests where that denominator is positive); ``None`` when no
+  measured request has an upstream with such a rate.
+* An error is a request with ``error`` set or a status of 400 or more.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from prefixgate.store.audit import AuditRecord
+
+__all__ = [
+    "CACHE_KINDS",
+    "HIT",
+    "UNKNOWN",
+    "CauseExample",
+    "CauseRow",
+    "PrefillRate",
+    "Report",
+    "SessionRow",
+    "Totals",
+    "build_report",
+    "format_agents",
+    "format_count",
+    "format_duration",
+    "format_share",
+    "format_time",
+    "is_error",
+    "render_report",
+    "report_json",
+]
+
+CACHE_KINDS = frozenset({"message", "probe"})
+HIT = "none"
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Numbers over a set of requests. Token sums are ``None`` when no request
+    in the set has them known; ``*_base_tokens`` are the shares' denominators."""
+
+    requests: int
+    errors: int
+    unknown_cached: int
+    unknown_expected: int
+    prompt_tokens: int | None
+    cached_tokens: int | None
+    expected_cached_tokens: int | None
+    hit_base_tokens: int
+    expected_base_tokens: int
+    time_saved_estimate_ms: float | None
+    agents: tuple[tuple[str, int], ...]
+
+    @property
+    def hit_share(self) -> float | None:
+        """Cached over prompt tokens, over measured requests only."""
+        return _share(self.cached_tokens, self.hit_base_tokens)
+
+    @property
+    def expected_share(self) -> float | None:
+        """Expected cached over prompt tokens, where both are known."""
+        return _share(self.expected_cached_tokens, self.expected_base_tokens)
+
+    @property
+    def tokens_saved(self) -> int | None:
+        return self.cached_tokens
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    tenant: str
+    session: str | None
+    first_time: float
+    last_time: float
+    totals: Totals
+
+
+@dataclass(frozen=True)
+class CauseExample:
+    """The latest request that missed for a cause."""
+
+    tenant: str
+    session: str | None
+    time: float
+    changed_segment: str | None
+    cause_detail: str | None
+
+
+@dataclass(frozen=True)
+class CauseRow:
+    cause: str
+    count: int
+    example: CauseExample
+
+
+@dataclass(frozen=True)
+class PrefillRate:
+    """Median milliseconds to first byte per uncached prompt token on an upstream."""
+
+    upstream: str | None
+    ms_per_token: float
+    samples: int
+
+
+@dataclass(frozen=True)
+class Report:
+    totals: Totals
+    sessions: tuple[SessionRow, ...]
+    causes: tuple[CauseRow, ...]
+    prefill_rates: tuple[PrefillRate, ...]
+
+
+# -- building (pure) --------------------------------------------------------
+
+
+def build_report(records: Sequence[AuditRecord]) -> Report:
+    """Totals, per-session rows (in order of first request) and miss causes
+    (most frequent first) over ``records``."""
+    rates = _prefill_rates(records)
+    by_rate = {r.upstream: r.ms_per_token for r in rates}
+    groups: dict[tuple[str, str | None], list[AuditRecord]] = defaultdict(list)
+    for rec in records:
+        groups[(rec.tenant, rec.session)].append(rec)
+    sessions = [
+        SessionRow(
+            tenant=tenant,
+            session=session,
+            first_time=min(r.time for r in group),
+            last_time=max(r.time for r in group),
+            totals=_totals(group, by_rate),
+        )
+        for (tenant, session), group in groups.items()
+    ]
+    sessions.sort(key=lambda row: row.first_time)
+    return Report(
+        totals=_totals(records, by_rate),
+        sessions=tuple(sessions),
+        causes=_causes(records),
+        prefill_rates=rates,
+    )
+
+
+def is_error(rec: AuditRecord) -> bool:
+    return rec.error is not None or rec.status >= 400
+
+
+def _measured(rec: AuditRecord) -> bool:
+    return (
+        rec.kind in CACHE_KINDS and rec.prompt_tokens is not None and rec.cached_tokens is not None
+    )
+
+
+def _totals(records: Sequence[AuditRecord], rates: dict[str | None, float]) -> Totals:
+    cache = [r for r in records if r.kind in CACHE_KINDS]
+    measured = [r for r in cache if _measured(r)]
+    expected = [
+        r for r in cache if r.prompt_tokens is not None and r.expected_cached_tokens is not None
+    ]
+    saved = [(r.cached_tokens or 0) * rates[r.upstream] for r in measured if r.upstream in rates]
+    agents = Counter(r.agent or "?" for r in records)
+    return Totals(
+        requests=len(records),
+        errors=sum(1 for r in records if is_error(r)),
+        unknown_cached=len(cache) - len(measured),
+        unknown_expected=len(cache) - len(expected),
+        prompt_tokens=_sum(r.prompt_tokens for r in cache),
+        cached_tokens=_sum(r.cached_tokens for r in measured),
+        expected_cached_tokens=_sum(r.expected_cached_tokens for r in expected),
+        hit_base_tokens=sum(r.prompt_tokens or 0 for r in measured),
+        expected_base_tokens=sum(r.prompt_tokens or 0 for r in expected),
+        time_saved_estimate_ms=sum(saved) if saved else None,
+        agents=tuple(sorted(agents.items(), key=lambda kv: (-kv[1], kv[0]))),
+    )
+
+
+def _sum(values: Iterable[int | None]) -> int | None:
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
+def _share(part: int | None, whole: int) -> float | None:
+    return part / whole if part is not None and whole > 0 else None
+
+
+def _prefill_rates(records: Sequence[AuditRecord]) -> tuple[PrefillRate, ...]:
+    samples: dict[str | None, list[float]] = defaultdict(list)
+    for rec in records:
+        if is_error(rec) or rec.ttfb_ms is None or not _measured(rec):
+            continue
+        uncached = (rec.prompt_tokens or 0) - (rec.cached_tokens or 0)
+        if uncached > 0:
+            samples[rec.upstream].append(rec.ttfb_ms / uncached)
+    return tuple(
+        PrefillRate(upstream, statistics.median(values), len(values))
+        for upstream, values in sorted(samples.items(), key=lambda kv: kv[0] or "")
+    )
+
+
+def _causes(records: Sequence[AuditRecord]) -> tuple[CauseRow, ...]:
+    counts: Counter[str] = Counter()
+    latest: dict[str, AuditRecord] = {}
+    for rec in records:
+        if rec.cause is None or rec.cause == HIT:
+            continue
+        counts[rec.cause] += 1
+        if rec.cause not in latest or rec.time >= latest[rec.cause].time:
+            latest[rec.cause] = rec
+    rows = [
+        CauseRow(cause, count, _example(latest[cause]))
+        for cause, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+    return tuple(rows)
+
+
+def _example(rec: AuditRecord) -> CauseExample:
+    return CauseExample(rec.tenant, rec.session, rec.time, rec.changed_segment, rec.cause_detail)
+
+
+# -- JSON -------------------------------------------------------------------
+
+
+def report_json(report: Report) -> dict[str, Any]:
+    """The report as JSON-ready values, shares included (``None`` = unknown)."""
+    return {
+        "totals": _totals_json(report.totals),
+        "sessions": [
+            {
+                "tenant": row.tenant,
+                "session": row.session,
+                "first_time": row.first_time,
+                "last_time": row.last_time,
+                **_totals_json(row.totals),
+            }
+            for row in report.sessions
+        ],
+        "causes": [asdict(row) for row in report.causes],
+        "prefill_rates": [asdict(rate) for rate in report.prefill_rates],
+    }
+
+
+def _totals_json(totals: Totals) -> dict[str, Any]:
+    data = asdict(totals)
+    data["agents"] = dict(totals.agents)
+    data["hit_share"] = totals.hit_share
+    data["expected_share"] = totals.expected_share
+    data["tokens_saved"] = totals.tokens_saved
+    return data
+
+
+# -- formatting -------------------------------------------------------------
+
+
+def format_count(value: int | None) -> str:
+    return UNKNOWN if value is None else f"{value:,}"
+
+
+def format_share(value: float | None) -> str:
+    return UNKNOWN if value is None else f"{value:.1%}"
+
+
+def format_duration(ms: float | None) -> str:
+    """``~350 ms``, ``~4.2 s``, ``~3 min 5 s`` (always an estimate here)."""
+    if ms is None:
+        return UNKNOWN
+    if ms < 1000:
+        return f"~{ms:,.0f} ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"~{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"~{minutes:,} min {rest} s"
+
+
+def format_time(epoch: float) -> str:
+    """``2025-01-31 14:05:09`` in UTC."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch))
+
+
+def format_agents(agents: Sequence[tuple[str, int]]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in agents)
+
+
+# -- rendering --------------------------------------------------------------
+
+
+def render_report(report: Report) -> RenderableType:
+    """ "Sessions" and "Miss causes" tables, then a totals line."""
+    return Group(_sessions_table(report), _causes_table(report), _totals_line(report.totals))
+
+
+def _table(title: str) -> Table:
+    return Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+
+
+def _sessions_table(report: Report) -> Table:
+    table = _table("Sessions")
+    table.add_column("session", no_wrap=True)
+    table.add_column("tenant", no_wrap=True)
+    table.add_column("agents")
+    for name in ("requests", "errors", "unknown", "prompt", "cached\n= saved", "expected"):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("hit share\nvs expected", justify="right", no_wrap=True)
+    table.add_column("time saved\n(estimate)", justify="right", no_wrap=True)
+    for row in report.sessions:
+        t = row.totals
+        table.add_row(
+            Text((row.session or "-")[:8]),
+            Text(row.tenant),
+            Text(format_agents(t.agents)),
+            *_counts(t),
+            _shares(t),
+            format_duration(t.time_saved_estimate_ms),
+        )
+    return table
+
+
+def _counts(t: Totals) -> list[str]:
+    return [
+        f"{t.requests:,}",
+        f"{t.errors:,}" if t.errors else "",
+        f"{t.unknown_cached:,}" if t.unknown_cached else "",
+        format_count(t.prompt_tokens),
+        format_count(t.cached_tokens),
+        format_count(t.expected_cached_tokens),
+    ]
+
+
+def _shares(t: Totals) -> str:
+    return f"{format_share(t.hit_share)} / {format_share(t.expected_share)}"
+
+
+def _causes_table(report: Report) -> Table:
+    table = _table("Miss causes")
+    table.add_column("cause", no_wrap=True)
+    table.add_column("count", justify="right", no_wrap=True)
+    table.add_column("latest example")
+    for row in report.causes:
+        table.add_row(Text(row.cause), f"{row.count:,}", Text(_example_text(row.example)))
+    return table
+
+
+def _example_text(ex: CauseExample) -> str:
+    parts = [(ex.session or "-")[:8], format_time(ex.time)]
+    if ex.changed_segment:
+        parts.append(ex.changed_segment)
+    if ex.cause_detail:
+        parts.append(ex.cause_detail)
+    return "  ".join(parts)
+
+
+def _totals_line(t: Totals) -> Text:
+    errors = f", {t.errors:,} failed" if t.errors else ""
+    unknown = f", {t.unknown_cached:,} with unknown cache" if t.unknown_cached else ""
+    return Text(
+        f"Total: {t.requests:,} requests{errors}{unknown}; "
+        f"prompt {format_count(t.prompt_tokens)}, "
+        f"cached {_with_share(t.cached_tokens, t.hit_share)}, "
+        f"expected {_with_share(t.expected_cached_tokens, t.expected_share)}; "
+        f"tokens saved {format_count(t.tokens_saved)}, time saved {_estimate(t)}"
+    )
+
+
+def _with_share(tokens: int | None, share: float | None) -> str:
+    if share is None:
+        return format_count(tokens)
+    return f"{format_count(tokens)} ({format_share(share)})"
+
+
+def _estimate(t: Totals) -> str:
+    if t.time_saved_estimate_ms is None:
+        return "unknown (no prefill timings)"
+    return f"{format_duration(t.time_saved_estimate_ms)} (estimate)"

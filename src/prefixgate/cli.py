@@ -1,4 +1,4 @@
-"""Command line: serve, rewrite, key, demo.
+"""Command line: serve, rewrite, key, report, diagnose, demo.
 
 Each command is a thin layer: it reads its input, calls the pure core or the
 app, and prints. Contracts other tools rely on:
@@ -6,6 +6,9 @@ app, and prints. Contracts other tools rely on:
 * ``rewrite [--policy P] [--explain] [FILE|-]`` prints the body that would be
   forwarded, as JSON on stdout; ``--explain`` writes what was found to stderr.
 * ``key [FILE|-]`` prints ``{"key", "segments", "attribution"}`` as one JSON object.
+* ``diagnose CAPTURE --json`` prints one JSON object per request with at least
+  ``index``, ``session``, ``agent``, ``key``, ``changed_segment``, ``cause``.
+* ``report --json`` prints the report's numbers as one JSON object.
 
 FILE holds a request body or one capture record (``method``, ``path``,
 ``headers``, ``body`` as a JSON string).
@@ -13,9 +16,11 @@ FILE holds a request body or one capture record (``method``, ``path``,
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +121,12 @@ def key_cmd(policy: str, source: str) -> None:
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port to listen on (default 8787).")
 @click.option(
+    "--record",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Append every incoming request to this file (corpus format, credentials removed).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
     default="info",
@@ -127,10 +138,11 @@ def serve_cmd(
     policy: str | None,
     host: str | None,
     port: int | None,
+    record: str | None,
     log_level: str,
 ) -> None:
     """Run the gateway (with the bundled local runtime when no upstream is set)."""
-    flags = {"upstream": upstream, "policy": policy, "host": host, "port": port}
+    flags = {"upstream": upstream, "policy": policy, "host": host, "port": port, "record": record}
     try:
         settings = load_settings(config_path, flags=flags)
     except ConfigError as exc:
@@ -138,6 +150,64 @@ def serve_cmd(
     from prefixgate.server import run
 
     run(settings, log_level=log_level)
+
+
+@main.command("report")
+@click.option("--db", "db_path", default=None, help="Audit log (default: the one serve writes).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--since", default=None, help="Only requests since: 2h, 30m, 7d, or an ISO date.")
+@click.option("--session", default=None, help="Only this session (full id).")
+@click.option("--tenant", default=None, help="Only this tenant (default: the configured one).")
+@click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON.")
+def report_cmd(
+    db_path: str | None,
+    config_path: str | None,
+    since: str | None,
+    session: str | None,
+    tenant: str | None,
+    as_json: bool,
+) -> None:
+    """Hit share vs expected per session, tokens and time saved, top miss causes."""
+    from rich.console import Console
+
+    from prefixgate.report import build_report, render_report, report_json
+    from prefixgate.store.sqlite import AuditDBError, read_records
+
+    try:
+        settings = load_settings(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    path = db_path or settings.audit_path
+    if not path:
+        raise click.ClickException("no audit log: pass --db PATH")
+    try:
+        start = parse_since(since, time.time()) if since else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    try:
+        records = read_records(path, since=start, session=session, tenant=tenant or settings.tenant)
+    except AuditDBError as exc:
+        raise click.ClickException(str(exc)) from None
+    report = build_report(records)
+    if as_json:
+        click.echo(json.dumps(report_json(report), ensure_ascii=False))
+        return
+    Console().print(render_report(report))
+
+
+def parse_since(value: str, now: float) -> float:
+    """``2h``, ``30m``, ``45s``, ``7d`` ago, or an ISO 8601 date/time (UTC if naive)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = value[:-1], value[-1:].lower()
+    if unit in units and number.replace(".", "", 1).isdigit():
+        return now - float(number) * units[unit]
+    try:
+        moment = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is neither a duration (2h, 30m, 7d) nor an ISO date") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
 
 
 @main.command("diagnose")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+from pathlib import Path
 
 import click
 import uvicorn
@@ -12,6 +13,8 @@ import uvicorn
 from prefixgate.app.gateway import create_app
 from prefixgate.config import Settings
 from prefixgate.store.audit import AuditSink, JsonlAudit, MemoryAudit
+from prefixgate.store.capture import CaptureLog
+from prefixgate.store.sqlite import AuditDBError, SqliteAudit
 
 log = logging.getLogger("prefixgate")
 
@@ -30,9 +33,12 @@ def run(settings: Settings, *, log_level: str = "info") -> None:
     with contextlib.ExitStack() as stack:
         if settings.embedded:
             settings = settings.with_upstream(_start_embedded(stack))
-        audit = _open_audit(settings.audit_path)
-        app = create_app(settings, audit=audit)
+        audit = _open_audit(settings)
+        app = create_app(settings, audit=audit, capture=_open_capture(settings.record_path))
         log.info("prefixgate listening on http://%s:%d", settings.host, settings.port)
+        log.info("audit log: %s", settings.audit_path or "in memory only")
+        if settings.record_path:
+            log.info("recording every request to %s", settings.record_path)
         for name, up in settings.upstreams.items():
             log.info("upstream %s: %s (policy %s)", name, up.url, up.policy.value)
         uvicorn.run(
@@ -40,13 +46,29 @@ def run(settings: Settings, *, log_level: str = "info") -> None:
         )
 
 
-def _open_audit(path: str | None) -> AuditSink:
+def _open_audit(settings: Settings) -> AuditSink:
+    """SQLite by default, JSON lines for a ``.jsonl`` path, memory when none is set."""
+    path = settings.audit_path
     if not path:
         return MemoryAudit()
     try:
-        return JsonlAudit(path)
+        if path.endswith(".jsonl"):
+            return JsonlAudit(path)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return SqliteAudit(path, capture_bodies=settings.capture_bodies)
     except OSError as exc:
         raise click.ClickException(f"cannot open the audit log {path}: {exc.strerror}") from None
+    except AuditDBError as exc:
+        raise click.ClickException(f"cannot open the audit log {path}: {exc}") from None
+
+
+def _open_capture(path: str | None) -> CaptureLog | None:
+    if not path:
+        return None
+    try:
+        return CaptureLog(path)
+    except OSError as exc:
+        raise click.ClickException(f"cannot open the capture file {path}: {exc.strerror}") from None
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

@@ -121,7 +121,7 @@ def realistic_records() -> list[AuditRecord]:
 def chromium() -> str:
     binary = find_chromium()
     if binary is None:
-        pytest.skip("chromium not found: apt-get install chromium (or set PREFIXGATE_CHROMIUM)")
+        pytest.fail("chromium not found: apt-get install chromium (or set PREFIXGATE_CHROMIUM)")
     return binary
 
 

@@ -118,3 +118,9 @@ def interactive_records(corpus_records: dict[str, list[CorpusRecord]]) -> list[C
 def all_records(corpus_records: dict[str, list[CorpusRecord]]) -> list[CorpusRecord]:
     """All 42 recorded requests."""
     return [record for name in CORPUS_FILES for record in corpus_records[name]]
+
+
+@pytest.fixture(scope="session")
+def corpus_directory() -> Path:
+    """The corpus directory (see ``corpus_dir``)."""
+    return corpus_dir()

@@ -491,3 +491,132 @@ def test_policy_flag_beats_a_route_policy() -> None:
     settings = build_settings(file, {}, {"policy": "strip"})
     routed = settings.route("claude-x")
     assert routed is not None and routed[1] is Policy.STRIP
+
+
+# ------------------------------------------------ audit, body capture, record, tokenizer
+
+
+def test_default_audit_path_follows_xdg_state_home_then_home() -> None:
+    from prefixgate.config import default_audit_path
+
+    assert default_audit_path({"XDG_STATE_HOME": "/xdg", "HOME": "/home/u"}) == (
+        "/xdg/prefixgate/audit.db"
+    )
+    assert default_audit_path({"HOME": "/home/u"}) == "/home/u/.local/state/prefixgate/audit.db"
+    assert default_audit_path({"XDG_STATE_HOME": "", "HOME": "/home/u"}) == (
+        "/home/u/.local/state/prefixgate/audit.db"
+    )
+    assert default_audit_path({}) is None  # nowhere to put it: memory only
+
+
+def test_audit_path_defaults_to_the_state_folder_of_the_given_environment() -> None:
+    s = build_settings(local_file(), {"HOME": "/home/u"}, {})
+    assert s.audit_path == "/home/u/.local/state/prefixgate/audit.db"
+    s = build_settings({}, {"XDG_STATE_HOME": "/state", "HOME": "/home/u"}, {})
+    assert s.audit_path == "/state/prefixgate/audit.db"
+
+
+@pytest.mark.parametrize("memory", ["memory", "MEMORY", "none", "None"])
+def test_audit_path_memory_means_no_file(memory: str) -> None:
+    env = {"HOME": "/home/u"}
+    assert build_settings(local_file(audit_path=memory), env, {}).audit_path is None
+    assert build_settings({}, {**env, "PREFIXGATE_AUDIT_PATH": memory}, {}).audit_path is None
+
+
+def test_audit_path_expands_the_home_folder() -> None:
+    s = build_settings(local_file(audit_path="~/logs/audit.db"), {}, {})
+    assert s.audit_path == str(Path("~/logs/audit.db").expanduser())
+    assert not s.audit_path.startswith("~")
+
+
+def test_audit_path_from_the_environment_beats_the_file() -> None:
+    file = local_file(audit_path="/file/audit.db")
+    assert build_settings(file, {}, {}).audit_path == "/file/audit.db"
+    env = {"PREFIXGATE_AUDIT_PATH": "/env/audit.jsonl"}
+    assert build_settings(file, env, {}).audit_path == "/env/audit.jsonl"
+    assert build_settings(file, {"PREFIXGATE_AUDIT_PATH": "memory"}, {}).audit_path is None
+
+
+def test_capture_bodies_is_off_unless_asked_for() -> None:
+    assert build_settings({}, {}, {}).capture_bodies is False
+    assert build_settings(local_file(capture_bodies=True), {}, {}).capture_bodies is True
+    assert build_settings(local_file(capture_bodies=False), {}, {}).capture_bodies is False
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        *[("1", True), ("true", True), ("YES", True), ("on", True)],
+        *[("0", False), ("false", False), ("No", False), ("off", False)],
+    ],
+)
+def test_capture_bodies_from_the_environment(value: str, expected: bool) -> None:
+    env = {"PREFIXGATE_CAPTURE_BODIES": value}
+    assert build_settings({}, env, {}).capture_bodies is expected
+    # the environment beats the file
+    assert build_settings(local_file(capture_bodies=not expected), env, {}).capture_bodies is (
+        expected
+    )
+
+
+@pytest.mark.parametrize("value", ["maybe", "", "2", 1, None])
+def test_capture_bodies_that_is_not_a_flag_is_an_error(value: Any) -> None:
+    with pytest.raises(ConfigError, match=r"^server\.capture_bodies: expected true or false"):
+        build_settings(local_file(capture_bodies=value), {}, {})
+
+
+def test_capture_bodies_that_is_not_a_flag_in_the_environment_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="capture_bodies"):
+        build_settings({}, {"PREFIXGATE_CAPTURE_BODIES": "sometimes"}, {})
+
+
+def test_record_path_from_the_file_or_the_record_flag() -> None:
+    assert build_settings({}, {}, {}).record_path is None
+    file = local_file(record_path="/file/capture.jsonl")
+    assert build_settings(file, {}, {}).record_path == "/file/capture.jsonl"
+    assert build_settings(file, {}, {"record": "/flag.jsonl"}).record_path == "/flag.jsonl"
+    assert build_settings(file, {}, {"record": None}).record_path == "/file/capture.jsonl"
+    assert build_settings({}, {}, {"record": "/flag.jsonl"}).record_path == "/flag.jsonl"
+
+
+def test_upstream_tokenizer_defaults_to_auto() -> None:
+    assert upstream_from_table("u", {"url": LOCAL}).tokenizer == "auto"
+    assert upstream_from_table("a", {"url": ANTHROPIC}).tokenizer == "auto"
+
+
+@pytest.mark.parametrize("tokenizer", ["auto", "llama.cpp", "estimate"])
+def test_upstream_tokenizer_choices(tokenizer: str) -> None:
+    file = {"upstreams": {"local": {"url": LOCAL, "tokenizer": tokenizer}}}
+    assert build_settings(file, {}, {}).upstreams["local"].tokenizer == tokenizer
+
+
+@pytest.mark.parametrize("tokenizer", ["llamacpp", "LLAMA.CPP", "tiktoken", "", 4, None])
+def test_an_unknown_tokenizer_is_an_error(tokenizer: Any) -> None:
+    file = {"upstreams": {"local": {"url": LOCAL, "tokenizer": tokenizer}}}
+    with pytest.raises(ConfigError) as info:
+        build_settings(file, {}, {})
+    message = str(info.value)
+    assert message.startswith("upstreams.local.tokenizer: expected one of auto, llama.cpp, ")
+    assert repr(tokenizer) in message
+
+
+def test_load_settings_reads_the_new_server_and_upstream_keys(tmp_path: Path) -> None:
+    path = tmp_path / "prefixgate.toml"
+    path.write_text(
+        """
+[server]
+audit_path = "memory"
+capture_bodies = true
+record_path = "capture.jsonl"
+
+[upstreams.local]
+url = "http://127.0.0.1:8080"
+tokenizer = "estimate"
+""",
+        encoding="utf-8",
+    )
+    s = load_settings(path, environ={"HOME": "/home/u"})
+    assert s.audit_path is None
+    assert s.capture_bodies is True
+    assert s.record_path == "capture.jsonl"
+    assert s.upstreams["local"].tokenizer == "estimate"

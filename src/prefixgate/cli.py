@@ -230,7 +230,10 @@ def diagnose_cmd(policy: str, as_json: bool, capture: str) -> None:
         for result in results:
             click.echo(result.to_json())
         return
-    Console().print(render_diagnosis(results, Policy.parse(policy)))
+    console = Console()
+    if not console.is_terminal:  # a pipe or a file: room for every column
+        console = Console(width=max(console.width, 160))
+    console.print(render_diagnosis(results, Policy.parse(policy)))
 
 
 @main.command("demo")

@@ -273,7 +273,13 @@ def build_settings(
     A policy given by flag or environment applies to every upstream and route.
     """
     server = _table("server", file.get("server", {}))
-    for key, var in (("host", "HOST"), ("port", "PORT"), ("max_body_bytes", "MAX_BODY_BYTES")):
+    for key, var in (
+        ("host", "HOST"),
+        ("port", "PORT"),
+        ("max_body_bytes", "MAX_BODY_BYTES"),
+        ("audit_path", "AUDIT_PATH"),
+        ("capture_bodies", "CAPTURE_BODIES"),
+    ):
         if f"PREFIXGATE_{var}" in env:
             server[key] = env[f"PREFIXGATE_{var}"]
     server.update({k: v for k, v in flags.items() if k in ("host", "port") and v is not None})
@@ -304,10 +310,7 @@ def build_settings(
         ),
         tenant=str(server.get("tenant", "default")),
         audit_path=_audit_path(server, env),
-        capture_bodies=_flag(
-            "server.capture_bodies",
-            server.get("capture_bodies", env.get("PREFIXGATE_CAPTURE_BODIES", False)),
-        ),
+        capture_bodies=_flag("server.capture_bodies", server.get("capture_bodies", False)),
         record_path=flags.get("record") or server.get("record_path") or None,
         upstreams=upstreams,
         routes=routes,

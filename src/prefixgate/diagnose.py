@@ -81,7 +81,10 @@ def diagnose(
         headers = {k.lower(): v for k, v in record.headers}
         route = record.path.split("?", 1)[0]
         who = identify(headers, route, rw, tenant, labeller)
-        cmp = tracker.observe(UPSTREAM, Owner(tenant, who.session, who.agent), rw.view)
+        owner = Owner(tenant, who.session, who.agent)
+        # as in the gateway: a token count uses no cache, so it is no reference
+        remember = who.kind != "count_tokens"
+        cmp = tracker.observe(UPSTREAM, owner, rw.view, remember=remember)
         tokens = estimate_tokens(rw.view)
         change = cmp.change
         out.append(
@@ -98,7 +101,7 @@ def diagnose(
                 expected_cached_tokens=expected_tokens(rw.view, cmp, tokens, None),
                 expected_source="estimate",
                 changed_vs_session=_segment(cmp.session_change, cmp.has_session_ref),
-                changed_vs_previous=_segment(cmp.upstream_change, True),
+                changed_vs_previous=_segment(cmp.upstream_change, cmp.has_upstream_ref),
                 changed_segment=change.segment if change else None,
                 cause=cmp.predicted_cause,
                 detail=change.detail if change else None,

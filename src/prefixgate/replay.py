@@ -127,7 +127,12 @@ def _record(index: int, raw: Mapping[str, Any]) -> CaptureRecord:
         body = body_text.encode("utf-8")
     else:  # a body recorded as a JSON value rather than a string
         body = json.dumps(body_text, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    parsed = json.loads(body)
+    try:
+        parsed = json.loads(body)
+    except ValueError:  # record mode also keeps requests the gateway refused
+        parsed = None
+    if not isinstance(parsed, dict):
+        parsed = {}
     session = next((v for k, v in headers if k.lower() == SESSION_HEADER), "")
     return CaptureRecord(
         index=index,

@@ -182,7 +182,7 @@ def _measured(rec: AuditRecord) -> bool:
 
 
 def _totals(records: Sequence[AuditRecord], rates: dict[str | None, float]) -> Totals:
-    cache = [r for r in records if r.kind in CACHE_KINDS]
+    cache = [r for r in records if r.kind in CACHE_KINDS and not is_error(r)]
     measured = [r for r in cache if _measured(r)]
     expected = [
         r for r in cache if r.prompt_tokens is not None and r.expected_cached_tokens is not None

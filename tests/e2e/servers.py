@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from prefixgate.app.gateway import create_app
 from prefixgate.config import Settings
-from prefixgate.store.audit import MemoryAudit
+from prefixgate.store.audit import AuditRecord, MemoryAudit
 
 
 class ServerThread:
@@ -118,6 +118,22 @@ class Gateway:
     recorder: Recorder
     recorder_url: str
     runtime_url: str
+    app: Starlette
+
+    def records(self, timeout: float = 60.0) -> list[AuditRecord]:
+        """The audit records, once every answered request's record is written
+        (records wait for the upstream's token counts off the request path)."""
+        settle(self.app, timeout)
+        return list(self.audit.records)
+
+
+def settle(app: Starlette, timeout: float = 60.0) -> None:
+    """Wait until ``app`` has no audit record left to complete."""
+    observer = app.state.proxy.observer
+    deadline = time.monotonic() + timeout
+    while observer.pending:
+        assert time.monotonic() < deadline, f"audit records still pending after {timeout} s"
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager
@@ -128,4 +144,4 @@ def gateway_in_front_of(runtime_url: str) -> Iterator[Gateway]:
         audit = MemoryAudit()
         app = create_app(Settings().with_upstream(upstream.url), audit=audit)
         with ServerThread(app) as server:
-            yield Gateway(server.url, audit, rec, upstream.url, runtime_url)
+            yield Gateway(server.url, audit, rec, upstream.url, runtime_url, app)

@@ -86,12 +86,12 @@ def test_claude_code_print_mode_through_prefixgate(claude_gateway: Gateway, tmp_
     project.mkdir()
     home.mkdir()
     (project / "CLAUDE.md").write_text("# Inventory service\n\nIndent with tabs.\n")
-    seen_before, audit_before = len(gateway.recorder.seen), len(gateway.audit.records)
+    seen_before, audit_before = len(gateway.recorder.seen), len(gateway.records())
 
     run_claude(gateway, project, home, "Which indentation does this project use?")
-    first = main_requests(list(gateway.audit.records)[audit_before:])
+    first = main_requests(gateway.records()[audit_before:])
     run_claude(gateway, project, home, "How are the tests of this project run?")
-    second = main_requests(list(gateway.audit.records)[audit_before + len(first) :])
+    second = main_requests(gateway.records()[audit_before + len(first) :])
 
     # Claude Code sent its block; prefixgate found and stripped it every time.
     assert first and second

@@ -163,7 +163,7 @@ def test_sdk_stream_through_the_gateway_hits_the_prefix_cache(
     seen = [s for s in gateway.recorder.seen if s.path.startswith("/v1/messages")]
     assert len(seen) == 3
     assert_upstream_never_saw_the_block(seen)
-    records = list(gateway.audit.records)[-3:]
+    records = gateway.records()[-3:]
     assert [r.attribution_found for r in records] == [True, True, True]
     assert [r.stream for r in records] == [True, True, True]
     assert [r.error for r in records] == [None, None, None]

@@ -6,6 +6,8 @@ share counters). Every series carries the tenant.
 =============================================  ==================================
 ``prefixgate_requests_total``                  by status, upstream, policy, kind
 ``prefixgate_prompt_tokens_total``             prompt tokens the upstream counted
+                                               (answered messages and probes, as
+                                               in the report; not token counts)
 ``prefixgate_cached_tokens_total``             of which it served from cache
 ``prefixgate_expected_cached_tokens_total``    what an ideal prefix cache would serve
 ``prefixgate_cache_unknown_total``             requests whose cache use was not reported
@@ -23,6 +25,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 
+from prefixgate.report import CACHE_KINDS, is_error
 from prefixgate.store.audit import AuditRecord
 
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -92,20 +95,24 @@ class Metrics:
         ).inc()
         if rec.attribution_found:
             self.blocks.labels(rec.tenant, rec.policy or "-").inc()
-        if rec.prompt_tokens is not None:
-            self.prompt.labels(*up).inc(rec.prompt_tokens)
-        if rec.cached_tokens is not None:
-            self.cached.labels(*up).inc(rec.cached_tokens)
-        elif rec.status == 200:
-            self.unknown.labels(*up).inc()
-        if rec.expected_cached_tokens is not None:
-            self.expected.labels(*up).inc(rec.expected_cached_tokens)
+        if rec.kind in CACHE_KINDS and not is_error(rec):  # as in the report
+            self._tokens(rec, up)
         if rec.cause and rec.cause != "none":
             self.misses.labels(*up, rec.cause).inc()
         if rec.ttfb_ms is not None:
             self.ttfb.labels(*up).observe(rec.ttfb_ms / 1000)
         if rec.total_ms is not None:
             self.total.labels(*up).observe(rec.total_ms / 1000)
+
+    def _tokens(self, rec: AuditRecord, up: tuple[str, str]) -> None:
+        if rec.prompt_tokens is not None:
+            self.prompt.labels(*up).inc(rec.prompt_tokens)
+        if rec.cached_tokens is not None:
+            self.cached.labels(*up).inc(rec.cached_tokens)
+        else:
+            self.unknown.labels(*up).inc()
+        if rec.expected_cached_tokens is not None:
+            self.expected.labels(*up).inc(rec.expected_cached_tokens)
 
     async def endpoint(self, request: Request) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

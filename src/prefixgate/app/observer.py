@@ -38,6 +38,7 @@ class Observation:
     """What is known about a request when it is forwarded."""
 
     identity: Identity
+    owner: Owner
     comparison: Comparison
     upstream: UpstreamConfig
     rewrite: Rewrite
@@ -60,13 +61,16 @@ class CacheObserver:
         tenant = self.settings.tenant
         who = identify(headers, route, rw, tenant, self._labeller)
         owner = Owner(tenant, who.session, who.agent)
-        remember = who.kind != "count_tokens"
-        comparison = self._tracker.observe(upstream.name, owner, rw.view, remember=remember)
-        return Observation(who, comparison, upstream, rw)
+        comparison = self._tracker.compare(upstream.name, owner, rw.view)
+        return Observation(who, owner, comparison, upstream, rw)
 
     def finish(self, rec: AuditRecord, seen: Observation | None, usage: CacheUsage) -> None:
         """Complete ``rec`` with the cache fields off the request path, then record it."""
         rec = replace(rec, prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens)
+        answered = rec.status == 200 and rec.error is None
+        if seen is not None and answered and seen.identity.kind != "count_tokens":
+            # the upstream now holds this prompt (a token count uses no cache)
+            self._tracker.remember(seen.upstream.name, seen.owner, seen.rewrite.view)
         if seen is None or self.client is None or seen.identity.kind == "count_tokens":
             self._write(rec)
             return

@@ -68,7 +68,7 @@ def session_from_metadata(metadata: Any) -> str | None:
         session = parsed.get("session_id") if isinstance(parsed, dict) else None
         return session[:_MAX_SESSION_CHARS] if isinstance(session, str) and session else None
     legacy = _LEGACY_USER_ID.match(user_id)
-    return legacy.group(1) if legacy else None
+    return legacy.group(1)[:_MAX_SESSION_CHARS] if legacy else None
 
 
 def agent_of(attribution: Attribution | None, body: Mapping[str, Any]) -> str:

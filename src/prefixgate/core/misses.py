@@ -77,6 +77,7 @@ class Comparison:
     session_common: int  # pieces shared with the session's previous request
     upstream_common: int  # pieces shared with the upstream's last request
     has_session_ref: bool
+    has_upstream_ref: bool
     interloper: str | None  # who used the upstream since this session's last request
 
     @property
@@ -90,17 +91,19 @@ def compare(
     session_prev: PromptView | None,
     upstream_prev: tuple[Owner, PromptView] | None,
 ) -> Comparison:
-    session_change = first_change(session_prev, view) if session_prev else None
+    # Side requests (titles, summaries) carry a new short conversation each time.
+    side = owner.agent == "side"
+    session_change = None
+    if session_prev is not None:
+        session_change = _in_place(first_change(session_prev, view), new_conversation=side)
     upstream_change = None
     interloper = None
     if upstream_prev is not None:
         prev_owner, prev_view = upstream_prev
-        upstream_change = first_change(prev_view, view)
+        other = prev_owner.session != owner.session or side
+        upstream_change = _in_place(first_change(prev_view, view), new_conversation=other)
         if prev_owner != owner and session_prev is not None:
             interloper = prev_owner.describe(owner.tenant)
-        other_conversation = prev_owner.session != owner.session
-        if other_conversation and upstream_change and upstream_change.section == "messages":
-            upstream_change = None
     if session_prev is not None:
         change, reference = session_change, "session"
     else:
@@ -113,14 +116,23 @@ def compare(
         session_common=common_pieces(session_prev, view),
         upstream_common=common_pieces(upstream_prev[1], view) if upstream_prev else 0,
         has_session_ref=session_prev is not None,
+        has_upstream_ref=upstream_prev is not None,
         interloper=interloper,
     )
+
+
+def _in_place(change: Change | None, *, new_conversation: bool) -> Change | None:
+    """``change``, unless it is only that another conversation's messages differ."""
+    if new_conversation and change is not None and change.section == "messages":
+        return None
+    return change
 
 
 class CacheTracker:
     """The last prompt per upstream and per (tenant, session, agent).
 
-    ``observe`` compares a request with both and then remembers it. At most
+    The gateway compares a request when it arrives and remembers it once the
+    upstream answered it (a failed request cached nothing). At most
     ``limit`` owners are kept (least recently seen forgotten first); views hold
     prompt text, so this is memory only, never written anywhere.
     """
@@ -130,19 +142,26 @@ class CacheTracker:
         self._by_upstream: dict[str, tuple[Owner, PromptView]] = {}
         self._limit = limit
 
-    def observe(
-        self, upstream: str, owner: Owner, view: PromptView, *, remember: bool = True
-    ) -> Comparison:
-        """Compare ``view`` with its references; then remember it unless told
-        not to (a token count uses no cache, so it cannot evict anything)."""
-        result = compare(view, owner, self._by_owner.get(owner), self._by_upstream.get(upstream))
-        if not remember:
-            return result
+    def compare(self, upstream: str, owner: Owner, view: PromptView) -> Comparison:
+        """``view`` against the owner's and the upstream's last remembered prompts."""
+        return compare(view, owner, self._by_owner.get(owner), self._by_upstream.get(upstream))
+
+    def remember(self, upstream: str, owner: Owner, view: PromptView) -> None:
+        """Record that ``upstream`` processed ``view`` for ``owner``."""
         self._by_owner[owner] = view
         self._by_owner.move_to_end(owner)
         while len(self._by_owner) > self._limit:
             self._by_owner.popitem(last=False)
         self._by_upstream[upstream] = (owner, view)
+
+    def observe(
+        self, upstream: str, owner: Owner, view: PromptView, *, remember: bool = True
+    ) -> Comparison:
+        """``compare``, then ``remember`` unless told not to (a token count uses
+        no cache, so it cannot evict anything)."""
+        result = self.compare(upstream, owner, view)
+        if remember:
+            self.remember(upstream, owner, view)
         return result
 
 
@@ -193,7 +212,12 @@ def verdict(comparison: Comparison, expected: int | None, actual: int | None) ->
         against = "previous request of the session"
         if comparison.reference == "upstream":
             against = "last request on the upstream"
-        return Verdict(change.cause, change.segment, f"{change.detail} (vs the {against})")
+        detail = f"{change.detail} (vs the {against})"
+        if is_miss(expected, actual):
+            detail += (
+                f"; and the upstream served only {actual:,} of the {expected:,} tokens before it"
+            )
+        return Verdict(change.cause, change.segment, detail)
     if not is_miss(expected, actual):
         return Verdict("none", None, None)
     shortfall = f"served {actual:,} of {expected:,} expected tokens"

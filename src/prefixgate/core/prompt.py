@@ -26,7 +26,7 @@ from typing import Any
 
 from prefixgate.core.attribution import parse_header
 from prefixgate.core.canonical import canonical_json, digest
-from prefixgate.core.segments import MCP_PREFIX, without_cache_control
+from prefixgate.core.segments import MCP_PREFIX, project_context, without_cache_control
 
 # Sections in prompt order; a piece's name starts with its section.
 SECTIONS = ("attribution", "system", "tools", "mcp_tools", "project_context", "messages")
@@ -38,7 +38,6 @@ CAUSE_OF_SECTION = {
     "project_context": "project_context_changed",
     "messages": "messages_rewritten",
 }
-_REMINDER = "<system-reminder>"
 _SHOWN = 100
 
 
@@ -245,28 +244,11 @@ def _block_text(block: Any) -> str:
 
 
 def _split_context(messages: Sequence[Any]) -> tuple[list[str], list[Any]]:
-    """The first user message's ``<system-reminder>`` texts, and the messages
-    with those blocks taken out of it."""
-    if not messages or not isinstance(messages[0], Mapping):
+    """The project context, and the messages with it taken out of the first."""
+    context, first_rest = project_context(messages)
+    if first_rest is None:
         return [], list(messages)
-    first = messages[0]
-    content = first.get("content")
-    if first.get("role") != "user" or not isinstance(content, list):
-        return [], list(messages)
-    context = [b["text"] for b in content if _is_reminder(b)]
-    if not context:
-        return [], list(messages)
-    rest = [b for b in content if not _is_reminder(b)]
-    return context, [{**first, "content": rest}, *messages[1:]]
-
-
-def _is_reminder(block: Any) -> bool:
-    return (
-        isinstance(block, Mapping)
-        and block.get("type") == "text"
-        and isinstance(block.get("text"), str)
-        and block["text"].lstrip().startswith(_REMINDER)
-    )
+    return context, [first_rest, *messages[1:]]
 
 
 def _normal_message(message: Any) -> Any:

@@ -89,7 +89,7 @@ def split(body: Mapping[str, Any], attribution_text: str | None) -> Segments:
     tools = _tool_digests(body.get("tools"))
     messages = body.get("messages")
     message_list: list[Any] = messages if isinstance(messages, list) else []
-    context, first_rest = _project_context(message_list)
+    context, first_rest = project_context(message_list)
     message_digests = [digest(without_cache_control(m)) for m in message_list]
     if first_rest is not None:
         message_digests[0] = digest(without_cache_control(first_rest))
@@ -124,7 +124,7 @@ def _tool_digests(tools: Any) -> list[tuple[str, str]]:
     return out
 
 
-def _project_context(messages: Sequence[Any]) -> tuple[list[str], Any | None]:
+def project_context(messages: Sequence[Any]) -> tuple[list[str], Any | None]:
     """The first user message's ``<system-reminder>`` texts, and that message without them.
 
     Returns ``([], None)`` when the first message carries no project context.

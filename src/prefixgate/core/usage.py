@@ -62,4 +62,6 @@ def cache_usage(response: Mapping[str, object]) -> CacheUsage:
     evaluated = token_count(response.get("prompt_eval_count"))
     if cached is not None:  # Ollama counts only the tokens it evaluated
         return CacheUsage(cached + evaluated if evaluated is not None else None, cached, "ollama")
+    if prompt is None:  # a token count answers {"input_tokens": N}; Ollama counts evaluated
+        prompt = token_count(response.get("input_tokens"))
     return CacheUsage(prompt if prompt is not None else evaluated, None, None)

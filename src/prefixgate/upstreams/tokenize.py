@@ -114,12 +114,14 @@ class TokenCounter:
         return tokens
 
     async def _post(self, text: str) -> httpx.Response:
+        url, payload = f"{self._upstream.url}/tokenize", {"content": text, "add_special": False}
         async with self._limit:
-            return await self._client.post(
-                f"{self._upstream.url}/tokenize",
-                json={"content": text, "add_special": False},
-                timeout=self._timeout,
-            )
+            try:
+                return await self._client.post(url, json=payload, timeout=self._timeout)
+            except httpx.RemoteProtocolError:
+                # llama-server now and then closes a kept-alive connection just
+                # as it is reused; tokenizing changes nothing, so ask again once
+                return await self._client.post(url, json=payload, timeout=self._timeout)
 
     def _remember(self, digest: str, count: int) -> None:
         self._cache[digest] = count

@@ -1,0 +1,679 @@
+"""Prompt views in prompt order, and the first place two prompts part."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from prefixgate.core.canonical import digest
+from prefixgate.core.pipeline import Rewrite, RewriteOptions, rewrite
+from prefixgate.core.policy import Policy
+from prefixgate.core.prompt import (
+    CAUSE_OF_SECTION,
+    SECTIONS,
+    Change,
+    PromptView,
+    common_pieces,
+    first_change,
+    prompt_view,
+)
+
+PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+EPHEMERAL = {"type": "ephemeral"}
+LINE = "x-anthropic-billing-header: cc_version=2.1.197.3ab; cc_entrypoint=cli; cch=fa690;"
+IDENTITY = "You are Claude Code, Anthropic's official CLI for Claude."
+INSTRUCTIONS = (
+    "You are an interactive agent.\n"
+    "# Environment\n"
+    " - You are powered by the model named Opus 4.8.\n"
+    " - Primary working directory: /home/dev/proj"
+)
+CONTEXT = "<system-reminder>\n# claudeMd\nIndent with tabs.\n</system-reminder>\n"
+MCP = "mcp__projfs__list_dir"
+
+
+def tool(name: str, description: str = "does things", **schema: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "description": description,
+        "input_schema": {"type": "object", "properties": schema},
+    }
+
+
+def request(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": "claude-opus-4-8",
+        "max_tokens": 64,
+        "system": [
+            {"type": "text", "text": LINE},
+            {"type": "text", "text": IDENTITY},
+            {"type": "text", "text": INSTRUCTIONS, "cache_control": EPHEMERAL},
+        ],
+        "tools": [tool("Bash"), tool("Read"), tool(MCP)],
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": CONTEXT},
+                    {"type": "text", "text": "hello"},
+                ],
+            },
+            {"role": "assistant", "content": [{"type": "text", "text": "hi"}]},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "list files", "cache_control": EPHEMERAL}],
+            },
+        ],
+    }
+    body.update(overrides)
+    return body
+
+
+def with_line(body: dict[str, Any], line: str) -> dict[str, Any]:
+    out = copy.deepcopy(body)
+    out["system"][0]["text"] = line
+    return out
+
+
+def run(body: dict[str, Any], policy: Policy = Policy.STRIP) -> Rewrite:
+    raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    return rewrite(raw, RewriteOptions(policy=policy))
+
+
+def view(body: dict[str, Any], policy: Policy = Policy.STRIP) -> PromptView:
+    return run(body, policy).view
+
+
+def change(before: dict[str, Any], after: dict[str, Any], policy: Policy = Policy.STRIP) -> Change:
+    found = first_change(view(before, policy), view(after, policy))
+    assert found is not None, "expected a change"
+    return found
+
+
+def names(v: PromptView) -> list[str]:
+    return [p.name for p in v.pieces]
+
+
+def find_tool(body: dict[str, Any], name: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(t for t in body["tools"] if t["name"] == name)
+    return found
+
+
+# -- the view ------------------------------------------------------------------
+
+
+def test_pieces_in_prompt_order() -> None:
+    v = view(request())
+    assert v.model == "claude-opus-4-8"
+    assert names(v) == [
+        "system[0]",
+        "system[1]",
+        "tools:Bash",
+        "tools:Read",
+        f"mcp_tools:{MCP}",
+        "project_context",
+        "messages[0]",
+        "messages[1]",
+        "messages[2]",
+    ]
+    sections = [p.section for p in v.pieces]
+    assert sections == sorted(sections, key=SECTIONS.index)
+    assert v.names("tools") == ["tools:Bash", "tools:Read"]
+    assert v.names("mcp_tools") == [f"mcp_tools:{MCP}"]
+    assert v.names("attribution") == []
+
+
+def test_each_piece_holds_its_text_and_the_digest_of_it() -> None:
+    v = view(request())
+    by_name = {p.name: p for p in v.pieces}
+    assert by_name["system[0]"].text == IDENTITY
+    assert by_name["system[1]"].text == INSTRUCTIONS  # cache_control left out
+    assert by_name["project_context"].text == CONTEXT
+    assert json.loads(by_name["tools:Bash"].text) == tool("Bash")
+    assert json.loads(by_name["messages[0]"].text) == {"role": "user", "content": "hello"}
+    for piece in v.pieces:
+        assert piece.digest == digest(piece.text)
+
+
+@pytest.mark.parametrize(
+    ("policy", "attribution"),
+    [
+        (Policy.STRIP, None),
+        (Policy.PRESERVE_AS_METADATA, None),
+        (Policy.PASSTHROUGH, LINE),
+        (Policy.NORMALIZE, "x-anthropic-billing-header: cc_entrypoint=cli;"),
+    ],
+)
+def test_the_attribution_piece_is_what_the_upstream_still_sees(
+    policy: Policy, attribution: str | None
+) -> None:
+    v = view(request(), policy)
+    pieces = [p for p in v.pieces if p.section == "attribution"]
+    if attribution is None:
+        assert pieces == []
+    else:
+        assert [(p.name, p.text) for p in pieces] == [("attribution", attribution)]
+        assert v.pieces[0] is pieces[0]
+    # the block never leaks into the system pieces
+    assert all(
+        "x-anthropic-billing-header" not in p.text for p in v.pieces if p.section != "attribution"
+    )
+
+
+def test_system_as_a_string_is_one_piece() -> None:
+    v = prompt_view(request(system="be brief\nand kind"), None)
+    assert [(p.name, p.text) for p in v.pieces if p.section == "system"] == [
+        ("system[0]", "be brief\nand kind")
+    ]
+    assert prompt_view(request(system=""), None).names("system") == []
+    assert prompt_view(request(system=None), None).names("system") == []
+
+
+def test_a_system_block_with_more_than_text_is_its_json() -> None:
+    block = {"type": "text", "text": "cited", "citations": [{"x": 1}], "cache_control": EPHEMERAL}
+    v = prompt_view(request(system=[block]), None)
+    assert json.loads(v.pieces[0].text) == {
+        "type": "text",
+        "text": "cited",
+        "citations": [{"x": 1}],
+    }
+
+
+def test_no_tools_and_no_context() -> None:
+    body = request(tools=None, messages=[{"role": "user", "content": "hi"}])
+    v = prompt_view(body, None)
+    assert names(v) == ["system[0]", "system[1]", "system[2]", "messages[0]"]
+
+
+def test_a_tool_without_a_name_is_named_question_mark() -> None:
+    v = prompt_view(request(tools=[{"description": "anonymous"}]), None)
+    assert v.names("tools") == ["tools:?"]
+
+
+def test_project_context_only_from_the_head_of_the_first_user_message() -> None:
+    reminder = {"type": "text", "text": CONTEXT}
+    later = request(
+        messages=[
+            {"role": "user", "content": "hello"},
+            {"role": "user", "content": [reminder, {"type": "text", "text": "again"}]},
+        ]
+    )
+    assert prompt_view(later, None).names("project_context") == []
+    from_assistant = request(messages=[{"role": "assistant", "content": [reminder]}])
+    assert prompt_view(from_assistant, None).names("project_context") == []
+    two = request(
+        messages=[{"role": "user", "content": [reminder, {"type": "text", "text": "  " + CONTEXT}]}]
+    )
+    context = [p for p in prompt_view(two, None).pieces if p.section == "project_context"]
+    assert [p.text for p in context] == [CONTEXT + "\n" + "  " + CONTEXT]
+
+
+def test_cache_control_markers_are_not_prompt_text() -> None:
+    bare = request()
+    marked = copy.deepcopy(bare)
+    marked["system"][1]["cache_control"] = EPHEMERAL
+    marked["tools"][0]["cache_control"] = EPHEMERAL
+    marked["messages"][0]["content"][1]["cache_control"] = EPHEMERAL
+    marked["messages"][2]["content"][0].pop("cache_control")
+    assert view(marked) == view(bare)
+
+
+def test_one_text_block_equals_string_content() -> None:
+    flat = request(messages=[{"role": "user", "content": "hello"}])
+    block = request(messages=[{"role": "user", "content": [{"type": "text", "text": "hello"}]}])
+    marked = request(
+        messages=[
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "hello", "cache_control": EPHEMERAL}],
+            }
+        ]
+    )
+    assert view(flat) == view(block) == view(marked)
+    two_blocks = request(
+        messages=[
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "hel"}, {"type": "text", "text": "lo"}],
+            }
+        ]
+    )
+    assert view(two_blocks) != view(flat)
+
+
+def test_tool_result_markers_are_ignored_but_its_text_counts() -> None:
+    def with_result(text: str, marker: bool) -> dict[str, Any]:
+        block: dict[str, Any] = {"type": "text", "text": text}
+        if marker:
+            block["cache_control"] = EPHEMERAL
+        result = {"type": "tool_result", "tool_use_id": "t1", "content": [block]}
+        return request(messages=[{"role": "user", "content": [result]}])
+
+    assert view(with_result("ok", True)) == view(with_result("ok", False))
+    assert view(with_result("ok", False)) != view(with_result("no", False))
+
+
+# -- common_pieces -------------------------------------------------------------
+
+
+def test_common_pieces() -> None:
+    before = view(request())
+    assert common_pieces(None, before) == 0
+    assert common_pieces(before, before) == len(before.pieces)
+    edited = request()
+    edited["messages"][1]["content"] = "bye"
+    assert common_pieces(before, view(edited)) == names(before).index("messages[1]")
+    assert common_pieces(before, view(request(model="other"))) == 0
+
+
+# -- acceptance: the attribution fingerprint -----------------------------------
+
+OTHER_LINE = "x-anthropic-billing-header: cc_version=2.1.197.776; cc_entrypoint=cli; cch=fa690;"
+OTHER_CCH = "x-anthropic-billing-header: cc_version=2.1.197.3ab; cc_entrypoint=cli; cch=0b1c2;"
+
+
+@pytest.mark.parametrize("other", [OTHER_LINE, OTHER_CCH], ids=["cc_version", "cch"])
+def test_strip_makes_requests_differing_only_in_the_fingerprint_equal(other: str) -> None:
+    a, b = run(request()), run(with_line(request(), other))
+    assert a.attribution is not None and b.attribution is not None
+    assert a.attribution.fields != b.attribution.fields
+    assert a.view == b.view
+    assert a.key == b.key and a.key.hex == b.key.hex
+    assert first_change(a.view, b.view) is None
+
+
+@pytest.mark.parametrize(
+    ("other", "detail"),
+    [
+        (OTHER_LINE, "cc_version 2.1.197.3ab -> 2.1.197.776"),
+        (OTHER_CCH, "cch fa690 -> 0b1c2"),
+        (LINE + " cc_is_subagent=true;", "cc_is_subagent - -> true"),
+        ('x-anthropic-billing-header: {"cc_version":"2.1.197.3ab"}', "cch fa690 -> -"),
+    ],
+    ids=["cc_version", "cch", "field-added", "json-form"],
+)
+def test_passthrough_names_the_attribution_field_that_changed(other: str, detail: str) -> None:
+    found = change(request(), with_line(request(), other), Policy.PASSTHROUGH)
+    assert (found.segment, found.section, found.cause) == (
+        "attribution",
+        "attribution",
+        "attribution_changed",
+    )
+    assert detail in found.detail
+
+
+def test_passthrough_with_the_same_fingerprint_is_no_change() -> None:
+    before = view(request(), Policy.PASSTHROUGH)
+    after = copy.deepcopy(request())
+    after["messages"].append({"role": "assistant", "content": "done"})
+    assert first_change(before, view(after, Policy.PASSTHROUGH)) is None
+
+
+def test_preserve_as_metadata_keeps_both_fingerprints_out_of_the_prompt() -> None:
+    a = run(request(), Policy.PRESERVE_AS_METADATA)
+    b = run(with_line(request(), OTHER_CCH), Policy.PRESERVE_AS_METADATA)
+    assert a.view == b.view
+    assert a.view.names("attribution") == []
+    assert first_change(a.view, b.view) is None
+    assert a.attribution is not None and b.attribution is not None
+    assert a.attribution.fields["cch"] == "fa690"
+    assert b.attribution.fields["cch"] == "0b1c2"
+
+
+def test_normalize_makes_conversation_fingerprints_equal() -> None:
+    a = view(request(), Policy.NORMALIZE)
+    b = view(with_line(request(), OTHER_LINE.replace("fa690", "12345")), Policy.NORMALIZE)
+    assert a == b
+    assert a.names("attribution") == ["attribution"]
+
+
+def test_corpus_requests_differing_only_in_the_fingerprint(cch_records: list[Any]) -> None:
+    body = cch_records[0].body
+    other = copy.deepcopy(body)
+    line = other["system"][0]["text"]
+    assert "cch=" in line and "cc_version=" in line
+    fields = dict(pair.split("=", 1) for pair in line.split(": ", 1)[1].rstrip(";").split("; "))
+    other["system"][0]["text"] = line.replace(fields["cch"], "00000").replace(
+        fields["cc_version"], "2.1.197.fff"
+    )
+    a, b = run(body), run(other)
+    assert a.view == b.view and a.key == b.key
+    assert first_change(a.view, b.view) is None
+    found = first_change(view(body, Policy.PASSTHROUGH), view(other, Policy.PASSTHROUGH))
+    assert found is not None and found.cause == "attribution_changed"
+    assert f"cch {fields['cch']} -> 00000" in found.detail
+    assert f"cc_version {fields['cc_version']} -> 2.1.197.fff" in found.detail
+
+
+# -- acceptance: no attribution block ------------------------------------------
+
+
+@pytest.mark.parametrize("policy", list(Policy))
+def test_a_request_without_a_block_is_forwarded_byte_identical(
+    plain_records: list[Any], policy: Policy
+) -> None:
+    body = plain_records[1].body
+    assert body["system"][0]["text"].startswith("x-anthropic-billing-header")
+    del body["system"][0]  # what CLAUDE_CODE_ATTRIBUTION_HEADER=0 sends
+    raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    rw = rewrite(raw, RewriteOptions(policy=policy))
+    assert rw.body == raw
+    assert rw.changed is False
+    assert rw.attribution is None
+    assert rw.view.names("attribution") == []
+    assert rw.view == run(plain_records[1].body).view  # same prompt as the stripped one
+
+
+# -- acceptance: tools ---------------------------------------------------------
+
+
+def test_a_changed_tool_description(plain_records: list[Any]) -> None:
+    before = plain_records[0].body
+    after = copy.deepcopy(before)
+    find_tool(after, "Bash")["description"] += " Mind the quotes."
+    a, b = run(before), run(after)
+    assert a.key.hex != b.key.hex
+    assert a.key.tool_schema_hash != b.key.tool_schema_hash
+    found = first_change(a.view, b.view)
+    assert found == Change("tools:Bash", "tools", "tools_changed", "Bash: description changed")
+
+
+def test_a_changed_input_schema(plain_records: list[Any]) -> None:
+    before = plain_records[0].body
+    after = copy.deepcopy(before)
+    find_tool(after, "Read")["input_schema"]["properties"]["encoding"] = {"type": "string"}
+    assert run(before).key.hex != run(after).key.hex
+    found = change(before, after)
+    assert (found.segment, found.cause) == ("tools:Read", "tools_changed")
+    assert found.detail == "Read: input_schema changed"
+
+
+def test_several_changed_fields_are_all_named() -> None:
+    after = request()
+    after["tools"][1] = tool("Read", "reads files", path={"type": "string"})
+    found = change(request(), after)
+    assert found.detail == "Read: description, input_schema changed"
+
+
+def test_a_changed_mcp_tool(plain_records: list[Any]) -> None:
+    before = plain_records[8].body
+    after = copy.deepcopy(before)
+    find_tool(after, "mcp__projfs__read_text")["description"] = "Read a file."
+    a, b = run(before), run(after)
+    assert a.key.hex != b.key.hex
+    assert a.key.mcp_descriptor_hash != b.key.mcp_descriptor_hash
+    assert a.key.tool_schema_hash == b.key.tool_schema_hash
+    found = first_change(a.view, b.view)
+    assert found == Change(
+        "mcp_tools:mcp__projfs__read_text",
+        "mcp_tools",
+        "mcp_tools_changed",
+        "mcp__projfs__read_text: description changed",
+    )
+
+
+def test_a_removed_tool_is_named(plain_records: list[Any]) -> None:
+    before = plain_records[0].body
+    after = copy.deepcopy(before)
+    after["tools"] = [t for t in after["tools"] if t["name"] != "Write"]
+    assert run(before).key.hex != run(after).key.hex
+    found = change(before, after)
+    assert (found.segment, found.cause, found.detail) == (
+        "tools:Write",
+        "tools_changed",
+        "removed Write",
+    )
+
+
+def test_an_added_tool_is_named() -> None:
+    after = request()
+    after["tools"].insert(2, tool("Write"))
+    found = change(request(), after)
+    assert (found.segment, found.section, found.cause) == ("tools:Write", "tools", "tools_changed")
+    assert found.detail == "added Write"
+
+
+def test_added_and_removed_tools_together() -> None:
+    after = request(tools=[tool("Bash"), tool("Grep"), tool(MCP)])
+    assert change(request(), after).detail == "added Grep; removed Read"
+
+
+def test_added_mcp_tools() -> None:
+    after = request(tools=[*request()["tools"], tool("mcp__git__log"), tool("mcp__git__diff")])
+    found = change(request(), after)
+    assert (found.segment, found.cause) == ("mcp_tools:mcp__git__log", "mcp_tools_changed")
+    assert found.detail == "added mcp__git__log, mcp__git__diff"
+
+
+def test_reordered_tools() -> None:
+    after = request(tools=[tool("Read"), tool("Bash"), tool(MCP)])
+    found = change(request(), after)
+    assert (found.segment, found.cause) == ("tools:Bash", "tools_changed")
+    assert found.detail == "tools reordered: Bash is now Read"
+
+
+# -- acceptance: system prompt, model, project context, messages ---------------
+
+
+def test_the_corpus_model_line_change(plain_records: list[Any]) -> None:
+    before, after = plain_records[1].body, plain_records[2].body
+    found = first_change(view(before), view(after))
+    assert found is not None
+    assert (found.segment, found.section, found.cause) == (
+        "system[1]",
+        "system",
+        "system_prompt_changed",
+    )
+    # system[1] of the view is the corpus' system[2]: the block goes, the rest stays
+    old_lines = before["system"][2]["text"].splitlines()
+    new_lines = after["system"][2]["text"].splitlines()
+    line = next(n for n, (a, b) in enumerate(zip(old_lines, new_lines, strict=False), 1) if a != b)
+    assert "You are powered by the model named" in new_lines[line - 1]
+    assert found.detail.startswith(f"system[1] line {line}: ")
+    assert json.dumps(new_lines[line - 1].strip()) in found.detail
+    assert "(was " in found.detail
+
+
+def test_the_first_differing_line_is_named() -> None:
+    after = request()
+    after["system"][2]["text"] = INSTRUCTIONS.replace("Opus 4.8", "Sonnet 5")
+    found = change(request(), after)
+    assert found == Change(
+        "system[1]",
+        "system",
+        "system_prompt_changed",
+        'system[1] line 3: "- You are powered by the model named Sonnet 5." '
+        '(was "- You are powered by the model named Opus 4.8.")',
+    )
+
+
+def test_added_removed_and_whitespace_lines() -> None:
+    more = request()
+    more["system"][2]["text"] = INSTRUCTIONS + "\nNew rule."
+    assert change(request(), more).detail == 'system[1] line 5 added: "New rule."'
+    assert change(more, request()).detail == 'system[1] line 5 removed: "New rule."'
+    trailing = request()
+    trailing["system"][2]["text"] = INSTRUCTIONS + "\n"
+    assert change(request(), trailing).detail == "system[1] whitespace changed"
+
+
+def test_a_long_line_is_shortened() -> None:
+    before, after = request(), request()
+    before["system"][1]["text"] = "x" * 300
+    after["system"][1]["text"] = "y" * 300
+    detail = change(before, after).detail
+    assert detail == f'system[0] line 1: "{"y" * 97}..." (was "{"x" * 97}...")'
+
+
+def test_an_added_system_block() -> None:
+    after = request()
+    after["system"].append({"type": "text", "text": "Extra block."})
+    found = change(request(), after)
+    assert (found.segment, found.cause) == ("system[2]", "system_prompt_changed")
+
+
+def test_model_changed() -> None:
+    found = change(request(), request(model="claude-sonnet-5"))
+    assert found == Change("model", "model", "model_changed", "claude-opus-4-8 -> claude-sonnet-5")
+
+
+def test_project_context_changed() -> None:
+    after = request()
+    after["messages"][0]["content"][0]["text"] = CONTEXT.replace("tabs", "spaces")
+    found = change(request(), after)
+    assert (found.segment, found.section, found.cause) == (
+        "project_context",
+        "project_context",
+        "project_context_changed",
+    )
+    assert found.detail == (
+        'project_context line 3: "Indent with spaces." (was "Indent with tabs.")'
+    )
+
+
+def test_the_corpus_project_context(plain_records: list[Any]) -> None:
+    before = plain_records[0].body
+    after = copy.deepcopy(before)
+    reminder = after["messages"][0]["content"][0]
+    assert reminder["text"].startswith("<system-reminder>")
+    reminder["text"] = reminder["text"].replace("Indent with tabs", "Indent with spaces")
+    assert reminder["text"] != before["messages"][0]["content"][0]["text"]
+    found = change(before, after)
+    assert found.cause == "project_context_changed"
+    assert "Indent with spaces" in found.detail
+    assert run(before).key.project_context_hash != run(after).key.project_context_hash
+
+
+def test_an_edited_earlier_message() -> None:
+    after = request()
+    after["messages"][1]["content"] = "hello there"
+    after["messages"].append({"role": "user", "content": "more"})
+    found = change(request(), after)
+    assert found == Change(
+        "messages[1]",
+        "messages",
+        "messages_rewritten",
+        "messages[1] (assistant) differs from the earlier request's",
+    )
+
+
+def test_a_shorter_conversation() -> None:
+    after = request()
+    del after["messages"][1:]
+    found = change(request(), after)
+    assert found == Change(
+        "messages[1]",
+        "messages",
+        "messages_rewritten",
+        "conversation is shorter than before (3 -> 1 messages)",
+    )
+
+
+def test_the_corpus_conversation(plain_records: list[Any]) -> None:
+    first, second = view(plain_records[0].body), view(plain_records[1].body)
+    # the second turn appends and moves the cache_control markers: no change
+    assert len(second.names("messages")) > len(first.names("messages"))
+    assert first_change(first, second) is None
+    shorter = first_change(second, first)
+    assert shorter is not None and shorter.cause == "messages_rewritten"
+    assert shorter.detail == "conversation is shorter than before (4 -> 2 messages)"
+    edited = plain_records[1].body
+    edited["messages"][1]["content"] = "a different answer"
+    rewritten = first_change(second, view(edited))
+    assert rewritten is not None
+    assert (rewritten.segment, rewritten.cause) == ("messages[1]", "messages_rewritten")
+
+
+def test_every_section_has_a_cause() -> None:
+    assert set(CAUSE_OF_SECTION) == set(SECTIONS)
+
+
+# -- properties ----------------------------------------------------------------
+
+TEXT = st.text(st.characters(codec="utf-8"), max_size=12)
+BLOCK = st.fixed_dictionaries(
+    {"type": st.just("text"), "text": TEXT}, optional={"cache_control": st.just(EPHEMERAL)}
+)
+MESSAGE = st.fixed_dictionaries(
+    {
+        "role": st.sampled_from(["user", "assistant"]),
+        "content": st.one_of(TEXT, st.lists(BLOCK, min_size=1, max_size=3)),
+    }
+)
+MESSAGES = st.lists(MESSAGE, max_size=4)
+TOOLS = st.lists(
+    st.builds(tool, st.sampled_from(["Bash", "Read", "Write", MCP, "mcp__git__log"]), TEXT),
+    max_size=4,
+    unique_by=lambda t: t["name"],
+)
+SYSTEM = st.one_of(TEXT, st.lists(BLOCK, max_size=3))
+
+
+def body_of(system: Any, tools: list[dict[str, Any]], messages: list[Any]) -> dict[str, Any]:
+    return {"model": "m", "system": system, "tools": tools, "messages": messages}
+
+
+def strip_markers(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: strip_markers(v) for k, v in value.items() if k != "cache_control"}
+    if isinstance(value, list):
+        return [strip_markers(v) for v in value]
+    return value
+
+
+@PROPERTY
+@given(SYSTEM, TOOLS, MESSAGES)
+def test_a_prompt_never_changes_against_itself(
+    system: Any, tools: list[dict[str, Any]], messages: list[Any]
+) -> None:
+    v = prompt_view(body_of(system, tools, messages), None)
+    assert first_change(v, v) is None
+    assert common_pieces(v, v) == len(v.pieces)
+
+
+@PROPERTY
+@given(SYSTEM, TOOLS, MESSAGES, st.lists(MESSAGE, min_size=1, max_size=3))
+def test_appending_messages_is_never_a_change(
+    system: Any, tools: list[dict[str, Any]], messages: list[Any], more: list[Any]
+) -> None:
+    before = prompt_view(body_of(system, tools, messages), None)
+    after = prompt_view(body_of(system, tools, messages + more), None)
+    assert first_change(before, after) is None
+    assert common_pieces(before, after) == len(before.pieces)
+
+
+@PROPERTY
+@given(SYSTEM, TOOLS, st.lists(MESSAGE, min_size=2, max_size=5), st.data())
+def test_dropping_messages_is_always_rewritten(
+    system: Any, tools: list[dict[str, Any]], messages: list[Any], data: st.DataObject
+) -> None:
+    keep = data.draw(st.integers(min_value=1, max_value=len(messages) - 1))
+    before = prompt_view(body_of(system, tools, messages), None)
+    after = prompt_view(body_of(system, tools, messages[:keep]), None)
+    found = first_change(before, after)
+    assert found is not None and found.cause == "messages_rewritten"
+
+
+@PROPERTY
+@given(SYSTEM, TOOLS, MESSAGES)
+def test_cache_control_markers_never_change_a_view(
+    system: Any, tools: list[dict[str, Any]], messages: list[Any]
+) -> None:
+    marked = body_of(system, tools, messages)
+    assert prompt_view(marked, None) == prompt_view(strip_markers(marked), None)
+
+
+@PROPERTY
+@given(TEXT, st.sampled_from(["user", "assistant"]))
+def test_one_text_block_always_equals_string_content(text: str, role: str) -> None:
+    flat = prompt_view(body_of(None, [], [{"role": role, "content": text}]), None)
+    block = prompt_view(
+        body_of(None, [], [{"role": role, "content": [{"type": "text", "text": text}]}]), None
+    )
+    assert flat == block

@@ -620,3 +620,11 @@ tokenizer = "estimate"
     assert s.capture_bodies is True
     assert s.record_path == "capture.jsonl"
     assert s.upstreams["local"].tokenizer == "estimate"
+
+
+def test_the_audit_flag_beats_file_and_environment() -> None:
+    file = {"server": {"audit_path": "/from-file.db"}}
+    env = {"PREFIXGATE_AUDIT_PATH": "/from-env.db"}
+    assert build_settings(file, env, {"audit_path": "/from-flag.db"}).audit_path == "/from-flag.db"
+    assert build_settings(file, env, {"audit_path": "memory"}).audit_path is None
+    assert build_settings(file, env, {"audit_path": None}).audit_path == "/from-env.db"

@@ -121,6 +121,13 @@ def key_cmd(policy: str, source: str) -> None:
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port to listen on (default 8787).")
 @click.option(
+    "--audit",
+    "audit_path",
+    default=None,
+    help="Audit log: a SQLite file (default ~/.local/state/prefixgate/audit.db), "
+    "a .jsonl file, or 'memory'.",
+)
+@click.option(
     "--record",
     type=click.Path(dir_okay=False),
     default=None,
@@ -138,11 +145,19 @@ def serve_cmd(
     policy: str | None,
     host: str | None,
     port: int | None,
+    audit_path: str | None,
     record: str | None,
     log_level: str,
 ) -> None:
     """Run the gateway (with the bundled local runtime when no upstream is set)."""
-    flags = {"upstream": upstream, "policy": policy, "host": host, "port": port, "record": record}
+    flags = {
+        "upstream": upstream,
+        "policy": policy,
+        "host": host,
+        "port": port,
+        "audit_path": audit_path,
+        "record": record,
+    }
     try:
         settings = load_settings(config_path, flags=flags)
     except ConfigError as exc:

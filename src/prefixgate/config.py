@@ -49,6 +49,7 @@ FIRST_PARTY_HOSTS = ("api.anthropic.com",)
 UPSTREAM_KINDS = ("anthropic",)
 TOKENIZERS = ("auto", "llama.cpp", "estimate")
 IN_MEMORY = ("memory", "none")
+SERVER_FLAGS = ("host", "port", "audit_path")
 
 
 class ConfigError(ValueError):
@@ -282,7 +283,7 @@ def build_settings(
     ):
         if f"PREFIXGATE_{var}" in env:
             server[key] = env[f"PREFIXGATE_{var}"]
-    server.update({k: v for k, v in flags.items() if k in ("host", "port") and v is not None})
+    server.update({k: v for k, v in flags.items() if k in SERVER_FLAGS and v is not None})
     tables = {
         name: _table(f"upstreams.{name}", t)
         for name, t in _table("upstreams", file.get("upstreams", {})).items()

@@ -27,6 +27,7 @@ import httpx
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from prefixgate import report
 from prefixgate.replay import (
     CaptureRecord,
     Column,
@@ -36,6 +37,8 @@ from prefixgate.replay import (
     render_report,
     replay,
 )
+from prefixgate.store.audit import AuditRecord
+from prefixgate.store.sqlite import read_records
 
 __all__ = [
     "CORPUS_ENV",
@@ -332,8 +335,9 @@ def run_demo(*, all_requests: bool = False, corpus: Path | None = None, console:
             f" request {later.index} opens session {later.session[:8]} with the same system"
             " prompt and tools, only its attribution block differs."
         )
+    gateway_records: list[AuditRecord] = []
     try:
-        columns = _run_columns(console, chosen)
+        columns = _run_columns(console, chosen, gateway_records)
     except KeyboardInterrupt:
         console.print("[yellow]Interrupted; servers stopped.[/yellow]")
         return 130
@@ -343,6 +347,9 @@ def run_demo(*, all_requests: bool = False, corpus: Path | None = None, console:
     if columns is None:
         return 2
     console.print(render_report(chosen, columns))
+    if gateway_records:
+        console.print("\nWhat prefixgate recorded about the same requests (`prefixgate report`):")
+        console.print(report.render_report(report.build_report(gateway_records)))
     return 0
 
 
@@ -356,7 +363,10 @@ def _missing_corpus(explicit: Path | None) -> str:
     )
 
 
-def _run_columns(console: Console, records: Sequence[CaptureRecord]) -> list[Column] | None:
+def _run_columns(
+    console: Console, records: Sequence[CaptureRecord], audit_out: list[AuditRecord]
+) -> list[Column] | None:
+    """Both runs; the gateway's audit records are appended to ``audit_out``."""
     from prefixgate.runtime.local import LocalRuntime, RuntimeMissing, default_spec
 
     try:
@@ -365,6 +375,8 @@ def _run_columns(console: Console, records: Sequence[CaptureRecord]) -> list[Col
         console.print(f"[red]{exc}[/red]")
         return None
     runtime = LocalRuntime(spec)
+    audit_dir = tempfile.TemporaryDirectory(prefix="prefixgate-demo-")
+    audit_db = str(Path(audit_dir.name) / "audit.db")
     try:
         with console.status("Starting the local runtime (llama-server)..."):
             runtime.start()
@@ -374,15 +386,17 @@ def _run_columns(console: Console, records: Sequence[CaptureRecord]) -> list[Col
             port = free_port()
             gateway = ManagedProcess(
                 "prefixgate",
-                gateway_command(runtime.base_url, port, "--policy", "strip"),
+                gateway_command(runtime.base_url, port, "--policy", "strip", "--audit", audit_db),
                 f"http://127.0.0.1:{port}/healthz",
             )
             gateway.start()
         with gateway:
             url = f"http://127.0.0.1:{port}"
             through = replay_with_progress(console, "prefixgate", records, url)
+        audit_out.extend(read_records(audit_db))  # the gateway has stopped: all written
     finally:
         runtime.stop()
+        audit_dir.cleanup()
     return [
         Column("direct", direct),
         Column("prefixgate", through, attribution_removed=True),

@@ -1,13 +1,23 @@
 """Replay recorded Claude Code requests three ways and compare the prefix cache.
 
     python bench/replay.py [--corpus FILE] [--upstream URL] [--all | --slice SPEC]
-                           [--out results.json] [--no-litellm] [--policy strip]
+                           [--out results.json] [--no-litellm] [--policy strip] [--openai]
 
 Columns, in one run, each against the same upstream:
 
   direct      straight to the upstream
   prefixgate  through ``python -m prefixgate serve`` (attribution block removed)
   litellm     through LiteLLM's proxy, Anthropic ``/v1/messages`` to the same upstream
+
+With ``--openai`` the upstream is reached through its OpenAI chat completions
+endpoint (``/v1/chat/completions``) instead, the set-up of a translating proxy in
+front of an OpenAI-compatible server:
+
+  prefixgate       as above, Anthropic ``/v1/messages`` (the reference)
+  pg-openai        prefixgate ``--upstream-kind openai`` (block removed, translated)
+  pg-openai-pass   the same with ``--policy passthrough`` (block forwarded)
+  litellm-openai   LiteLLM's Anthropic-to-OpenAI adapter (``openai/<model>``,
+                   chat completions), which forwards the block as it is
 
 The default upstream is the embedded runtime (bundled llama-server), restarted
 with an empty cache before every column so no column inherits another's cache.
@@ -75,6 +85,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM column")
     parser.add_argument("--policy", default="strip", help="prefixgate policy (default: strip)")
     parser.add_argument("--max-tokens", type=int, default=1, help="max_tokens sent (default: 1)")
+    parser.add_argument(
+        "--openai",
+        action="store_true",
+        help="compare paths to the upstream's /v1/chat/completions (see the docstring)",
+    )
     return parser.parse_args(argv)
 
 
@@ -101,20 +116,31 @@ def litellm_version() -> str:
     return done.stdout.strip() or "unknown"
 
 
-def litellm_config(models: Sequence[str], api_base: str) -> str:
-    """A proxy config sending each model name to ``anthropic/<name>`` at ``api_base``."""
+def litellm_config(models: Sequence[str], api_base: str, *, openai: bool = False) -> str:
+    """A proxy config sending each model name to ``anthropic/<name>`` at ``api_base``,
+    or with ``openai`` to ``openai/<name>`` at ``api_base/v1`` through LiteLLM's
+    Anthropic-to-chat-completions adapter (not its Responses API bridge)."""
+    provider, base = ("openai/", f"{api_base}/v1") if openai else ("anthropic/", api_base)
     lines = ["model_list:"]
     for model in models:
         lines += [
             f"  - model_name: {json.dumps(model)}",
             "    litellm_params:",
-            f"      model: {json.dumps('anthropic/' + model)}",
-            f"      api_base: {json.dumps(api_base)}",
+            f"      model: {json.dumps(provider + model)}",
+            f"      api_base: {json.dumps(base)}",
             f"      api_key: {json.dumps(DUMMY_KEY)}",
         ]
     lines += [
         "litellm_settings:",
         "  telemetry: false",
+        *(
+            [
+                "  drop_params: true  # else it refuses Claude Code's thinking/context fields",
+                "  use_chat_completions_url_for_anthropic_messages: true",
+            ]
+            if openai
+            else []
+        ),
         "general_settings:",
         "  # loopback only, no keys to protect: the proxy refuses to start without this",
         "  dangerously_permit_weak_or_unset_master_key: true",
@@ -125,12 +151,12 @@ def litellm_config(models: Sequence[str], api_base: str) -> str:
 
 @contextlib.contextmanager
 def litellm_proxy(
-    console: Console, models: Sequence[str], api_base: str, workdir: Path
+    console: Console, models: Sequence[str], api_base: str, workdir: Path, *, openai: bool = False
 ) -> Iterator[str]:
     """Run LiteLLM's proxy in front of ``api_base``; yield its base URL."""
     executable = ensure_litellm(console)
     config = workdir / "litellm_config.yaml"
-    config.write_text(litellm_config(models, api_base), encoding="utf-8")
+    config.write_text(litellm_config(models, api_base, openai=openai), encoding="utf-8")
     port = free_port()
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "NO_PROXY": "127.0.0.1"}
     command = [str(executable), "--config", str(config), "--host", "127.0.0.1"]
@@ -224,24 +250,42 @@ def run_all(
     def direct() -> Iterator[str]:
         yield upstream.url
 
-    @contextlib.contextmanager
-    def gateway() -> Iterator[str]:
-        port = free_port()
-        command = gateway_command(upstream.url, port, "--policy", args.policy)
-        with ManagedProcess("prefixgate", command, f"http://127.0.0.1:{port}/healthz"):
-            yield f"http://127.0.0.1:{port}"
+    def gateway(*flags: str) -> Callable[[], contextlib.AbstractContextManager[str]]:
+        @contextlib.contextmanager
+        def run() -> Iterator[str]:
+            port = free_port()
+            command = gateway_command(upstream.url, port, *flags)
+            with ManagedProcess("prefixgate", command, f"http://127.0.0.1:{port}/healthz"):
+                yield f"http://127.0.0.1:{port}"
 
-    @contextlib.contextmanager
-    def litellm() -> Iterator[str]:
-        with (
-            tempfile.TemporaryDirectory(prefix="bench-litellm-") as workdir,
-            litellm_proxy(console, models, upstream.url, Path(workdir)) as url,
-        ):
-            yield url
+        return run
 
-    plan = [("direct", direct, False), ("prefixgate", gateway, _removes(args))]
-    if not args.no_litellm:
-        plan.append(("litellm", litellm, False))
+    def litellm(openai: bool) -> Callable[[], contextlib.AbstractContextManager[str]]:
+        @contextlib.contextmanager
+        def run() -> Iterator[str]:
+            with (
+                tempfile.TemporaryDirectory(prefix="bench-litellm-") as workdir,
+                litellm_proxy(console, models, upstream.url, Path(workdir), openai=openai) as url,
+            ):
+                yield url
+
+        return run
+
+    policy = ("--policy", args.policy)
+    plan: list[tuple[str, Callable[[], contextlib.AbstractContextManager[str]], bool]]
+    if args.openai:
+        openai = ("--upstream-kind", "openai")
+        plan = [
+            ("prefixgate", gateway(*policy), _removes(args)),
+            ("pg-openai", gateway(*openai, *policy), _removes(args)),
+            ("pg-openai-pass", gateway(*openai, "--policy", "passthrough"), False),
+        ]
+        if not args.no_litellm:
+            plan.append(("litellm-openai", litellm(True), False))
+    else:
+        plan = [("direct", direct, False), ("prefixgate", gateway(*policy), _removes(args))]
+        if not args.no_litellm:
+            plan.append(("litellm", litellm(False), False))
     return [
         run_column(
             console,

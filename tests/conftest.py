@@ -124,3 +124,74 @@ def all_records(corpus_records: dict[str, list[CorpusRecord]]) -> list[CorpusRec
 def corpus_directory() -> Path:
     """The corpus directory (see ``corpus_dir``)."""
     return corpus_dir()
+
+
+# -- the openai SDK as an independent judge of what prefixgate sends upstream ---------
+
+# Sampling fields llama.cpp, vLLM and SGLang accept that the OpenAI API does not name.
+OPENAI_EXTRA_BODY = frozenset({"top_k"})
+
+
+def validate_openai_request(body: dict[str, Any]) -> None:
+    """Fail unless the official ``openai`` SDK takes ``body`` as chat completions params.
+
+    Three checks: every top-level key is one the SDK knows (or a known extra);
+    pydantic validates the params against the SDK's own TypedDicts; and the SDK,
+    called with them, sends exactly ``body`` on the wire.
+    """
+    import httpx
+    import openai
+    from openai.types.chat import completion_create_params as params_types
+    from pydantic import TypeAdapter
+
+    known = set(params_types.CompletionCreateParamsBase.__annotations__) | {"stream"}
+    unknown = set(body) - known - OPENAI_EXTRA_BODY
+    assert not unknown, f"keys the OpenAI API does not know: {sorted(unknown)}"
+    params = {k: v for k, v in body.items() if k not in OPENAI_EXTRA_BODY}
+    typed = (
+        params_types.CompletionCreateParamsStreaming
+        if body.get("stream")
+        else params_types.CompletionCreateParamsNonStreaming
+    )
+    TypeAdapter(typed).validate_python(params)
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        if body.get("stream"):
+            headers = {"content-type": "text/event-stream"}
+            return httpx.Response(200, headers=headers, content=b"data: [DONE]\n\n")
+        return httpx.Response(200, json=OPENAI_COMPLETION)
+
+    with httpx.Client(transport=httpx.MockTransport(answer)) as http:
+        client = openai.OpenAI(
+            api_key="sk-check", base_url="http://check.test/v1", http_client=http
+        )
+        extra = {k: body[k] for k in OPENAI_EXTRA_BODY if k in body}
+        result = client.chat.completions.create(**params, extra_body=extra or None)
+        if body.get("stream"):
+            result.close()  # type: ignore[union-attr]
+    assert len(sent) == 1 and sent[0].url.path == "/v1/chat/completions"
+    assert json.loads(sent[0].content) == body
+
+
+OPENAI_COMPLETION: dict[str, Any] = {
+    "id": "chatcmpl-check",
+    "object": "chat.completion",
+    "created": 1_750_000_000,
+    "model": "check",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "ok"},
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def openai_request_validator() -> Any:
+    """``validate_openai_request``, for tests in any folder."""
+    return validate_openai_request

@@ -237,8 +237,41 @@ def test_bad_upstream_url_from_the_environment_is_an_error() -> None:
 
 
 def test_unknown_upstream_kind_is_an_error() -> None:
-    with pytest.raises(ConfigError, match=r"upstreams\.local\.kind: unknown kind 'openai'"):
-        upstream_from_table("local", {"url": LOCAL, "kind": "openai"})
+    with pytest.raises(ConfigError, match=r"upstreams\.local\.kind: unknown kind 'grpc'"):
+        upstream_from_table("local", {"url": LOCAL, "kind": "grpc"})
+
+
+def test_openai_kind_and_its_translation_settings() -> None:
+    up = upstream_from_table("local", {"url": LOCAL, "kind": "openai"})
+    assert (up.kind, up.system_messages, up.prompt_cache_key, up.reasoning) == (
+        "openai",
+        "system",
+        "session",
+        True,
+    )
+    table = {
+        "url": LOCAL,
+        "kind": "openai",
+        "system_messages": "user",
+        "prompt_cache_key": "prefix",
+        "reasoning": False,
+    }
+    up = upstream_from_table("local", table)
+    assert (up.system_messages, up.prompt_cache_key, up.reasoning) == ("user", "prefix", False)
+    for key, bad in (("system_messages", "top"), ("prompt_cache_key", "random")):
+        with pytest.raises(ConfigError, match=rf"upstreams\.local\.{key}: expected one of"):
+            upstream_from_table("local", {**table, key: bad})
+
+
+def test_upstream_kind_flag_and_environment() -> None:
+    flags = {"upstream": LOCAL, "upstream_kind": "openai"}
+    settings = build_settings({}, {}, flags)
+    assert settings.upstreams["default"].kind == "openai"
+    settings = build_settings({}, {"PREFIXGATE_UPSTREAM_KIND": "openai"}, {})
+    assert settings.upstream_kind == "openai"  # for the bundled runtime
+    assert settings.with_upstream(LOCAL).upstreams["default"].kind == "openai"
+    with pytest.raises(ConfigError, match="--upstream-kind"):
+        build_settings({}, {"PREFIXGATE_UPSTREAM_KIND": "grpc"}, {})
 
 
 @pytest.mark.parametrize(

@@ -318,3 +318,44 @@ def test_cli_reports_a_bad_request_in_the_capture(tmp_path: Path, corpus_directo
     table = run("diagnose", str(tmp_path / "c.jsonl"))
     assert table.exit_code == 0, table.output
     assert "#1 none: model" in " ".join(table.stdout.split())
+
+
+# -- offline and live agree ------------------------------------------------------
+
+
+async def test_keys_and_predicted_causes_equal_the_gateway_s(plain: list[CaptureRecord]) -> None:
+    """``serve --upstream URL`` and ``diagnose`` run the same pipeline: same key, same cause."""
+    import httpx
+
+    from prefixgate.app.gateway import create_app
+    from prefixgate.config import Settings
+    from prefixgate.replay import replay
+    from prefixgate.store.audit import MemoryAudit
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        usage = {"input_tokens": 100, "output_tokens": 1}  # no cache fields: unknown
+        message = {
+            "id": "msg_01", "type": "message", "role": "assistant", "model": "m",
+            "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn",
+            "stop_sequence": None, "usage": usage,
+        }  # fmt: skip
+        return httpx.Response(200, json=message)
+
+    audit = MemoryAudit()
+    app = create_app(
+        Settings().with_upstream("http://runtime.test:8080"),
+        transport=httpx.MockTransport(answer),
+        audit=audit,
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw.test") as client:
+            results = await replay(plain, "http://gw.test", client=client, max_tokens=2)
+        await app.state.proxy.observer.drain()
+    assert [r.error for r in results] == [None] * len(plain)
+    live = list(audit.records)
+    offline = diagnose(plain)
+    assert [r.key for r in live] == [d.key for d in offline]
+    assert [r.session for r in live] == [d.session for d in offline]
+    assert [r.changed_segment for r in live] == [d.changed_segment for d in offline]
+    assert [r.cause for r in live] == STRIP_CAUSES

@@ -27,7 +27,7 @@ from typing import Any
 import click
 
 from prefixgate import __version__
-from prefixgate.config import ConfigError, Settings, load_settings
+from prefixgate.config import UPSTREAM_KINDS, ConfigError, Settings, load_settings
 from prefixgate.core.errors import PrefixgateError
 from prefixgate.core.pipeline import Rewrite, RewriteOptions, rewrite
 from prefixgate.core.policy import Policy
@@ -116,7 +116,14 @@ def key_cmd(policy: str, source: str) -> None:
 
 @main.command("serve")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
-@click.option("--upstream", default=None, help="Anthropic-compatible base URL to forward to.")
+@click.option("--upstream", default=None, help="Base URL of the upstream to forward to.")
+@click.option(
+    "--upstream-kind",
+    type=click.Choice(UPSTREAM_KINDS),
+    default=None,
+    help="What --upstream (or the bundled runtime) speaks: anthropic (/v1/messages, "
+    "the default) or openai (/v1/chat/completions, translated both ways).",
+)
 @click.option("--policy", type=click.Choice(POLICIES), default=None)
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port to listen on (default 8787).")
@@ -142,6 +149,7 @@ def key_cmd(policy: str, source: str) -> None:
 def serve_cmd(
     config_path: str | None,
     upstream: str | None,
+    upstream_kind: str | None,
     policy: str | None,
     host: str | None,
     port: int | None,
@@ -152,6 +160,7 @@ def serve_cmd(
     """Run the gateway (with the bundled local runtime when no upstream is set)."""
     flags = {
         "upstream": upstream,
+        "upstream_kind": upstream_kind,
         "policy": policy,
         "host": host,
         "port": port,

@@ -46,7 +46,9 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
 FIRST_PARTY_HOSTS = ("api.anthropic.com",)
-UPSTREAM_KINDS = ("anthropic",)
+UPSTREAM_KINDS = ("anthropic", "openai")
+SYSTEM_MESSAGES = ("system", "user")
+PROMPT_CACHE_KEYS = ("session", "prefix", "off")
 TOKENIZERS = ("auto", "llama.cpp", "estimate")
 IN_MEMORY = ("memory", "none")
 SERVER_FLAGS = ("host", "port", "audit_path")
@@ -69,6 +71,11 @@ class UpstreamConfig:
     connect_timeout: float = 10.0
     read_timeout: float = 600.0
     tokenizer: str = "auto"
+    # kind "openai" only: where mid-conversation system messages go, what
+    # `prompt_cache_key` carries, whether thinking becomes `reasoning_effort`
+    system_messages: str = "system"
+    prompt_cache_key: str = "session"
+    reasoning: bool = True
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,7 @@ class Settings:
     upstreams: Mapping[str, UpstreamConfig] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()
     policy_override: Policy | None = None
+    upstream_kind: str = "anthropic"  # of the bundled runtime, when serve starts it
 
     @property
     def embedded(self) -> bool:
@@ -124,9 +132,9 @@ class Settings:
                 )
         return out
 
-    def with_upstream(self, url: str) -> Settings:
+    def with_upstream(self, url: str, kind: str | None = None) -> Settings:
         """These settings with every route sent to one upstream at ``url``."""
-        table: dict[str, Any] = {"url": url}
+        table: dict[str, Any] = {"url": url, "kind": kind or self.upstream_kind}
         if self.policy_override is not None:
             table["policy"] = self.policy_override.value
         up = upstream_from_table("default", table)
@@ -169,6 +177,17 @@ def upstream_from_table(
         tokenizer=_choice(
             f"upstreams.{name}.tokenizer", table.get("tokenizer", "auto"), TOKENIZERS
         ),
+        system_messages=_choice(
+            f"upstreams.{name}.system_messages",
+            table.get("system_messages", "system"),
+            SYSTEM_MESSAGES,
+        ),
+        prompt_cache_key=_choice(
+            f"upstreams.{name}.prompt_cache_key",
+            table.get("prompt_cache_key", "session"),
+            PROMPT_CACHE_KEYS,
+        ),
+        reasoning=_flag(f"upstreams.{name}.reasoning", table.get("reasoning", True)),
     )
 
 
@@ -289,8 +308,11 @@ def build_settings(
         for name, t in _table("upstreams", file.get("upstreams", {})).items()
     }
     upstream_url = flags.get("upstream") or env.get("PREFIXGATE_UPSTREAM")
+    upstream_kind = flags.get("upstream_kind") or env.get("PREFIXGATE_UPSTREAM_KIND")
     if upstream_url:
         tables = {"default": {**tables.get("default", {}), "url": upstream_url}}
+        if upstream_kind:
+            tables["default"]["kind"] = upstream_kind
         if env.get("PREFIXGATE_UPSTREAM_API_KEY"):
             tables["default"]["api_key"] = env["PREFIXGATE_UPSTREAM_API_KEY"]
     where, override = ("--policy", flags.get("policy"))
@@ -316,6 +338,7 @@ def build_settings(
         upstreams=upstreams,
         routes=routes,
         policy_override=policy,
+        upstream_kind=_choice("--upstream-kind", upstream_kind or "anthropic", UPSTREAM_KINDS),
     )
 
 

@@ -32,6 +32,9 @@ from prefixgate.core.prompt import PromptView
 from prefixgate.replay import CaptureRecord
 
 UPSTREAM = "capture"
+# the provider of ``serve --upstream URL`` (upstream kind ``anthropic``, named ``default``),
+# so an offline key equals the one the gateway records for the same request
+PROVIDER = "anthropic:default"
 CHARS_PER_TOKEN = 4
 
 
@@ -66,11 +69,16 @@ def estimate_tokens(view: PromptView) -> dict[str, int]:
 
 
 def diagnose(
-    records: Sequence[CaptureRecord], policy: Policy = Policy.STRIP, tenant: str = "default"
+    records: Sequence[CaptureRecord],
+    policy: Policy = Policy.STRIP,
+    tenant: str = "default",
+    provider: str = PROVIDER,
 ) -> list[Diagnosis]:
     """One ``Diagnosis`` per record, in order, as the gateway would see them."""
     tracker, labeller = CacheTracker(), AgentLabeller()
-    options = RewriteOptions(policy=policy, tenant=tenant, require_max_tokens=False)
+    options = RewriteOptions(
+        policy=policy, tenant=tenant, provider=provider, require_max_tokens=False
+    )
     out = []
     for record in records:
         try:

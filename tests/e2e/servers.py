@@ -119,6 +119,7 @@ class Gateway:
     recorder_url: str
     runtime_url: str
     app: Starlette
+    kind: str = "anthropic"
 
     def records(self, timeout: float = 60.0) -> list[AuditRecord]:
         """The audit records, once every answered request's record is written
@@ -137,11 +138,14 @@ def settle(app: Starlette, timeout: float = 60.0) -> None:
 
 
 @contextlib.contextmanager
-def gateway_in_front_of(runtime_url: str) -> Iterator[Gateway]:
-    """prefixgate (strip) -> Recorder -> the runtime at ``runtime_url``, all on loopback."""
+def gateway_in_front_of(runtime_url: str, kind: str = "anthropic") -> Iterator[Gateway]:
+    """prefixgate (strip) -> Recorder -> the runtime at ``runtime_url``, all on loopback.
+
+    ``kind`` is the upstream kind prefixgate speaks: ``anthropic`` (llama-server's
+    ``/v1/messages``) or ``openai`` (its ``/v1/chat/completions``)."""
     rec = Recorder(runtime_url)
     with ServerThread(rec.app) as upstream:
         audit = MemoryAudit()
-        app = create_app(Settings().with_upstream(upstream.url), audit=audit)
+        app = create_app(Settings().with_upstream(upstream.url, kind), audit=audit)
         with ServerThread(app) as server:
-            yield Gateway(server.url, audit, rec, upstream.url, runtime_url, app)
+            yield Gateway(server.url, audit, rec, upstream.url, runtime_url, app, kind)

@@ -13,6 +13,10 @@ Two print-mode sessions in the same project: each run is a new conversation, so
 Claude Code gives each its own ``cc_version`` suffix. The first run pays for the
 whole ~20,000-token prompt; the second must find everything up to its first
 message in the runtime's cache, which only happens because the block is gone.
+
+The test runs twice: prefixgate speaking Anthropic to llama-server's
+``/v1/messages``, and speaking OpenAI to its ``/v1/chat/completions`` (every
+request and answer translated); Claude Code must not see the difference.
 """
 
 from __future__ import annotations
@@ -35,13 +39,18 @@ REPO = Path(__file__).resolve().parents[2]
 END_OF_TURN_AT_ONCE = "106+100"
 
 
-@pytest.fixture(scope="module")
-def claude_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+UPSTREAM_PATHS = {"anthropic": "/v1/messages", "openai": "/v1/chat/completions"}
+
+
+@pytest.fixture(scope="module", params=["anthropic", "openai"])
+def claude_gateway(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
     """A runtime of its own (answers end at once), behind recorder and prefixgate."""
     spec = default_spec(extra_args=("--logit-bias", END_OF_TURN_AT_ONCE))
     log_path = tmp_path_factory.mktemp("claude-runtime") / "llama-server.log"
     runtime = LocalRuntime(spec, log_path=log_path, startup_timeout=300.0)
-    with runtime, gateway_in_front_of(runtime.base_url) as gw:
+    with runtime, gateway_in_front_of(runtime.base_url, request.param) as gw:
         yield gw
 
 
@@ -104,7 +113,8 @@ def test_claude_code_print_mode_through_prefixgate(claude_gateway: Gateway, tmp_
 
     # The upstream never saw it.
     forwarded = gateway.recorder.seen[seen_before:]
-    assert forwarded
+    paths = {r.path.split("?")[0] for r in forwarded} - {"/tokenize"}
+    assert paths == {UPSTREAM_PATHS[gateway.kind]}
     for request in forwarded:
         assert HEADER_NAME.encode() not in request.body
         assert "sk-e2e-dummy" not in " ".join(request.headers.values())
@@ -119,3 +129,10 @@ def test_claude_code_print_mode_through_prefixgate(claude_gateway: Gateway, tmp_
     assert opening.cache_read_input_tokens > 0.8 * prompt, (
         f"second session reused {opening.cache_read_input_tokens} of {prompt} prompt tokens"
     )
+    # What prefixgate recorded: Claude Code's own sessions, and no miss to explain.
+    assert {r.session_source for r in first + second} == {"header"}
+    assert first[0].session != second[0].session
+    assert opening.expected_source == "tokenizer"
+    assert opening.expected_cached_tokens is not None
+    assert opening.expected_cached_tokens > 0.8 * prompt
+    assert opening.cause == "none", opening.cause_detail

@@ -189,7 +189,8 @@ def test_browser_shows_the_report_numbers(
     page: Dashboard = read_dashboard(dom)
     report = build_report(records)
     t = report.totals
-    assert (t.requests, t.errors, t.unknown_cached) == (len(records), 1, 2)
+    # unknown: turn 11 only (the error and the token count are no cache traffic)
+    assert (t.requests, t.errors, t.unknown_cached) == (len(records), 1, 1)
     assert t.hit_share is not None and t.expected_share is not None
     assert t.hit_share < t.expected_share
     shown = {k: v for k, v in page.totals.items() if k != "time_saved_estimate_ms"}

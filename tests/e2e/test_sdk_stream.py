@@ -191,7 +191,11 @@ def test_sdk_non_stream_and_count_tokens(sdk: anthropic.Anthropic, gateway: Gate
     )
     assert 0.9 * prompt <= count.input_tokens <= prompt
     seen = gateway.recorder.seen[before:]
-    assert [s.path.split("?")[0] for s in seen] == ["/v1/messages", "/v1/messages/count_tokens"]
+    # the observer may ask llama-server's /tokenize for expected counts in between
+    assert [p for s in seen if (p := s.path.split("?")[0]).startswith("/v1/")] == [
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+    ]
     assert b'"max_tokens"' not in seen[1].body
     assert_upstream_never_saw_the_block(seen)
 

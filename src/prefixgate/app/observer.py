@@ -64,17 +64,35 @@ class CacheObserver:
         comparison = self._tracker.compare(upstream.name, owner, rw.view)
         return Observation(who, owner, comparison, upstream, rw)
 
-    def finish(self, rec: AuditRecord, seen: Observation | None, usage: CacheUsage) -> None:
-        """Complete ``rec`` with the cache fields off the request path, then record it."""
+    def answered(self, seen: Observation) -> None:
+        """The upstream has answered ``seen`` in full: it now holds that prompt.
+
+        Called before the client gets the end of the answer, so a client that
+        sends its next request at once is compared with this one (a streamed
+        answer is audited only later, when its response closes).
+        """
+        if seen.identity.kind != "count_tokens":  # a token count uses no cache
+            self._tracker.remember(seen.upstream.name, seen.owner, seen.rewrite.view)
+
+    def finish(
+        self,
+        rec: AuditRecord,
+        seen: Observation | None,
+        usage: CacheUsage,
+        *,
+        remembered: bool = False,
+    ) -> None:
+        """Complete ``rec`` with the cache fields off the request path, then record it.
+
+        ``remembered``: ``answered`` was already called for this request."""
         rec = replace(rec, prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens)
         answered = rec.status == 200 and rec.error is None
-        if seen is not None and answered and seen.identity.kind != "count_tokens":
-            # the upstream now holds this prompt (a token count uses no cache)
-            self._tracker.remember(seen.upstream.name, seen.owner, seen.rewrite.view)
+        if seen is not None and answered and not remembered:
+            self.answered(seen)
         if seen is None or self.client is None or seen.identity.kind == "count_tokens":
             self._write(rec)
             return
-        known = self._counter(seen.upstream).known(seen.rewrite.view.pieces)
+        known = self.counter(seen.upstream).known(seen.rewrite.view.pieces)
         if known is not None:  # nothing to ask the upstream: finish now
             self._write(self._judged(rec, seen, *known))
             return
@@ -101,7 +119,7 @@ class CacheObserver:
         tokens: dict[str, int] | None = None
         source: str | None = None
         try:
-            tokens, source = await self._counter(seen.upstream).counts(seen.rewrite.view.pieces)
+            tokens, source = await self.counter(seen.upstream).counts(seen.rewrite.view.pieces)
         except Exception:  # a failed count must not lose the record
             log.exception("counting expected cached tokens failed")
         finally:  # also when cancelled at shutdown
@@ -128,7 +146,7 @@ class CacheObserver:
             cause_detail=judged.detail,
         )
 
-    def _counter(self, upstream: UpstreamConfig) -> TokenCounter:
+    def counter(self, upstream: UpstreamConfig) -> TokenCounter:
         counter = self._counters.get(upstream.name)
         if counter is None:
             assert self.client is not None

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefixgate.core.attribution import Attribution, detect
-from prefixgate.core.cachekey import PromptCacheKey, build_key
+from prefixgate.core.cachekey import ADAPTER_VERSION, PromptCacheKey, build_key
 from prefixgate.core.errors import InvalidRequest
 from prefixgate.core.policy import (
     DEFAULT_NORMALIZE_KEEP,
@@ -36,6 +36,7 @@ class RewriteOptions:
     provider: str = "anthropic"
     tenant: str = "default"
     require_max_tokens: bool = True
+    adapter_version: str = ADAPTER_VERSION  # how the prompt is rendered for the upstream
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ def rewrite_parsed(
         model=str(body["model"]),
         tenant=options.tenant,
         policy=options.policy.value,
+        adapter_version=options.adapter_version,
     )
     return Rewrite(
         body=out,

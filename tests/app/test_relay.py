@@ -1,0 +1,63 @@
+"""The stream relay: what reaches the client, and when the observer hears of it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from prefixgate.app.exchange import Exchange
+from prefixgate.app.relay import Passthrough, Relay
+from prefixgate.config import UpstreamConfig
+from prefixgate.core.sse import encode_event
+
+EVENTS = [
+    ("message_start", {"type": "message_start", "message": {"id": "m", "usage": {}}}),
+    ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}}),
+    ("message_stop", {"type": "message_stop"}),
+]
+STREAM = b"".join(encode_event(name, data) for name, data in EVENTS)
+FIRST = encode_event(*EVENTS[0])
+
+
+class Broken(httpx.AsyncByteStream):
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield FIRST + STREAM[len(FIRST) : len(FIRST) + 10]  # then a cut
+        raise httpx.ReadError("connection reset")
+
+
+def relay(content: bytes | httpx.AsyncByteStream, calls: list[str]) -> Relay:
+    ex = Exchange(route="/v1/messages", started=0.0, session=None)
+    ex.upstream = UpstreamConfig(name="local", url="http://runtime.test")
+    if isinstance(content, bytes):
+        response = httpx.Response(200, content=content)
+    else:
+        response = httpx.Response(200, stream=content)
+
+    def finish(*args: Any) -> None:
+        calls.append("finish")
+
+    return Relay(finish, ex, response, Passthrough(), lambda ex: calls.append("answered"))
+
+
+async def test_a_whole_answer_is_announced_before_the_stream_to_the_client_ends() -> None:
+    calls: list[str] = []
+    r = relay(STREAM, calls)
+    sent = b"".join([chunk async for chunk in r.events()])
+    # the generator is exhausted: the server sends the end of the body only now
+    assert calls == ["answered"]
+    assert sent == STREAM
+    await r.close()
+    assert calls == ["answered", "finish"]
+
+
+async def test_a_broken_answer_is_not_announced_and_ends_with_an_error_event() -> None:
+    calls: list[str] = []
+    r = relay(Broken(), calls)
+    sent = b"".join([chunk async for chunk in r.events()])
+    assert calls == []
+    assert sent.startswith(FIRST)  # the complete event went out as it arrived
+    assert sent[len(FIRST) :].startswith(b"event: error\n")
+    await r.close()
+    assert calls == ["finish"]

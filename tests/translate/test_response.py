@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -556,3 +557,24 @@ def test_openai_error_never_raises(status: int, payload: object) -> None:
     error_type, message = openai_error(status, payload)
     assert error_type in ANTHROPIC_ERROR_TYPES
     assert isinstance(message, str) and message
+
+
+def test_a_recorded_llama_server_answer_with_tool_calls() -> None:
+    """A real answer of the bundled llama-server (Gemma 3 270M, tool_choice "required",
+    max_tokens 200): text that rambles, two tool calls it parsed out of it, cut at
+    the length limit."""
+    path = Path(__file__).parent / "fixtures" / "llamacpp_recorded_tool_calls.json"
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    calls = payload["choices"][0]["message"]["tool_calls"]
+    message = to_anthropic_message(payload, ToolNames.from_tools([]), model="claude-haiku-4-5")
+    uses = [b for b in message["content"] if b["type"] == "tool_use"]
+    assert [(u["id"], u["name"], u["input"]) for u in uses] == [
+        (c["id"], "get_weather", {"city": "Paris"}) for c in calls
+    ]
+    assert message["content"][0]["type"] == "text" and message["content"][0]["text"]
+    assert message["stop_reason"] == "max_tokens"  # finish_reason "length" wins over the calls
+    assert message["usage"] == {
+        "input_tokens": 1,
+        "cache_read_input_tokens": 173,
+        "output_tokens": 200,
+    }

@@ -11,9 +11,9 @@ Columns, in one run, each against the same upstream:
 
 With ``--openai`` the upstream is reached through its OpenAI chat completions
 endpoint (``/v1/chat/completions``) instead, the set-up of a translating proxy in
-front of an OpenAI-compatible server:
+front of an OpenAI-compatible server (the ``prefixgate`` column of a plain run is
+the reference: after ``strip`` the two endpoints get the same conversation):
 
-  prefixgate       as above, Anthropic ``/v1/messages`` (the reference)
   pg-openai        prefixgate ``--upstream-kind openai`` (block removed, translated)
   pg-openai-pass   the same with ``--policy passthrough`` (block forwarded)
   litellm-openai   LiteLLM's Anthropic-to-OpenAI adapter (``openai/<model>``,
@@ -276,7 +276,6 @@ def run_all(
     if args.openai:
         openai = ("--upstream-kind", "openai")
         plan = [
-            ("prefixgate", gateway(*policy), _removes(args)),
             ("pg-openai", gateway(*openai, *policy), _removes(args)),
             ("pg-openai-pass", gateway(*openai, "--policy", "passthrough"), False),
         ]

@@ -121,9 +121,16 @@ class Gateway:
     app: Starlette
     kind: str = "anthropic"
 
-    def records(self, timeout: float = 60.0) -> list[AuditRecord]:
+    def records(self, timeout: float = 60.0, at_least: int = 0) -> list[AuditRecord]:
         """The audit records, once every answered request's record is written
-        (records wait for the upstream's token counts off the request path)."""
+        (records wait for the upstream's token counts off the request path).
+
+        ``at_least``: wait for that many too: a streamed answer is recorded when
+        its response closes, which may be just after the client read its end."""
+        deadline = time.monotonic() + timeout
+        while len(self.audit.records) < at_least:
+            assert time.monotonic() < deadline, f"fewer than {at_least} records after {timeout} s"
+            time.sleep(0.05)
         settle(self.app, timeout)
         return list(self.audit.records)
 

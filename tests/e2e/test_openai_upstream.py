@@ -86,7 +86,7 @@ def test_streamed_text_through_chat_completions(
     openai_gateway: Gateway,
     openai_request_validator: Callable[[dict[str, Any]], None],
 ) -> None:
-    before = len(openai_gateway.recorder.seen)
+    before, recorded = len(openai_gateway.recorder.seen), len(openai_gateway.audit.records)
     events: list[str] = []
     with sdk.messages.stream(
         model=MODEL,
@@ -110,7 +110,8 @@ def test_streamed_text_through_chat_completions(
     assert body["messages"][0]["role"] == "system"
     assert body["messages"][0]["content"].startswith("You are Claude Code")
     assert body["user"] == "openai-text" == body["prompt_cache_key"]
-    (record,) = [r for r in openai_gateway.records() if r.session == "openai-text"]
+    (record,) = openai_gateway.records(at_least=recorded + 1)[recorded:]
+    assert record.session == "openai-text"
     assert record.status == 200 and record.error is None
     assert record.cached_tokens is not None and record.prompt_tokens is not None
     assert record.prompt_tokens == final.usage.input_tokens + final.usage.cache_read_input_tokens

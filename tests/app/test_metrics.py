@@ -7,13 +7,12 @@ endpoints show are checked against the audit records the same requests left.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+from inmemory import running
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
@@ -106,17 +105,6 @@ def gateway(runtime: Runtime) -> Starlette:
         {"server": {"tenant": TENANT}, "upstreams": {"local": {"url": URL}}}, {}, {}
     )
     return create_app(settings, transport=runtime.transport, audit=MemoryAudit())
-
-
-@contextlib.asynccontextmanager
-async def running(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
-    """The app started (lifespan) with a client that talks to it in memory."""
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://gateway.test", timeout=10.0
-        ) as client:
-            yield client
 
 
 async def traffic(client: httpx.AsyncClient, runtime: Runtime) -> None:

@@ -10,12 +10,11 @@ own when it must ask ``/tokenize``; tests wait for it with ``drain()``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+from inmemory import running
 from starlette.applications import Starlette
 
 from prefixgate.app.gateway import create_app
@@ -193,17 +192,6 @@ def sse(message: dict[str, Any], *, broken: bool = False) -> httpx.Response:
 
 def settings(**server: Any) -> Settings:
     return build_settings({"server": server, "upstreams": {"local": {"url": URL}}}, {}, {})
-
-
-@contextlib.asynccontextmanager
-async def running(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
-    """The app started (lifespan) with a client that talks to it in memory."""
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://gateway.test", timeout=10.0
-        ) as client:
-            yield client
 
 
 def gateway(runtime: Runtime, **server: Any) -> Starlette:

@@ -9,14 +9,14 @@ parser that is not ours. It answers JSON, or replays the recorded streams in
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from inmemory import running
 from starlette.applications import Starlette
 
 from prefixgate.app.gateway import create_app
@@ -116,16 +116,6 @@ def gateway(server: OpenAIServer, **upstream: Any) -> Starlette:
     table = {"url": URL, "kind": "openai", "api_key": "sk-upstream", **upstream}
     settings = build_settings({"upstreams": {"local": table}}, {}, {})
     return create_app(settings, transport=server.transport, audit=MemoryAudit())
-
-
-@contextlib.asynccontextmanager
-async def running(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://gateway.test", timeout=10.0
-        ) as client:
-            yield client
 
 
 async def records(app: Starlette) -> list[AuditRecord]:

@@ -4,13 +4,12 @@ the corpus format, without credentials, and the file reads back with
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+from inmemory import running
 from starlette.applications import Starlette
 from starlette.datastructures import URL
 
@@ -54,17 +53,6 @@ def recording(path: Path) -> Starlette:
         audit=MemoryAudit(),
         capture=CaptureLog(path),
     )
-
-
-@contextlib.asynccontextmanager
-async def running(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
-    """The app started (lifespan) with a client that talks to it in memory."""
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://gateway.test", timeout=10.0
-        ) as client:
-            yield client
 
 
 def client_headers(record: Any) -> dict[str, str]:

@@ -29,7 +29,6 @@ from prefixgate.app.exchange import Answered, Exchange, Finish
 from prefixgate.core.errors import PrefixgateError, error_body
 from prefixgate.core.fold import MessageSummary, StreamFold
 from prefixgate.core.sse import SSEDecoder, SSEEvent, encode_event
-from prefixgate.core.usage import CacheUsage
 from prefixgate.upstreams.anthropic import transport_error
 
 log = logging.getLogger("prefixgate")
@@ -42,7 +41,6 @@ class EventStream(Protocol):
     def end(self) -> bytes: ...  # the upstream's stream ended
     def fail(self, error: PrefixgateError) -> bytes: ...  # it broke off
     def summary(self) -> MessageSummary: ...
-    def usage(self) -> CacheUsage | None: ...  # None: read it off the summary
 
 
 class Passthrough:
@@ -63,9 +61,6 @@ class Passthrough:
 
     def summary(self) -> MessageSummary:
         return self._fold.result()
-
-    def usage(self) -> CacheUsage | None:
-        return None
 
 
 class Relay:
@@ -129,7 +124,7 @@ class Relay:
             error = self.ABANDONED
         if error is None and summary.error is not None:
             error = str(summary.error.get("message", summary.error))
-        self._finish(self._ex, self._response.status_code, summary, error, self._stream.usage())
+        self._finish(self._ex, self._response.status_code, summary, error, None)
         with anyio.CancelScope(shield=True):
             await self._response.aclose()
 

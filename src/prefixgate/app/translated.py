@@ -59,17 +59,19 @@ def request_options(
 
 
 class OpenAIEvents:
-    """OpenAI chunks in, Anthropic events out (see ``relay.EventStream``)."""
+    """OpenAI chunks in, Anthropic events out (see ``relay.EventStream``).
+
+    The audit record reads the usage off the translated ``message_delta``, which
+    carries the upstream's own prompt and cached counts (cached only if reported).
+    """
 
     def __init__(self, names: ToolNames, model: str) -> None:
         self._translator = StreamTranslator(names, model=model)
         self._fold = StreamFold()
-        self._usage: CacheUsage | None = None
 
     def feed(self, events: Sequence[SSEEvent]) -> bytes:
         out: list[Event] = []
         for event in events:
-            self._note_usage(event)
             out += self._translator.feed_sse(event)  # [DONE], error lines, bad JSON included
         return self._encode(out)
 
@@ -81,21 +83,6 @@ class OpenAIEvents:
 
     def summary(self) -> MessageSummary:
         return self._fold.result()
-
-    def usage(self) -> CacheUsage | None:
-        return self._usage or CacheUsage(self.summary().usage.prompt_tokens, None, None)
-
-    def _note_usage(self, event: SSEEvent) -> None:
-        """Keep the upstream's own token numbers, for the audit record."""
-        if event.comment or not event.data.startswith("{"):
-            return
-        try:
-            chunk = json.loads(event.data)
-        except ValueError:
-            return
-        usage = cache_usage(chunk) if isinstance(chunk, dict) else CacheUsage()
-        if usage.prompt_tokens is not None or usage.cached_tokens is not None:
-            self._usage = usage
 
     def _encode(self, events: list[Event]) -> bytes:
         for name, data in events:

@@ -18,7 +18,13 @@ import anthropic
 import httpx
 import pytest
 from servers import Gateway, Seen, gateway_in_front_of
-from test_sdk_stream import MODEL, assert_upstream_never_saw_the_block, system, user
+from test_sdk_stream import (
+    MODEL,
+    assert_upstream_never_saw_the_block,
+    sdk_client,
+    system,
+    user,
+)
 
 from prefixgate.runtime.local import LocalRuntime
 
@@ -55,10 +61,7 @@ def openai_gateway(local_runtime: LocalRuntime) -> Iterator[Gateway]:
 
 @pytest.fixture
 def sdk(openai_gateway: Gateway) -> Iterator[anthropic.Anthropic]:
-    client = anthropic.Anthropic(
-        base_url=openai_gateway.url, api_key="sk-client-dummy", max_retries=0, timeout=300.0
-    )
-    with client:
+    with sdk_client(openai_gateway.url) as client:
         yield client
 
 

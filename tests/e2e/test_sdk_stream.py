@@ -74,12 +74,16 @@ def user(text: str, *, reminder: bool = False) -> dict[str, Any]:
     return {"role": "user", "content": [*blocks, {"type": "text", "text": text}]}
 
 
+def sdk_client(base_url: str) -> anthropic.Anthropic:
+    """The official SDK pointed at ``base_url``, with the dummy client key."""
+    return anthropic.Anthropic(
+        base_url=base_url, api_key="sk-client-dummy", max_retries=0, timeout=300.0
+    )
+
+
 @pytest.fixture
 def sdk(gateway: Gateway) -> Iterator[anthropic.Anthropic]:
-    client = anthropic.Anthropic(
-        base_url=gateway.url, api_key="sk-client-dummy", max_retries=0, timeout=300.0
-    )
-    with client:
+    with sdk_client(gateway.url) as client:
         yield client
 
 

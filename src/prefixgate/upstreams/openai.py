@@ -11,6 +11,7 @@ and reuses the Anthropic kind's error mapping (an OpenAI error body
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -70,8 +71,6 @@ def models_to_anthropic(payload: object) -> dict[str, Any]:
 
 
 def _iso(seconds: int) -> str:
-    import datetime
-
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

@@ -31,6 +31,7 @@ from prefixgate.config import UPSTREAM_KINDS, ConfigError, Settings, load_settin
 from prefixgate.core.errors import PrefixgateError
 from prefixgate.core.pipeline import Rewrite, RewriteOptions, rewrite
 from prefixgate.core.policy import Policy
+from prefixgate.core.routing import ROUTING_POLICIES
 
 POLICIES = [p.value for p in Policy]
 LOG_LEVELS = ["critical", "error", "warning", "info", "debug", "trace"]
@@ -116,7 +117,23 @@ def key_cmd(policy: str, source: str) -> None:
 
 @main.command("serve")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
-@click.option("--upstream", default=None, help="Base URL of the upstream to forward to.")
+@click.option(
+    "--upstream",
+    multiple=True,
+    help="Base URL of the upstream to forward to; repeat it for replicas of one upstream.",
+)
+@click.option(
+    "--routing",
+    type=click.Choice(ROUTING_POLICIES),
+    default=None,
+    help="How requests are spread over several --upstream replicas "
+    "(default prefix_affinity: consistent hashing of the stable prefix key, bounded load).",
+)
+@click.option(
+    "--state",
+    default=None,
+    help="Redis URL (redis://host:port/db) for session pins shared by several gateways.",
+)
 @click.option(
     "--upstream-kind",
     type=click.Choice(UPSTREAM_KINDS),
@@ -148,7 +165,9 @@ def key_cmd(policy: str, source: str) -> None:
 )
 def serve_cmd(
     config_path: str | None,
-    upstream: str | None,
+    upstream: tuple[str, ...],
+    routing: str | None,
+    state: str | None,
     upstream_kind: str | None,
     policy: str | None,
     host: str | None,
@@ -159,7 +178,9 @@ def serve_cmd(
 ) -> None:
     """Run the gateway (with the bundled local runtime when no upstream is set)."""
     flags = {
-        "upstream": upstream,
+        "upstream": list(upstream) or None,
+        "routing": routing,
+        "state": state,
         "upstream_kind": upstream_kind,
         "policy": policy,
         "host": host,

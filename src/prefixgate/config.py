@@ -14,9 +14,22 @@ it. Example file::
     capture_bodies = false         # true: the audit log also keeps prompts and answers
     record_path = "capture.jsonl"  # append every request in the corpus format
 
+    state_url = "redis://127.0.0.1:6379/0"  # share session pins between gateways
+                                   # (default: kept in this process)
+
     [upstreams.local]
     kind = "anthropic"
     url = "http://127.0.0.1:8080"
+    # urls = ["http://10.0.0.1:8080", "http://10.0.0.2:8080"]  # replicas instead of url
+    # routing = "prefix_affinity"  # | round_robin | least_busy, across the replicas
+    # load_factor = 1.25           # prefix_affinity: most sessions on one replica,
+                                   # as a multiple of the mean
+    # health_interval = 5          # seconds between health checks of replicas
+    # slot_affinity = false        # llama.cpp: pin each session and agent to a slot
+    # slots = 0                    # slots per replica (0: ask the server's /props)
+    # pin_idle = 600               # seconds after which an unused pin is released
+    # side_requests = "forward"    # local: answer count_tokens with the upstream's
+                                   # tokenizer, never touching its slots
     policy = "strip"               # default: strip, passthrough when first_party
     # api_key_env = "LOCAL_KEY"    # or api_key = "..."; replaces client credentials
     # first_party = false          # true for Anthropic's own API
@@ -34,13 +47,14 @@ from __future__ import annotations
 import fnmatch
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from prefixgate.core.policy import DEFAULT_NORMALIZE_KEEP, METADATA_HEADER, Policy
+from prefixgate.core.routing import ROUTING_POLICIES
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
@@ -50,6 +64,7 @@ UPSTREAM_KINDS = ("anthropic", "openai")
 SYSTEM_MESSAGES = ("system", "user")
 PROMPT_CACHE_KEYS = ("session", "prefix", "off")
 TOKENIZERS = ("auto", "llama.cpp", "estimate")
+SIDE_REQUESTS = ("forward", "local")
 IN_MEMORY = ("memory", "none")
 SERVER_FLAGS = ("host", "port", "audit_path")
 
@@ -76,6 +91,30 @@ class UpstreamConfig:
     system_messages: str = "system"
     prompt_cache_key: str = "session"
     reasoning: bool = True
+    # several servers behind this name (``url`` is the first) and how to spread them
+    replicas: tuple[str, ...] = ()
+    routing: str = "prefix_affinity"
+    load_factor: float = 1.25
+    health_interval: float = 5.0
+    slot_affinity: bool = False
+    slots: int = 0  # 0: ask the server
+    pin_idle: float = 600.0
+    side_requests: str = "forward"
+    replica: str | None = None  # set on the copy that stands for one replica
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every replica's base URL (just ``url`` for a single server)."""
+        return self.replicas or (self.url,)
+
+    @property
+    def target(self) -> str:
+        """What the cache is tracked by: the upstream, or one replica of it."""
+        return f"{self.name}@{self.replica}" if self.replica else self.name
+
+    def for_replica(self, url: str) -> UpstreamConfig:
+        """This upstream narrowed to one of its replicas."""
+        return replace(self, url=url, replica=url if len(self.urls) > 1 else None)
 
 
 @dataclass(frozen=True)
@@ -101,6 +140,7 @@ class Settings:
     routes: tuple[Route, ...] = ()
     policy_override: Policy | None = None
     upstream_kind: str = "anthropic"  # of the bundled runtime, when serve starts it
+    state_url: str | None = None  # Redis URL for routing state shared between gateways
 
     @property
     def embedded(self) -> bool:
@@ -132,9 +172,10 @@ class Settings:
                 )
         return out
 
-    def with_upstream(self, url: str, kind: str | None = None) -> Settings:
-        """These settings with every route sent to one upstream at ``url``."""
-        table: dict[str, Any] = {"url": url, "kind": kind or self.upstream_kind}
+    def with_upstream(self, url: str | Sequence[str], kind: str | None = None) -> Settings:
+        """These settings with every route sent to one upstream at ``url`` (or replicas)."""
+        urls = [url] if isinstance(url, str) else list(url)
+        table: dict[str, Any] = {"urls": urls, "kind": kind or self.upstream_kind}
         if self.policy_override is not None:
             table["policy"] = self.policy_override.value
         up = upstream_from_table("default", table)
@@ -155,9 +196,8 @@ def upstream_from_table(
     name: str, table: Mapping[str, Any], env: Mapping[str, str] | None = None
 ) -> UpstreamConfig:
     """Build one upstream from its TOML table (pure apart from the given env)."""
-    url = table.get("url")
-    if not isinstance(url, str) or not _is_http_url(url):
-        raise ConfigError(f"upstreams.{name}.url: an http(s) URL is required, got {url!r}")
+    urls = _urls(name, table)
+    url = urls[0]
     kind = str(table.get("kind", "anthropic"))
     if kind not in UPSTREAM_KINDS:
         raise ConfigError(f"upstreams.{name}.kind: unknown kind {kind!r} ({UPSTREAM_KINDS})")
@@ -188,7 +228,49 @@ def upstream_from_table(
             PROMPT_CACHE_KEYS,
         ),
         reasoning=_flag(f"upstreams.{name}.reasoning", table.get("reasoning", True)),
+        replicas=tuple(urls) if len(urls) > 1 else (),
+        routing=_choice(
+            f"upstreams.{name}.routing", table.get("routing", "prefix_affinity"), ROUTING_POLICIES
+        ),
+        load_factor=_factor(f"upstreams.{name}.load_factor", table.get("load_factor", 1.25)),
+        health_interval=_seconds(f"upstreams.{name}.health_interval", table, 5.0),
+        slot_affinity=_flag(f"upstreams.{name}.slot_affinity", table.get("slot_affinity", False)),
+        slots=_int(f"upstreams.{name}.slots", table.get("slots", 0), 0, 1024),
+        pin_idle=_seconds(f"upstreams.{name}.pin_idle", table, 600.0),
+        side_requests=_choice(
+            f"upstreams.{name}.side_requests",
+            table.get("side_requests", "forward"),
+            SIDE_REQUESTS,
+        ),
     )
+
+
+def _urls(name: str, table: Mapping[str, Any]) -> list[str]:
+    """``urls`` (replicas) or ``url``, each an http(s) URL without a trailing slash."""
+    if "urls" in table:
+        where, value = f"upstreams.{name}.urls", table["urls"]
+        if not isinstance(value, list | tuple) or not value:
+            raise ConfigError(f"{where}: a non-empty list of URLs is required, got {value!r}")
+    else:
+        where, value = f"upstreams.{name}.url", [table.get("url")]
+    urls: list[str] = []
+    for url in value:
+        if not isinstance(url, str) or not _is_http_url(url):
+            raise ConfigError(f"{where}: an http(s) URL is required, got {url!r}")
+        if url.rstrip("/") in urls:
+            raise ConfigError(f"{where}: {url!r} is listed twice")
+        urls.append(url.rstrip("/"))
+    return urls
+
+
+def _factor(where: str, value: Any) -> float:
+    try:
+        factor = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: a number is required, got {value!r}") from None
+    if not factor >= 1.0:
+        raise ConfigError(f"{where}: must be 1.0 or more, got {value!r}")
+    return factor
 
 
 def _choice(where: str, value: Any, choices: tuple[str, ...]) -> str:
@@ -307,12 +389,15 @@ def build_settings(
         name: _table(f"upstreams.{name}", t)
         for name, t in _table("upstreams", file.get("upstreams", {})).items()
     }
-    upstream_url = flags.get("upstream") or env.get("PREFIXGATE_UPSTREAM")
+    upstream_url = _flag_urls(flags.get("upstream")) or _flag_urls(env.get("PREFIXGATE_UPSTREAM"))
     upstream_kind = flags.get("upstream_kind") or env.get("PREFIXGATE_UPSTREAM_KIND")
     if upstream_url:
-        tables = {"default": {**tables.get("default", {}), "url": upstream_url}}
+        default = {k: v for k, v in tables.get("default", {}).items() if k not in ("url", "urls")}
+        tables = {"default": {**default, "urls": upstream_url}}
         if upstream_kind:
             tables["default"]["kind"] = upstream_kind
+        if flags.get("routing"):
+            tables["default"]["routing"] = flags["routing"]
         if env.get("PREFIXGATE_UPSTREAM_API_KEY"):
             tables["default"]["api_key"] = env["PREFIXGATE_UPSTREAM_API_KEY"]
     where, override = ("--policy", flags.get("policy"))
@@ -322,7 +407,7 @@ def build_settings(
     if policy is not None:
         tables = {name: {**table, "policy": policy.value} for name, table in tables.items()}
     upstreams = {name: upstream_from_table(name, t, env) for name, t in tables.items()}
-    routes = _routes(file.get("routes", []), upstreams, upstream_url is not None)
+    routes = _routes(file.get("routes", []), upstreams, bool(upstream_url))
     if policy is not None:
         routes = tuple(replace(r, policy=None) for r in routes)
     return Settings(
@@ -339,7 +424,27 @@ def build_settings(
         routes=routes,
         policy_override=policy,
         upstream_kind=_choice("--upstream-kind", upstream_kind or "anthropic", UPSTREAM_KINDS),
+        state_url=_state_url(
+            flags.get("state") or env.get("PREFIXGATE_STATE_URL") or server.get("state_url")
+        ),
     )
+
+
+def _flag_urls(value: Any) -> list[str]:
+    """``--upstream`` given once or more, or a comma-separated environment value."""
+    if not value:
+        return []
+    items = [value] if isinstance(value, str) else list(value)
+    return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
+
+
+def _state_url(value: Any) -> str | None:
+    if not value:
+        return None
+    url = str(value)
+    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"server.state_url: a redis:// URL is required, got {url!r}")
+    return url
 
 
 def _routes(

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import signal
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 import uvicorn
@@ -15,6 +16,7 @@ from prefixgate.config import Settings
 from prefixgate.store.audit import AuditSink, JsonlAudit, MemoryAudit
 from prefixgate.store.capture import CaptureLog
 from prefixgate.store.sqlite import AuditDBError, SqliteAudit
+from prefixgate.store.state import StateStore
 
 log = logging.getLogger("prefixgate")
 
@@ -34,13 +36,21 @@ def run(settings: Settings, *, log_level: str = "info") -> None:
         if settings.embedded:
             settings = settings.with_upstream(_start_embedded(stack))
         audit = _open_audit(settings)
-        app = create_app(settings, audit=audit, capture=_open_capture(settings.record_path))
+        app = create_app(
+            settings,
+            audit=audit,
+            capture=_open_capture(settings.record_path),
+            state=_open_state(settings.state_url),
+        )
         log.info("prefixgate listening on http://%s:%d", settings.host, settings.port)
         log.info("audit log: %s", settings.audit_path or "in memory only")
         if settings.record_path:
             log.info("recording every request to %s", settings.record_path)
         for name, up in settings.upstreams.items():
-            log.info("upstream %s: %s (policy %s)", name, up.url, up.policy.value)
+            where = up.url if len(up.urls) == 1 else f"{len(up.urls)} replicas ({up.routing})"
+            log.info("upstream %s: %s (policy %s)", name, where, up.policy.value)
+        if settings.state_url:
+            log.info("routing state shared through %s", _redacted(settings.state_url))
         uvicorn.run(
             app, host=settings.host, port=settings.port, log_level=log_level, access_log=False
         )
@@ -60,6 +70,28 @@ def _open_audit(settings: Settings) -> AuditSink:
         raise click.ClickException(f"cannot open the audit log {path}: {exc.strerror}") from None
     except AuditDBError as exc:
         raise click.ClickException(f"cannot open the audit log {path}: {exc}") from None
+
+
+def _open_state(url: str | None) -> StateStore | None:
+    if not url:
+        return None
+    from prefixgate.store.state import RedisState
+
+    try:
+        return RedisState(url)
+    except ImportError:
+        raise click.ClickException(
+            "server.state_url needs the redis package: pip install 'prefixgate[redis]'"
+        ) from None
+    except ValueError as exc:
+        raise click.ClickException(f"cannot use the state URL: {exc}") from None
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
 
 
 def _open_capture(path: str | None) -> CaptureLog | None:

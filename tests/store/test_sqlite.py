@@ -72,6 +72,8 @@ FULL = AuditRecord(
     cause_detail="line 3: 'x-anthropic-billing-header' — changed\nsecond line",
     ttfb_ms=12.5,
     total_ms=0.1 + 0.2,
+    replica="http://[::1]:8081",
+    slot=3,
     error="upstream said: «no»",
     request_body='{"messages":[{"role":"user","content":"héllo\\u0000"}]}',
     response_text="réponse\x00with nul",
@@ -132,7 +134,7 @@ def test_is_an_audit_sink(sink: SqliteAudit) -> None:
 def test_new_database_has_latest_schema_wal_and_id(sink: SqliteAudit, db: Path) -> None:
     with raw(db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_version() == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_version() == 2
         assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
         indexes = {
             row[0]: row[1]
@@ -168,7 +170,7 @@ def test_reopen_keeps_rows_and_version(db: Path) -> None:
         audit.record(rec(2))
     assert [r.time for r in read_records(db)] == [rec(1).time, rec(2).time]
     with raw(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_version()
 
 
 # -- migrations ---------------------------------------------------------------
@@ -210,8 +212,8 @@ def make_old_db(path: Path) -> None:
 
 def test_migrates_forward_and_keeps_old_rows(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_old_db(db)
-    monkeypatch.setattr(store, "MIGRATIONS", [(1, OLD_V1), (2, V2)])
-    assert schema_version() == 2
+    monkeypatch.setattr(store, "MIGRATIONS", [(1, OLD_V1), (2, V2), (3, store._V2)])
+    assert schema_version() == 3
     with SqliteAudit(db) as audit:
         audit.record(rec(5, agent="main"))
         audit.flush(10)
@@ -233,12 +235,27 @@ def test_migrates_forward_and_keeps_old_rows(db: Path, monkeypatch: pytest.Monke
     ]
     assert got[0].kind == "message"
     with raw(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
     assert set(columns(db)) == {"id", *(f.name for f in dataclasses.fields(AuditRecord))}
 
 
+def test_version_1_database_gains_the_routing_columns(db: Path) -> None:
+    with raw(db) as conn:
+        for statement in store._V1:
+            conn.execute(statement)
+        conn.execute("INSERT INTO requests (time, route, tenant, status) VALUES (1, '/', 't', 200)")
+        conn.execute("PRAGMA user_version = 1")
+    with SqliteAudit(db) as audit:
+        audit.record(rec(2, replica="http://10.0.0.2:8080", slot=1))
+    old, new = read_records(db)
+    assert (old.replica, old.slot) == (None, None)
+    assert (new.replica, new.slot) == ("http://10.0.0.2:8080", 1)
+    with raw(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
 def test_migrates_from_empty_through_every_step(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store, "MIGRATIONS", [(1, OLD_V1), (2, V2)])
+    monkeypatch.setattr(store, "MIGRATIONS", [(1, OLD_V1), (2, V2), (3, store._V2)])
     with SqliteAudit(db) as audit:
         audit.record(FULL)
     assert read_records(db) == [dataclasses.replace(FULL, request_body=None, response_text=None)]
@@ -261,7 +278,7 @@ def test_refuses_newer_schema(db: Path) -> None:
         pass
     with raw(db) as conn:
         conn.execute("PRAGMA user_version = 7")
-    with pytest.raises(SchemaTooNewError, match=r"version 7 .*versions 1 to 1"):
+    with pytest.raises(SchemaTooNewError, match=r"version 7 .*versions 1 to 2"):
         SqliteAudit(db)
     with pytest.raises(SchemaTooNewError, match="version 7"):
         read_records(db)

@@ -7,6 +7,7 @@ starts (lifespan) and closed when it stops, and tests inject a transport
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -23,10 +24,12 @@ from prefixgate.app.dashboard import dashboard_endpoint
 from prefixgate.app.metrics import Metrics
 from prefixgate.app.observer import CacheObserver
 from prefixgate.app.proxy import Proxy
+from prefixgate.app.router import Router
 from prefixgate.config import Settings
 from prefixgate.core.errors import error_body, error_type_for_status
 from prefixgate.store.audit import AuditRecord, AuditSink, MemoryAudit
 from prefixgate.store.capture import CaptureLog
+from prefixgate.store.state import StateStore
 
 log = logging.getLogger("prefixgate")
 DASHBOARD_RECORDS = 5000
@@ -38,29 +41,38 @@ def create_app(
     transport: httpx.AsyncBaseTransport | None = None,
     audit: AuditSink | None = None,
     capture: CaptureLog | None = None,
+    state: StateStore | None = None,
 ) -> Starlette:
     """Build the gateway for ``settings``; nothing is opened until it starts.
 
-    The app owns ``audit`` and ``capture`` from here on: both are closed when
-    it stops, after the last records are written.
+    The app owns ``audit``, ``capture`` and ``state`` (routing state, e.g.
+    ``RedisState``; default: this process only) from here on: all are closed
+    when it stops, after the last records are written.
     """
     sink = audit or MemoryAudit()
     metrics = Metrics()
     observer = CacheObserver(settings, sink, metrics)
-    proxy = Proxy(settings, None, observer, capture)
+    router = Router(settings, state)
+    proxy = Proxy(settings, None, observer, capture, router)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client = httpx.AsyncClient(transport=transport, timeout=None, trust_env=False)
-        proxy.client = observer.client = client
+        proxy.client = observer.client = router.client = client
         for warning in settings.warnings():
             log.warning("%s", warning)
+        watcher = asyncio.get_running_loop().create_task(router.watch())
         try:
             yield
         finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
             await observer.drain()
-            proxy.client = observer.client = None
+            proxy.client = observer.client = router.client = None
             await client.aclose()
+            with contextlib.suppress(Exception):
+                await router.state.close()
             for closable in (sink, capture):
                 try:
                     if closable is not None:
@@ -70,7 +82,13 @@ def create_app(
 
     async def healthz(request: Request) -> Response:
         upstreams = {name: up.url for name, up in settings.upstreams.items()}
-        return JSONResponse({"status": "ok", "version": __version__, "upstreams": upstreams})
+        replicas = {
+            name: {url: "up" if router.is_up(url) else "down" for url in up.urls}
+            for name, up in settings.upstreams.items()
+            if len(up.urls) > 1
+        }
+        body = {"status": "ok", "version": __version__, "upstreams": upstreams}
+        return JSONResponse({**body, "replicas": replicas} if replicas else body)
 
     def records() -> list[AuditRecord]:
         return sink.query(tenant=settings.tenant, limit=DASHBOARD_RECORDS)
@@ -90,6 +108,7 @@ def create_app(
     app.state.proxy = proxy
     app.state.audit = sink
     app.state.metrics = metrics
+    app.state.router = router
     return app
 
 

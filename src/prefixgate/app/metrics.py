@@ -15,6 +15,9 @@ share counters). Every series carries the tenant.
 ``prefixgate_attribution_blocks_total``        blocks found, by the policy that handled them
 ``prefixgate_time_to_first_byte_seconds``      histogram
 ``prefixgate_request_seconds``                 histogram, whole request
+``prefixgate_replica_requests_total``          by replica, for replicated upstreams
+``prefixgate_failovers_total``                 requests moved off a replica that
+                                               refused or dropped them
 =============================================  ==================================
 """
 
@@ -88,11 +91,29 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.replica_requests = Counter(
+            "prefixgate_replica_requests",
+            "Requests answered, by replica of a replicated upstream.",
+            [*up, "replica"],
+            registry=self.registry,
+        )
+        self.failovers = Counter(
+            "prefixgate_failovers",
+            "Requests moved to another replica after this one refused or dropped them.",
+            [*up, "replica"],
+            registry=self.registry,
+        )
+
+    def failover(self, tenant: str, upstream: str, replica: str) -> None:
+        self.failovers.labels(tenant, upstream, replica).inc()
+
     def observe(self, rec: AuditRecord) -> None:
         up = (rec.tenant, rec.upstream or "-")
         self.requests.labels(
             rec.tenant, str(rec.status), rec.upstream or "-", rec.policy or "-", rec.kind
         ).inc()
+        if rec.replica:
+            self.replica_requests.labels(*up, rec.replica).inc()
         if rec.attribution_found:
             self.blocks.labels(rec.tenant, rec.policy or "-").inc()
         if rec.kind in CACHE_KINDS and not is_error(rec):  # as in the report

@@ -42,6 +42,7 @@ class Observation:
     comparison: Comparison
     upstream: UpstreamConfig
     rewrite: Rewrite
+    where: str  # the cache it was compared with: upstream, replica or slot
 
 
 class CacheObserver:
@@ -55,14 +56,18 @@ class CacheObserver:
         self._counters: dict[str, TokenCounter] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def identify(self, headers: Mapping[str, str], route: str, rw: Rewrite) -> Identity:
+        """Session, agent and kind of the request (before it is routed)."""
+        return identify(headers, route, rw, self.settings.tenant, self._labeller)
+
     def begin(
-        self, headers: Mapping[str, str], route: str, rw: Rewrite, upstream: UpstreamConfig
+        self, who: Identity, rw: Rewrite, upstream: UpstreamConfig, slot: int | None = None
     ) -> Observation:
-        tenant = self.settings.tenant
-        who = identify(headers, route, rw, tenant, self._labeller)
-        owner = Owner(tenant, who.session, who.agent)
-        comparison = self._tracker.compare(upstream.name, owner, rw.view)
-        return Observation(who, owner, comparison, upstream, rw)
+        """Compare the prompt with what ``upstream`` (a replica, a slot of it) last held."""
+        owner = Owner(self.settings.tenant, who.session, who.agent)
+        where = upstream.target if slot is None else f"{upstream.target}#{slot}"
+        comparison = self._tracker.compare(where, owner, rw.view)
+        return Observation(who, owner, comparison, upstream, rw, where)
 
     def answered(self, seen: Observation) -> None:
         """The upstream has answered ``seen`` in full: it now holds that prompt.
@@ -72,7 +77,7 @@ class CacheObserver:
         answer is audited only later, when its response closes).
         """
         if seen.identity.kind != "count_tokens":  # a token count uses no cache
-            self._tracker.remember(seen.upstream.name, seen.owner, seen.rewrite.view)
+            self._tracker.remember(seen.where, seen.owner, seen.rewrite.view)
 
     def finish(
         self,
@@ -147,10 +152,10 @@ class CacheObserver:
         )
 
     def counter(self, upstream: UpstreamConfig) -> TokenCounter:
-        counter = self._counters.get(upstream.name)
+        counter = self._counters.get(upstream.url)
         if counter is None:
             assert self.client is not None
-            counter = self._counters[upstream.name] = TokenCounter(upstream, self.client)
+            counter = self._counters[upstream.url] = TokenCounter(upstream, self.client)
         return counter
 
     def _write(self, rec: AuditRecord) -> None:

@@ -10,6 +10,7 @@ record.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
@@ -21,11 +22,19 @@ from prefixgate.app import translated
 from prefixgate.app.exchange import Exchange, error_response, error_status, json_object, read_body
 from prefixgate.app.observer import CacheObserver
 from prefixgate.app.relay import Passthrough, Relay, RelayResponse
+from prefixgate.app.router import Router, Target
 from prefixgate.config import Settings, UpstreamConfig
 from prefixgate.core.cachekey import ADAPTER_VERSION
 from prefixgate.core.errors import NotFound, PrefixgateError
 from prefixgate.core.fold import MessageSummary, summarize_message
-from prefixgate.core.pipeline import Rewrite, RewriteOptions, parse_request, rewrite_parsed
+from prefixgate.core.identity import Identity
+from prefixgate.core.pipeline import (
+    Rewrite,
+    RewriteOptions,
+    parse_request,
+    rewrite_parsed,
+    with_field,
+)
 from prefixgate.core.usage import CacheUsage, cache_usage, from_anthropic
 from prefixgate.store.capture import CaptureLog
 from prefixgate.upstreams.anthropic import (
@@ -47,11 +56,13 @@ class Proxy:
         client: httpx.AsyncClient | None,
         observer: CacheObserver,
         capture: CaptureLog | None = None,
+        router: Router | None = None,
     ) -> None:
         self.settings = settings
         self.client = client
         self.observer = observer
         self.capture = capture
+        self.router = router or Router(settings)
 
     def _started(self) -> httpx.AsyncClient:
         if self.client is None:
@@ -109,19 +120,61 @@ class Proxy:
                 self.capture.append(request.method, request.url, request.headers, raw)
             rw = self._rewrite(ex, raw, require_max_tokens)
             assert ex.upstream is not None
-            ex.seen = self.observer.begin(request.headers, request.url.path, rw, ex.upstream)
-            if ex.upstream.kind == "openai":
-                forward = self._openai(ex.upstream)
-                if not require_max_tokens:
-                    return await forward.count_tokens(ex, rw)
-                return await forward.messages(request, ex, rw)
-            headers = forward_headers(request.headers, ex.upstream, rw.upstream_headers)
-            path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            upstream = self._upstream(ex.upstream)
-            response = await upstream.open(path, rw.body, headers)
+            who = self.observer.identify(request.headers, request.url.path, rw)
+            targets = await self.router.plan(ex.upstream, rw, who)
+            if who.kind == "count_tokens" and (
+                ex.upstream.kind == "openai" or ex.upstream.side_requests == "local"
+            ):
+                ex.upstream = targets[0].config
+                ex.seen = self.observer.begin(who, rw, ex.upstream)
+                return await self._openai(ex.upstream).count_tokens(ex, rw)
+            return await self._attempts(request, ex, rw, who, targets)
         except PrefixgateError as exc:
             self._finish(ex, error_status(exc), None, exc.message)
             return error_response(exc)
+
+    async def _attempts(
+        self, request: Request, ex: Exchange, rw: Rewrite, who: Identity, targets: list[Target]
+    ) -> Response:
+        """Try each replica in turn until one takes the request.
+
+        A replica that refuses the connection, drops it before answering, or
+        answers 502/503 is marked down and the next one is tried; the client
+        sees an error only when the last one fails too. Once an answer has
+        begun to stream, it is relayed (or ends with an ``error`` event) there.
+        """
+        for attempt, target in enumerate(targets):
+            ex.upstream = target.config
+            ex.slot = await self.router.slot(target)
+            ex.seen = self.observer.begin(who, rw, target.config, ex.slot)
+            self.router.started(target)
+            ex.release = functools.partial(self.router.ended, target)
+            try:
+                response = await self._send(request, ex, rw)
+            except PrefixgateError as exc:
+                self._release(ex)
+                if not exc.retryable or attempt == len(targets) - 1:
+                    raise
+                self.router.failed(target)
+                self.observer.metrics.failover(
+                    self.settings.tenant, target.config.name, target.config.url
+                )
+                log.warning("%s; trying the next replica", exc.message)
+                continue
+            if attempt:
+                await self.router.moved(target)
+            return response
+        raise AssertionError("a plan has at least one target")  # pragma: no cover
+
+    async def _send(self, request: Request, ex: Exchange, rw: Rewrite) -> Response:
+        """Forward to ``ex.upstream``; raises ``PrefixgateError`` only before finishing."""
+        assert ex.upstream is not None
+        if ex.upstream.kind == "openai":
+            return await self._openai(ex.upstream).messages(request, ex, rw)
+        headers = forward_headers(request.headers, ex.upstream, rw.upstream_headers)
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        body = rw.body if ex.slot is None else with_field(rw.body, "id_slot", ex.slot)
+        response = await self._upstream(ex.upstream).open(path, body, headers)
         ex.ttfb = time.perf_counter()
         if response.headers.get("content-type", "").startswith("text/event-stream"):
             relay = Relay(self._finish, ex, response, Passthrough(), self._answered)
@@ -156,11 +209,9 @@ class Proxy:
     async def _whole(self, ex: Exchange, response: httpx.Response) -> Response:
         try:
             content = await response.aread()
-        except httpx.HTTPError as exc:
+        except httpx.HTTPError as exc:  # nothing sent yet: the next replica may answer
             assert ex.upstream is not None
-            err = transport_error(ex.upstream, exc)
-            self._finish(ex, err.status, None, err.message)
-            return error_response(err)
+            raise transport_error(ex.upstream, exc) from None
         finally:
             await response.aclose()
         payload = json_object(content)
@@ -177,10 +228,17 @@ class Proxy:
         error: str | None,
         usage: CacheUsage | None = None,
     ) -> None:
+        self._release(ex)
         rec = ex.record(self.settings, status, summary, error)
         if usage is None:
             usage = from_anthropic(summary.usage) if summary else CacheUsage()
         self.observer.finish(rec, ex.seen, usage, remembered=ex.answered)
+
+    @staticmethod
+    def _release(ex: Exchange) -> None:
+        if ex.release is not None:
+            ex.release()
+            ex.release = None
 
     def _answered(self, ex: Exchange) -> None:
         if ex.seen is not None and not ex.answered:

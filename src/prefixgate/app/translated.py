@@ -110,7 +110,8 @@ class OpenAIForward:
         assert ex.upstream is not None
         session = ex.seen.identity.session if ex.seen else None
         translated = to_openai(rw.parsed, request_options(ex.upstream, rw, session))
-        body = json.dumps(translated.body, ensure_ascii=False, separators=(",", ":")).encode()
+        fields = translated.body if ex.slot is None else {**translated.body, "id_slot": ex.slot}
+        body = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
         headers = openai_headers(request.headers, ex.upstream, rw.upstream_headers)
         response = await OpenAIUpstream(ex.upstream, self._client).chat(body, headers)
         ex.ttfb = time.perf_counter()
@@ -147,10 +148,8 @@ class OpenAIForward:
         assert ex.upstream is not None
         try:
             content = await response.aread()
-        except httpx.HTTPError as exc:
-            err: PrefixgateError = transport_error(ex.upstream, exc)
-            self._finish(ex, err.status, None, err.message, None)
-            return error_response(err)
+        except httpx.HTTPError as exc:  # nothing sent yet: the next replica may answer
+            raise transport_error(ex.upstream, exc) from None
         finally:
             await response.aclose()
         payload = json_object(content)
@@ -160,7 +159,7 @@ class OpenAIForward:
             message: dict[str, Any] = to_anthropic_message(payload, names, model=model)
         except PrefixgateError as exc:
             message_text = f"upstream {ex.upstream.name!r}: {exc.message}"
-            err = UpstreamStatus(502, "api_error", message_text)
+            err: PrefixgateError = UpstreamStatus(502, "api_error", message_text)
             self._finish(ex, 502, None, message_text, None)
             return error_response(err)
         self._finish(ex, 200, summarize_message(message), None, cache_usage(payload))

@@ -30,6 +30,11 @@ class PrefixgateError(Exception):
     def to_body(self) -> dict[str, Any]:
         return error_body(self.error_type, self.message)
 
+    @property
+    def retryable(self) -> bool:
+        """Another replica of the same upstream may well succeed (refused, reset, 502/503)."""
+        return False
+
 
 class RequestError(PrefixgateError):
     status = 400
@@ -61,7 +66,9 @@ class UpstreamError(PrefixgateError):
 
 
 class UpstreamUnavailable(UpstreamError):
-    pass
+    @property
+    def retryable(self) -> bool:
+        return True
 
 
 class UpstreamTimeout(UpstreamError):
@@ -76,6 +83,10 @@ class UpstreamStatus(UpstreamError):
         super().__init__(message)
         self.upstream_status = status
         self.upstream_error_type = error_type
+
+    @property
+    def retryable(self) -> bool:  # a replica overloaded, restarting or behind a dead proxy
+        return self.upstream_status in (502, 503)
 
     def to_body(self) -> dict[str, Any]:
         return error_body(self.upstream_error_type, self.message)

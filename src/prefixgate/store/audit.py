@@ -21,6 +21,9 @@ Cache fields, all ``None`` when unknown (unknown is never 0):
 ``cause``                   one of ``core.misses.CAUSES`` (``none`` for a hit)
 ``cause_detail``            a line a person reads: the first differing line,
                             the tool's name, the session that evicted it
+
+Routing fields: ``replica`` (which server of a replicated upstream answered)
+and ``slot`` (the llama.cpp slot the request was pinned to), ``None`` otherwise.
 """
 
 from __future__ import annotations
@@ -68,6 +71,8 @@ class AuditRecord:
     error: str | None = None
     request_body: str | None = None
     response_text: str | None = None
+    replica: str | None = None  # the replica's URL, when the upstream has several
+    slot: int | None = None  # the llama.cpp slot it was pinned to (slot_affinity)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

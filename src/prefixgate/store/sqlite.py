@@ -104,8 +104,14 @@ _V1: Final = (
 #: statements take a database at ``version - 1`` to ``version``. Append, never
 #: edit a shipped entry; a new ``AuditRecord`` field needs a migration that
 #: adds its column.
+_V2: Final = (
+    "ALTER TABLE requests ADD COLUMN replica TEXT",
+    "ALTER TABLE requests ADD COLUMN slot INTEGER",
+)
+
 MIGRATIONS: list[tuple[int, Sequence[str]]] = [
     (1, _V1),
+    (2, _V2),
 ]
 
 _FIELDS: Final = tuple(f.name for f in fields(AuditRecord))

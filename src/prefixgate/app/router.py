@@ -1,0 +1,195 @@
+"""Where a request goes: which replica of its upstream, and which llama.cpp slot.
+
+The choices are the pure functions of ``core/routing.py``; this module holds
+what they are made over:
+
+- the session pins (``store/state.py``: in this process, or in Redis so several
+  gateways agree), renewed on every use and released after ``pin_idle``;
+- each replica's health (a background check of ``/health`` every
+  ``health_interval`` seconds, and a replica that refused a request is marked
+  down at once) and its requests in flight;
+- the slot pins of each replica (``slot_affinity``), kept in this process.
+
+``plan`` returns every replica in the order to try: the first is the choice,
+the others are the failover order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import httpx
+
+from prefixgate.config import Settings, UpstreamConfig
+from prefixgate.core.identity import Identity
+from prefixgate.core.pipeline import Rewrite
+from prefixgate.core.routing import SlotPin, pick_slot, ring_order, route_order
+from prefixgate.store.state import MemoryState, StateStore
+
+log = logging.getLogger("prefixgate")
+PROBE_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """One replica to try, as an upstream config of its own."""
+
+    config: UpstreamConfig
+    owner: str  # tenant:session:agent, what pins are held for
+    agent: str
+
+
+class Router:
+    def __init__(self, settings: Settings, state: StateStore | None = None) -> None:
+        self.settings = settings
+        self.state: StateStore = state or MemoryState()
+        self.client: httpx.AsyncClient | None = None
+        self._down: set[str] = set()
+        self._busy: dict[str, int] = {}
+        self._turns = itertools.count()
+        self._slot_pins: dict[str, dict[str, SlotPin]] = {}
+        self._slot_counts: dict[str, int | None] = {}
+
+    # -- choosing -----------------------------------------------------------
+
+    async def plan(self, upstream: UpstreamConfig, rw: Rewrite, who: Identity) -> list[Target]:
+        """The replicas of ``upstream`` in the order to try them for this request."""
+        owner = f"{self.settings.tenant}:{who.session}:{who.agent}"
+        urls = upstream.urls
+        if len(urls) == 1:
+            return [Target(upstream.for_replica(urls[0]), owner, who.agent)]
+        up = [u for u in urls if u not in self._down] or list(urls)
+        down = [u for u in urls if u not in up]
+        if upstream.routing == "prefix_affinity":
+            first = await self._affine(upstream, rw.key.hex, owner, up)
+            rest = [u for u in ring_order(rw.key.hex, up) if u != first]
+            order = [first, *rest]
+        else:
+            order = route_order(
+                upstream.routing, rw.key.hex, up, busy=self._busy, turn=next(self._turns)
+            )
+        return [Target(upstream.for_replica(u), owner, who.agent) for u in order + down]
+
+    async def _affine(self, upstream: UpstreamConfig, key: str, owner: str, up: list[str]) -> str:
+        """The owner's pinned replica while it is up, else a bounded-load ring choice."""
+        scope, ttl = upstream.name, upstream.pin_idle
+        try:
+            pinned = await self.state.get(scope, owner)
+            if pinned in up:
+                return await self.state.pin(scope, owner, pinned, ttl)
+            loads = await self.state.loads(scope, up)
+            choice = route_order(
+                "prefix_affinity", key, up, loads=loads, factor=upstream.load_factor
+            )[0]
+            if pinned is None:
+                chosen = await self.state.pin(scope, owner, choice, ttl)  # another gateway may win
+                if chosen in up:
+                    return chosen
+            await self.state.repin(scope, owner, choice, ttl)
+            return choice
+        except Exception as exc:  # shared state down: route on the ring alone
+            log.warning("routing state unavailable (%s); routing by prefix alone", exc)
+            return ring_order(key, up)[0]
+
+    async def moved(self, target: Target) -> None:
+        """The request was served by ``target`` after its first choice failed."""
+        up = target.config
+        if len(up.urls) > 1 and up.routing == "prefix_affinity":
+            with contextlib.suppress(Exception):
+                await self.state.repin(up.name, target.owner, up.url, up.pin_idle)
+
+    async def slot(self, target: Target) -> int | None:
+        """The llama.cpp slot to pin this request to, or None to let the server choose."""
+        up = target.config
+        if not up.slot_affinity:
+            return None
+        slots = up.slots or await self._server_slots(up.url)
+        if not slots or slots < 2:
+            return None
+        now = time.monotonic()
+        pins = self._slot_pins.setdefault(up.url, {})
+        slot = pick_slot(pins, target.owner, target.agent, slots, now, up.pin_idle)
+        for owner in [o for o, p in pins.items() if p.slot == slot and o != target.owner]:
+            del pins[owner]  # that slot now holds this owner's prompt
+        pins[target.owner] = SlotPin(slot, target.agent, now)
+        if len(pins) > 4 * slots:  # forget idle pins
+            for owner in [o for o, p in pins.items() if now - p.last_used > up.pin_idle]:
+                del pins[owner]
+        return slot
+
+    async def _server_slots(self, url: str) -> int | None:
+        if url not in self._slot_counts:
+            self._slot_counts[url] = await self._ask_slots(url)
+        return self._slot_counts[url]
+
+    async def _ask_slots(self, url: str) -> int | None:
+        if self.client is None:
+            return None
+        try:
+            response = await self.client.get(url + "/props", timeout=PROBE_TIMEOUT_S)
+            total = response.json().get("total_slots") if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+        return total if isinstance(total, int) else None
+
+    # -- what happened ------------------------------------------------------
+
+    def started(self, target: Target) -> None:
+        url = target.config.url
+        self._busy[url] = self._busy.get(url, 0) + 1
+
+    def ended(self, target: Target) -> None:
+        url = target.config.url
+        self._busy[url] = max(0, self._busy.get(url, 0) - 1)
+
+    def failed(self, target: Target) -> None:
+        """``target`` refused or dropped a request: route around it until it is healthy."""
+        if len(target.config.urls) > 1 and target.config.url not in self._down:
+            log.warning("replica %s is down; failing over", target.config.url)
+            self._down.add(target.config.url)
+
+    def is_up(self, url: str) -> bool:
+        return url not in self._down
+
+    # -- health -------------------------------------------------------------
+
+    async def check(self, upstreams: Iterable[UpstreamConfig]) -> None:
+        """One round of health checks over every replica of ``upstreams``."""
+        if self.client is None:
+            return
+        urls = {u for up in upstreams if len(up.urls) > 1 for u in up.urls}
+        results = await asyncio.gather(*(self._healthy(u) for u in urls))
+        for url, healthy in zip(urls, results, strict=True):
+            if healthy and url in self._down:
+                log.info("replica %s is healthy again", url)
+                self._down.discard(url)
+            elif not healthy and url not in self._down:
+                log.warning("replica %s failed its health check", url)
+                self._down.add(url)
+
+    async def _healthy(self, url: str) -> bool:
+        assert self.client is not None
+        try:
+            response = await self.client.get(url + "/health", timeout=PROBE_TIMEOUT_S)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def watch(self) -> None:
+        """Check health until cancelled (the app's lifespan runs this as a task)."""
+        replicated = [up for up in self.settings.upstreams.values() if len(up.urls) > 1]
+        if not replicated:
+            return
+        interval = min(up.health_interval for up in replicated)
+        while True:
+            try:
+                await self.check(replicated)
+            except Exception:
+                log.exception("health check failed")
+            await asyncio.sleep(interval)

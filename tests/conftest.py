@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,3 +195,12 @@ OPENAI_COMPLETION: dict[str, Any] = {
 def openai_request_validator() -> Any:
     """``validate_openai_request``, for tests in any folder."""
     return validate_openai_request
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real redis-server for the whole test session (see ``tests/redisserver.py``)."""
+    from redisserver import redis_server
+
+    with redis_server() as url:
+        yield url

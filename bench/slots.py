@@ -14,6 +14,7 @@ four ways, each on a freshly started runtime:
   2 slots, pinned         ``-np 2``, the gateway's ``slot_affinity``: main on one slot,
                           subagents and side requests on the other
 
+and the two 2-slot runs again with ``--cache-ram 0``
 and prints the share of prompt tokens served from cache, the main agent's
 share alone, and the replay time. It never asserts anything.
 """
@@ -43,6 +44,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "1 slot, RAM cache": {"slots": 1, "cache_ram_mib": None, "pin": False},
     "2 slots, its own choice": {"slots": 2, "cache_ram_mib": None, "pin": False},
     "2 slots, pinned": {"slots": 2, "cache_ram_mib": None, "pin": True},
+    "2 slots, no RAM cache, its own choice": {"slots": 2, "cache_ram_mib": 0, "pin": False},
+    "2 slots, no RAM cache, pinned": {"slots": 2, "cache_ram_mib": 0, "pin": True},
 }
 SLOT_CTX = 8192
 
@@ -57,7 +60,8 @@ def corpus_lines(corpus: Path) -> list[dict[str, Any]]:
 
 def run(console: Console, name: str, config: dict[str, Any], corpus_file: Path) -> dict[str, Any]:
     spec = default_spec(
-        slots=config["slots"], ctx_size=SLOT_CTX * config["slots"],
+        slots=config["slots"],
+        ctx_size=SLOT_CTX * config["slots"],
         cache_ram_mib=config["cache_ram_mib"],
     )
     records = load_capture(corpus_file)
@@ -119,8 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in runs:
         errors = sum(1 for x in r["requests"] if x["error"])
         table.add_row(
-            r["name"], f"{share(r['requests']):.1%}", f"{share(r['requests'], 'main'):.1%}",
-            str(errors), f"{r['seconds']:.1f}",
+            r["name"],
+            f"{share(r['requests']):.1%}",
+            f"{share(r['requests'], 'main'):.1%}",
+            str(errors),
+            f"{r['seconds']:.1f}",
         )
     console.print(table)
     for r in runs:

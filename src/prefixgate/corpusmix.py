@@ -8,7 +8,8 @@ body a JSON string), used by ``bench/scale.py`` and the replica tests:
   the text alone, so two requests that shared a prefix still share one (the
   stable system prompt and tools stay equal across sessions, the environment
   section at the end of the system prompt keeps its model line, conversations
-  still grow by appending).
+  still grow by appending); a cut names a hash of the text it shortened, so
+  texts that differed still differ.
 - ``sessions``: the recorded requests grouped by session, in recorded order.
 - ``copy_session``: one session again under a new session id, with its own
   attribution fingerprint and its own first user message (so copies share the
@@ -19,6 +20,7 @@ body a JSON string), used by ``bench/scale.py`` and the replica tests:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -38,10 +40,15 @@ _VERSION = re.compile(r"(cc_version=[0-9.]+?)\.([0-9a-f]{3})(;)")
 
 
 def cut(text: str, head: int = TEXT_HEAD, tail: int = TEXT_TAIL) -> str:
-    """``text`` itself when short, else its first ``head`` and last ``tail`` characters."""
-    if len(text) <= head + tail + 5:
+    """``text`` itself when short, else its first ``head`` and last ``tail`` characters.
+
+    The cut names a hash of the whole text, so two texts that differ only in
+    the part cut out still differ afterwards.
+    """
+    if len(text) <= head + tail + 24:
         return text
-    return text[:head] + "\n[...]\n" + (text[-tail:] if tail else "")
+    mark = hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+    return text[:head] + f"\n[... {mark}]\n" + (text[-tail:] if tail else "")
 
 
 def _schema(schema: Any) -> Any:

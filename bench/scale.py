@@ -1,0 +1,243 @@
+"""Many interleaved sessions over 1, 2 and 4 llama-server replicas, per routing policy.
+
+    python bench/scale.py [--sessions 16] [--replicas 1,2,4]
+                          [--policies prefix_affinity,round_robin,least_busy]
+                          [--slots 2] [--slot-ctx 8192] [--concurrency 2] [--seed 0]
+                          [--out results.json]
+
+The corpus is generated from the recorded one (``prefixgate.corpusmix``): every
+recorded session (main conversations, a subagent, title side requests) copied
+under new session ids until there are ``--sessions`` of them, each shrunk to a
+few thousand tokens so the runs fit 2 cores, then interleaved by a seeded
+random choice that keeps each session's own order.
+
+Per run, each replica is a fresh bundled llama-server (``-np --slots``, an empty
+cache) and one ``prefixgate serve --upstream ... --routing POLICY`` sits in front;
+``--concurrency`` clients replay the stream, never two requests of one session
+at once. With one replica every policy is the same, so it runs once.
+
+Reported per run, from the gateway's audit log: the share of prompt tokens
+served from cache (actual), the share an ideal prefix cache would have served
+(expected), and the load of the busiest replica relative to the mean, in
+requests and in prompt tokens it had to compute (not from cache). The
+replicas' own ``/metrics`` are summed as an independent check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from prefixgate.corpusmix import mixed_corpus
+from prefixgate.demo import ManagedProcess, free_port, gateway_command
+from prefixgate.replay import CaptureRecord, load_capture, replay_one
+from prefixgate.runtime.local import LocalRuntime, default_spec
+from prefixgate.store.sqlite import read_records
+
+CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+SOURCES = ("claude-code-2.1.197.jsonl", "claude-code-2.1.197-interactive.jsonl")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path, default=CORPUS)
+    parser.add_argument("--sessions", type=int, default=16)
+    parser.add_argument("--replicas", default="1,2,4")
+    parser.add_argument("--policies", default="prefix_affinity,round_robin,least_busy")
+    parser.add_argument("--slots", type=int, default=2)
+    parser.add_argument("--slot-ctx", type=int, default=8192)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path)
+    return parser.parse_args(argv)
+
+
+def make_corpus(args: argparse.Namespace, path: Path) -> list[CaptureRecord]:
+    lines = []
+    for name in SOURCES:
+        with (args.corpus / name).open(encoding="utf-8") as f:
+            lines += [json.loads(x) for x in f if x.strip()]
+    mixed = mixed_corpus(lines, args.sessions, seed=args.seed)
+    path.write_text("".join(json.dumps(x) + "\n" for x in mixed), encoding="utf-8")
+    return load_capture(path)
+
+
+async def replay_all(records: Sequence[CaptureRecord], url: str, concurrency: int) -> float:
+    """Replay with ``concurrency`` clients, one request per session at a time, in order."""
+    pending = list(records)
+    busy: set[str] = set()
+    wake = asyncio.Condition()
+    started = time.perf_counter()
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while True:
+            async with wake:
+                while True:
+                    if not pending:
+                        return
+                    pick = next((r for r in pending if r.session not in busy), None)
+                    # the first request of each session not in flight, in stream order
+                    if pick is not None and all(
+                        p.session != pick.session for p in pending[: pending.index(pick)]
+                    ):
+                        break
+                    await wake.wait()
+                pending.remove(pick)
+                busy.add(pick.session)
+            try:
+                await replay_one(pick, url, client=client)
+            finally:
+                async with wake:
+                    busy.discard(pick.session)
+                    wake.notify_all()
+
+    timeout = httpx.Timeout(600.0, connect=10.0)
+    async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    return time.perf_counter() - started
+
+
+def runtime_counters(url: str) -> tuple[int, int]:
+    text = httpx.get(url + "/metrics", timeout=10.0).text
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("llamacpp:prompt_tokens"):
+            name, value = line.split()[:2]
+            values[name] = int(float(value))
+    return values.get("llamacpp:prompt_tokens_total", 0), values.get(
+        "llamacpp:prompt_tokens_cached_total", 0
+    )
+
+
+def run(
+    console: Console,
+    records: Sequence[CaptureRecord],
+    runtimes: Sequence[LocalRuntime],
+    policy: str,
+    concurrency: int,
+) -> dict[str, Any]:
+    for runtime in runtimes:
+        runtime.restart()  # an empty cache for every run
+    urls = [r.base_url for r in runtimes]
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "audit.db"
+        port = free_port()
+        command = gateway_command(urls[0], port, "--policy", "strip", "--audit", str(db))
+        for url in urls[1:]:
+            command += ["--upstream", url]
+        command += ["--routing", policy]
+        with ManagedProcess("prefixgate", command, f"http://127.0.0.1:{port}/healthz"):
+            console.print(f"[bold]{len(urls)} replica(s), {policy}[/bold]: {len(records)} requests")
+            seconds = asyncio.run(replay_all(records, f"http://127.0.0.1:{port}", concurrency))
+            deadline = time.monotonic() + 30
+            while len(read_records(db)) < len(records) and time.monotonic() < deadline:
+                time.sleep(0.2)  # expected counts are finished off the request path
+        audited = read_records(db)
+    counters = [runtime_counters(u) for u in urls]
+    return summarize(policy, urls, audited, counters, seconds)
+
+
+def summarize(
+    policy: str,
+    urls: Sequence[str],
+    audited: Sequence[Any],
+    counters: Sequence[tuple[int, int]],
+    seconds: float,
+) -> dict[str, Any]:
+    ok = [r for r in audited if r.status == 200 and not r.error]
+    prompt = sum(r.prompt_tokens or 0 for r in ok)
+    cached = sum(r.cached_tokens or 0 for r in ok)
+    expected = sum(r.expected_cached_tokens or 0 for r in ok)
+    by_replica = {u: [r for r in ok if (r.replica or urls[0]) == u] for u in urls}
+    requests = [len(v) for v in by_replica.values()]
+    work = [
+        sum((r.prompt_tokens or 0) - (r.cached_tokens or 0) for r in v) for v in by_replica.values()
+    ]
+    return {
+        "replicas": len(urls),
+        "policy": policy,
+        "requests": len(audited),
+        "errors": len(audited) - len(ok),
+        "prompt_tokens": prompt,
+        "cached_tokens": cached,
+        "expected_cached_tokens": expected,
+        "cached_share": cached / prompt if prompt else 0.0,
+        "expected_share": expected / prompt if prompt else 0.0,
+        "requests_per_replica": requests,
+        "computed_tokens_per_replica": work,
+        "busiest_requests": max(requests) / statistics.mean(requests) if any(requests) else 0.0,
+        "busiest_computed": max(work) / statistics.mean(work) if any(work) else 0.0,
+        "runtime_prompt_tokens": sum(c[0] for c in counters),
+        "runtime_cached_tokens": sum(c[1] for c in counters),
+        "seconds": seconds,
+    }
+
+
+def print_table(console: Console, runs: Sequence[dict[str, Any]]) -> None:
+    table = Table(
+        "replicas", "routing", "requests", "errors", "cached", "expected",
+        "busiest/mean (requests)", "busiest/mean (computed tokens)", "replay s",
+    )  # fmt: skip
+    for r in runs:
+        table.add_row(
+            str(r["replicas"]),
+            r["policy"] if r["replicas"] > 1 else "(any)",
+            str(r["requests"]),
+            str(r["errors"]),
+            f"{r['cached_share']:.1%}",
+            f"{r['expected_share']:.1%}",
+            f"{r['busiest_requests']:.2f}  {r['requests_per_replica']}",
+            f"{r['busiest_computed']:.2f}",
+            f"{r['seconds']:.1f}",
+        )
+    console.print(table)
+    for r in runs:
+        console.print(
+            f"[dim]{r['replicas']} x {r['policy']}: the replicas' own /metrics say "
+            f"{r['runtime_cached_tokens']:,} of {r['runtime_prompt_tokens']:,} prompt tokens "
+            f"cached; the audit log says {r['cached_tokens']:,} of {r['prompt_tokens']:,}[/dim]"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console()
+    counts = [int(x) for x in args.replicas.split(",")]
+    policies = args.policies.split(",")
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        records = make_corpus(args, Path(tmp) / "mixed.jsonl")
+        sessions = len({r.session for r in records})
+        console.print(f"{len(records)} requests in {sessions} sessions (seed {args.seed})")
+        spec = default_spec(slots=args.slots, ctx_size=args.slot_ctx * args.slots)
+        with contextlib.ExitStack() as stack:
+            runtimes = [stack.enter_context(LocalRuntime(spec)) for _ in range(max(counts))]
+            for count in counts:
+                for policy in policies if count > 1 else policies[:1]:
+                    runs.append(run(console, records, runtimes[:count], policy, args.concurrency))
+                    print_table(console, runs[-1:])
+    console.print()
+    print_table(console, runs)
+    out = args.out or Path(__file__).parent / "results" / f"scale-{int(time.time())}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    out.write_text(json.dumps({"settings": settings, "runs": runs}, indent=2))
+    console.print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

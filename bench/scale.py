@@ -3,7 +3,7 @@
     python bench/scale.py [--sessions 16] [--replicas 1,2,4]
                           [--policies prefix_affinity,round_robin,least_busy]
                           [--slots 2] [--slot-ctx 8192] [--concurrency 2] [--seed 0]
-                          [--out results.json]
+                          [--slot-affinity] [--out results.json]
 
 The corpus is generated from the recorded one (``prefixgate.corpusmix``): every
 recorded session (main conversations, a subagent, title side requests) copied
@@ -12,15 +12,17 @@ few thousand tokens so the runs fit 2 cores, then interleaved by a seeded
 random choice that keeps each session's own order.
 
 Per run, each replica is a fresh bundled llama-server (``-np --slots``, an empty
-cache) and one ``prefixgate serve --upstream ... --routing POLICY`` sits in front;
+cache) and one prefixgate (``urls`` = the replicas, ``routing`` = POLICY) sits in front;
 ``--concurrency`` clients replay the stream, never two requests of one session
-at once. With one replica every policy is the same, so it runs once.
+at once. With one replica every policy is the same, so it runs once (and, with
+``--slot-affinity``, once more with the gateway pinning sessions to slots).
 
 Reported per run, from the gateway's audit log: the share of prompt tokens
 served from cache (actual), the share an ideal prefix cache would have served
 (expected), and the load of the busiest replica relative to the mean, in
 requests and in prompt tokens it had to compute (not from cache). The
-replicas' own ``/metrics`` are summed as an independent check.
+replicas' own ``/metrics`` (tokens computed, tokens from cache) are summed as
+an independent check.
 """
 
 from __future__ import annotations
@@ -61,6 +63,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--slot-ctx", type=int, default=8192)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--slot-affinity",
+        action="store_true",
+        help="also run one replica with the gateway pinning sessions to slots",
+    )
     parser.add_argument("--out", type=Path)
     return parser.parse_args(argv)
 
@@ -117,9 +124,9 @@ def runtime_counters(url: str) -> tuple[int, int]:
         if line.startswith("llamacpp:prompt_tokens"):
             name, value = line.split()[:2]
             values[name] = int(float(value))
-    return values.get("llamacpp:prompt_tokens_total", 0), values.get(
-        "llamacpp:prompt_tokens_cached_total", 0
-    )
+    # llama-server counts the tokens it computed and those it took from cache apart
+    computed = values.get("llamacpp:prompt_tokens_total", 0)
+    return computed, values.get("llamacpp:prompt_tokens_cached_total", 0)
 
 
 def run(
@@ -128,26 +135,37 @@ def run(
     runtimes: Sequence[LocalRuntime],
     policy: str,
     concurrency: int,
+    slot_affinity: bool = False,
 ) -> dict[str, Any]:
     for runtime in runtimes:
         runtime.restart()  # an empty cache for every run
     urls = [r.base_url for r in runtimes]
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "audit.db"
+        config = Path(tmp) / "gateway.toml"
+        config.write_text(
+            "[upstreams.local]\n"
+            f"urls = {json.dumps(urls)}\n"
+            f'routing = "{policy}"\n'
+            f"slot_affinity = {json.dumps(slot_affinity)}\n"
+            'policy = "strip"\n'
+        )
         port = free_port()
-        command = gateway_command(urls[0], port, "--policy", "strip", "--audit", str(db))
-        for url in urls[1:]:
-            command += ["--upstream", url]
-        command += ["--routing", policy]
+        command = [*gateway_command(urls[0], port, "--audit", str(db))]
+        command = [c for c in command if c not in ("--upstream", urls[0])] + [
+            "--config",
+            str(config),
+        ]
+        name = policy + (" + slot_affinity" if slot_affinity else "")
         with ManagedProcess("prefixgate", command, f"http://127.0.0.1:{port}/healthz"):
-            console.print(f"[bold]{len(urls)} replica(s), {policy}[/bold]: {len(records)} requests")
+            console.print(f"[bold]{len(urls)} replica(s), {name}[/bold]: {len(records)} requests")
             seconds = asyncio.run(replay_all(records, f"http://127.0.0.1:{port}", concurrency))
             deadline = time.monotonic() + 30
             while len(read_records(db)) < len(records) and time.monotonic() < deadline:
                 time.sleep(0.2)  # expected counts are finished off the request path
         audited = read_records(db)
     counters = [runtime_counters(u) for u in urls]
-    return summarize(policy, urls, audited, counters, seconds)
+    return summarize(name, urls, audited, counters, seconds)
 
 
 def summarize(
@@ -180,7 +198,7 @@ def summarize(
         "computed_tokens_per_replica": work,
         "busiest_requests": max(requests) / statistics.mean(requests) if any(requests) else 0.0,
         "busiest_computed": max(work) / statistics.mean(work) if any(work) else 0.0,
-        "runtime_prompt_tokens": sum(c[0] for c in counters),
+        "runtime_computed_tokens": sum(c[0] for c in counters),
         "runtime_cached_tokens": sum(c[1] for c in counters),
         "seconds": seconds,
     }
@@ -194,7 +212,7 @@ def print_table(console: Console, runs: Sequence[dict[str, Any]]) -> None:
     for r in runs:
         table.add_row(
             str(r["replicas"]),
-            r["policy"] if r["replicas"] > 1 else "(any)",
+            r["policy"] if r["replicas"] > 1 else r["policy"].replace("prefix_affinity", "(any)"),
             str(r["requests"]),
             str(r["errors"]),
             f"{r['cached_share']:.1%}",
@@ -207,14 +225,15 @@ def print_table(console: Console, runs: Sequence[dict[str, Any]]) -> None:
     for r in runs:
         console.print(
             f"[dim]{r['replicas']} x {r['policy']}: the replicas' own /metrics say "
-            f"{r['runtime_cached_tokens']:,} of {r['runtime_prompt_tokens']:,} prompt tokens "
-            f"cached; the audit log says {r['cached_tokens']:,} of {r['prompt_tokens']:,}[/dim]"
+            f"{r['runtime_cached_tokens']:,} prompt tokens cached and "
+            f"{r['runtime_computed_tokens']:,} computed; the audit log says "
+            f"{r['cached_tokens']:,} of {r['prompt_tokens']:,} cached[/dim]"
         )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    console = Console()
+    console = Console(width=170)
     counts = [int(x) for x in args.replicas.split(",")]
     policies = args.policies.split(",")
     runs = []
@@ -225,10 +244,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = default_spec(slots=args.slots, ctx_size=args.slot_ctx * args.slots)
         with contextlib.ExitStack() as stack:
             runtimes = [stack.enter_context(LocalRuntime(spec)) for _ in range(max(counts))]
-            for count in counts:
-                for policy in policies if count > 1 else policies[:1]:
-                    runs.append(run(console, records, runtimes[:count], policy, args.concurrency))
-                    print_table(console, runs[-1:])
+            plan = [(1, policies[0], False)] if 1 in counts else []
+            if 1 in counts and args.slot_affinity:
+                plan.append((1, policies[0], True))
+            plan += [(n, p, False) for n in counts if n > 1 for p in policies]
+            for count, policy, slots in plan:
+                runtime_set = runtimes[:count]
+                runs.append(run(console, records, runtime_set, policy, args.concurrency, slots))
+                print_table(console, runs[-1:])
     console.print()
     print_table(console, runs)
     out = args.out or Path(__file__).parent / "results" / f"scale-{int(time.time())}.json"

@@ -26,6 +26,7 @@ from prefixgate.config import Settings, UpstreamConfig
 from prefixgate.core.identity import AgentLabeller, Identity, identify
 from prefixgate.core.misses import CacheTracker, Comparison, Owner, expected_tokens, verdict
 from prefixgate.core.pipeline import Rewrite
+from prefixgate.core.side import UNCACHED_KINDS
 from prefixgate.core.usage import CacheUsage
 from prefixgate.store.audit import AuditRecord, AuditSink
 from prefixgate.upstreams.tokenize import TokenCounter
@@ -76,7 +77,7 @@ class CacheObserver:
         sends its next request at once is compared with this one (a streamed
         answer is audited only later, when its response closes).
         """
-        if seen.identity.kind != "count_tokens":  # a token count uses no cache
+        if seen.identity.kind not in UNCACHED_KINDS:  # never reached the upstream's cache
             self._tracker.remember(seen.where, seen.owner, seen.rewrite.view)
 
     def finish(
@@ -94,7 +95,7 @@ class CacheObserver:
         answered = rec.status == 200 and rec.error is None
         if seen is not None and answered and not remembered:
             self.answered(seen)
-        if seen is None or self.client is None or seen.identity.kind == "count_tokens":
+        if seen is None or self.client is None or seen.identity.kind in UNCACHED_KINDS:
             self._write(rec)
             return
         known = self.counter(seen.upstream).known(seen.rewrite.view.pieces)

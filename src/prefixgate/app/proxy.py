@@ -13,12 +13,13 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from dataclasses import replace
 
 import httpx
 from starlette.requests import Request
 from starlette.responses import Response
 
-from prefixgate.app import translated
+from prefixgate.app import side, translated
 from prefixgate.app.exchange import Exchange, error_response, error_status, json_object, read_body
 from prefixgate.app.observer import CacheObserver
 from prefixgate.app.relay import Passthrough, Relay, RelayResponse
@@ -35,6 +36,7 @@ from prefixgate.core.pipeline import (
     rewrite_parsed,
     with_field,
 )
+from prefixgate.core.side import LOCAL_PROBE
 from prefixgate.core.usage import CacheUsage, cache_usage, from_anthropic
 from prefixgate.store.capture import CaptureLog
 from prefixgate.upstreams.anthropic import (
@@ -122,16 +124,24 @@ class Proxy:
             assert ex.upstream is not None
             who = self.observer.identify(request.headers, request.url.path, rw)
             targets = await self.router.plan(ex.upstream, rw, who)
-            if who.kind == "count_tokens" and (
-                ex.upstream.kind == "openai" or ex.upstream.side_requests == "local"
-            ):
-                ex.upstream = targets[0].config
-                ex.seen = self.observer.begin(who, rw, ex.upstream)
-                return await self._openai(ex.upstream).count_tokens(ex, rw)
+            local = ex.upstream.side_requests == "local"
+            if who.kind == "count_tokens" and (local or ex.upstream.kind == "openai"):
+                return await self._locally(ex, rw, who, targets[0], side.count_tokens)
+            if who.kind == "probe" and local:
+                who = replace(who, kind=LOCAL_PROBE)
+                return await self._locally(ex, rw, who, targets[0], side.probe)
             return await self._attempts(request, ex, rw, who, targets)
         except PrefixgateError as exc:
             self._finish(ex, error_status(exc), None, exc.message)
             return error_response(exc)
+
+    async def _locally(
+        self, ex: Exchange, rw: Rewrite, who: Identity, target: Target, answer: side.Answer
+    ) -> Response:
+        """Answer without the upstream, counting with its tokenizer (or an estimate)."""
+        ex.upstream = target.config
+        ex.seen = self.observer.begin(who, rw, ex.upstream)
+        return await answer(ex, rw, self.observer.counter(ex.upstream), self._finish)
 
     async def _attempts(
         self, request: Request, ex: Exchange, rw: Rewrite, who: Identity, targets: list[Target]

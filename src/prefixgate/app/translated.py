@@ -8,9 +8,8 @@ The translation is pure; this module only moves bytes. The audit record reads
 the cached tokens off the upstream's own usage (``prompt_tokens_details``,
 llama.cpp ``timings``, DeepSeek's fields), so "unknown" stays unknown.
 
-OpenAI servers have no ``count_tokens``: it is answered here, without touching
-the upstream's slots, by the upstream's tokenizer where it has one (llama.cpp
-``/tokenize``) or an estimate; the ``x-prefixgate-token-count`` header says which.
+OpenAI servers have no ``count_tokens``: the gateway answers it (``side.py``),
+without touching the upstream's slots.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from prefixgate.core.errors import PrefixgateError, UpstreamStatus
 from prefixgate.core.fold import MessageSummary, StreamFold, summarize_message
 from prefixgate.core.pipeline import Rewrite
 from prefixgate.core.sse import SSEEvent, encode_event
-from prefixgate.core.usage import CacheUsage, cache_usage
+from prefixgate.core.usage import cache_usage
 from prefixgate.translate.names import ToolNames
 from prefixgate.translate.request import OpenAIRequestOptions, to_openai
 from prefixgate.translate.response import to_anthropic_message
@@ -41,7 +40,6 @@ from prefixgate.upstreams.openai import OpenAIUpstream, models_to_anthropic, ope
 from prefixgate.upstreams.tokenize import TokenCounter
 
 ADAPTER_VERSION = "openai-chat/1"
-TOKEN_COUNT_HEADER = "x-prefixgate-token-count"
 SSE_HEADERS = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
 
 
@@ -120,12 +118,6 @@ class OpenAIForward:
             relay = Relay(self._finish, ex, response, stream, self._answered)
             return RelayResponse(relay.events(), relay.close, status_code=200, headers=SSE_HEADERS)
         return await self._whole(ex, response, translated.names, rw.model)
-
-    async def count_tokens(self, ex: Exchange, rw: Rewrite) -> Response:
-        tokens, source = await self._counter.counts(rw.view.pieces)
-        count = sum(tokens.values())
-        self._finish(ex, 200, None, None, CacheUsage(count, None, None))
-        return JSONResponse({"input_tokens": count}, headers={TOKEN_COUNT_HEADER: source})
 
     async def models(self, upstream: UpstreamConfig, request: Request) -> Response:
         try:

@@ -3,7 +3,7 @@
     python bench/scale.py [--sessions 16] [--replicas 1,2,4]
                           [--policies prefix_affinity,round_robin,least_busy]
                           [--slots 2] [--slot-ctx 8192] [--concurrency 2] [--seed 0]
-                          [--slot-affinity] [--out results.json]
+                          [--out results.json]
 
 The corpus is generated from the recorded one (``prefixgate.corpusmix``): every
 recorded session (main conversations, a subagent, title side requests) copied
@@ -14,8 +14,7 @@ random choice that keeps each session's own order.
 Per run, each replica is a fresh bundled llama-server (``-np --slots``, an empty
 cache) and one prefixgate (``urls`` = the replicas, ``routing`` = POLICY) sits in front;
 ``--concurrency`` clients replay the stream, never two requests of one session
-at once. With one replica every policy is the same, so it runs once (and, with
-``--slot-affinity``, once more with the gateway pinning sessions to slots).
+at once. With one replica every policy is the same, so it runs once.
 
 Reported per run, from the gateway's audit log: the share of prompt tokens
 served from cache (actual), the share an ideal prefix cache would have served
@@ -63,11 +62,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--slot-ctx", type=int, default=8192)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--slot-affinity",
-        action="store_true",
-        help="also run one replica with the gateway pinning sessions to slots",
-    )
     parser.add_argument("--out", type=Path)
     return parser.parse_args(argv)
 
@@ -135,7 +129,6 @@ def run(
     runtimes: Sequence[LocalRuntime],
     policy: str,
     concurrency: int,
-    slot_affinity: bool = False,
 ) -> dict[str, Any]:
     for runtime in runtimes:
         runtime.restart()  # an empty cache for every run
@@ -147,7 +140,6 @@ def run(
             "[upstreams.local]\n"
             f"urls = {json.dumps(urls)}\n"
             f'routing = "{policy}"\n'
-            f"slot_affinity = {json.dumps(slot_affinity)}\n"
             'policy = "strip"\n'
         )
         port = free_port()
@@ -156,7 +148,7 @@ def run(
             "--config",
             str(config),
         ]
-        name = policy + (" + slot_affinity" if slot_affinity else "")
+        name = policy
         with ManagedProcess("prefixgate", command, f"http://127.0.0.1:{port}/healthz"):
             console.print(f"[bold]{len(urls)} replica(s), {name}[/bold]: {len(records)} requests")
             seconds = asyncio.run(replay_all(records, f"http://127.0.0.1:{port}", concurrency))
@@ -212,7 +204,7 @@ def print_table(console: Console, runs: Sequence[dict[str, Any]]) -> None:
     for r in runs:
         table.add_row(
             str(r["replicas"]),
-            r["policy"] if r["replicas"] > 1 else r["policy"].replace("prefix_affinity", "(any)"),
+            r["policy"] if r["replicas"] > 1 else "(any)",
             str(r["requests"]),
             str(r["errors"]),
             f"{r['cached_share']:.1%}",
@@ -244,13 +236,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = default_spec(slots=args.slots, ctx_size=args.slot_ctx * args.slots)
         with contextlib.ExitStack() as stack:
             runtimes = [stack.enter_context(LocalRuntime(spec)) for _ in range(max(counts))]
-            plan = [(1, policies[0], False)] if 1 in counts else []
-            if 1 in counts and args.slot_affinity:
-                plan.append((1, policies[0], True))
-            plan += [(n, p, False) for n in counts if n > 1 for p in policies]
-            for count, policy, slots in plan:
-                runtime_set = runtimes[:count]
-                runs.append(run(console, records, runtime_set, policy, args.concurrency, slots))
+            plan = [(1, policies[0])] if 1 in counts else []
+            plan += [(n, p) for n in counts if n > 1 for p in policies]
+            for count, policy in plan:
+                runs.append(run(console, records, runtimes[:count], policy, args.concurrency))
                 print_table(console, runs[-1:])
     console.print()
     print_table(console, runs)

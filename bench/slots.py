@@ -6,15 +6,18 @@ Replays one interactive Claude Code session (title side requests and a
 subagent between the main turns) and one ``claude -p`` session with a subagent,
 both shrunk (``prefixgate.corpusmix.shrink``) so a run takes minutes on 2
 cores, through ``prefixgate serve --policy strip`` to the bundled llama-server,
-four ways, each on a freshly started runtime:
+six ways, each on a freshly started runtime:
 
   1 slot, no RAM cache    ``-np 1 --cache-ram 0``
   1 slot, RAM cache       ``-np 1`` (llama-server's default ``--cache-ram 8192``)
   2 slots, its own choice ``-np 2``: llama-server picks the slot by prompt similarity
-  2 slots, pinned         ``-np 2``, the gateway's ``slot_affinity``: main on one slot,
-                          subagents and side requests on the other
+  2 slots, pinned         ``-np 2``, each request carrying llama.cpp's ``id_slot``:
+                          the main conversation on slot 0, subagents and side
+                          requests on slot 1
 
-and the two 2-slot runs again with ``--cache-ram 0``
+and the two 2-slot runs again with ``--cache-ram 0``. This is the measurement
+that decided against pinning slots in the gateway: the runtime's own RAM
+prompt cache and its own slot choice already give the pinned figure.
 and prints the share of prompt tokens served from cache, the main agent's
 share alone, and the replay time. It never asserts anything.
 """
@@ -22,6 +25,7 @@ share alone, and the replay time. It never asserts anything.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -35,7 +39,7 @@ from rich.table import Table
 
 from prefixgate.corpusmix import sessions, shrink
 from prefixgate.demo import ManagedProcess, free_port, gateway_command, replay_with_progress
-from prefixgate.replay import load_capture
+from prefixgate.replay import CaptureRecord, load_capture
 from prefixgate.runtime.local import LocalRuntime, default_spec
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
@@ -65,18 +69,11 @@ def run(console: Console, name: str, config: dict[str, Any], corpus_file: Path) 
         cache_ram_mib=config["cache_ram_mib"],
     )
     records = load_capture(corpus_file)
-    with tempfile.TemporaryDirectory() as tmp, LocalRuntime(spec) as runtime:
+    if config["pin"]:
+        records = [pinned(r) for r in records]
+    with LocalRuntime(spec) as runtime:
         port = free_port()
-        toml = Path(tmp) / "gateway.toml"
-        toml.write_text(
-            "[upstreams.local]\n"
-            f'url = "{runtime.base_url}"\n'
-            f"slot_affinity = {'true' if config['pin'] else 'false'}\n"
-            'side_requests = "forward"\n'
-        )
-        command = gateway_command(runtime.base_url, port, "--audit", "memory")
-        command = [c for c in command if c not in ("--upstream", runtime.base_url)]
-        command += ["--config", str(toml)]
+        command = gateway_command(runtime.base_url, port, "--audit", "memory", "--policy", "strip")
         with ManagedProcess("prefixgate", command, f"http://127.0.0.1:{port}/healthz"):
             started = time.perf_counter()
             results = replay_with_progress(console, name, records, f"http://127.0.0.1:{port}")
@@ -93,6 +90,13 @@ def run(console: Console, name: str, config: dict[str, Any], corpus_file: Path) 
             }
         )
     return {"name": name, "config": config, "seconds": seconds, "requests": rows}
+
+
+def pinned(record: CaptureRecord) -> CaptureRecord:
+    """The request with ``id_slot``: 0 for the main conversation, 1 for anything else."""
+    body = json.loads(record.body)
+    body["id_slot"] = 0 if record.agent == "main" else 1
+    return dataclasses.replace(record, body=json.dumps(body).encode())
 
 
 def share(rows: Sequence[dict[str, Any]], agent: str | None = None) -> float:

@@ -25,8 +25,6 @@ it. Example file::
     # load_factor = 1.25           # prefix_affinity: most sessions on one replica,
                                    # as a multiple of the mean
     # health_interval = 5          # seconds between health checks of replicas
-    # slot_affinity = false        # llama.cpp: pin each session and agent to a slot
-    # slots = 0                    # slots per replica (0: ask the server's /props)
     # pin_idle = 600               # seconds after which an unused pin is released
     # side_requests = "forward"    # local: answer count_tokens with the upstream's
                                    # tokenizer, never touching its slots
@@ -96,8 +94,6 @@ class UpstreamConfig:
     routing: str = "prefix_affinity"
     load_factor: float = 1.25
     health_interval: float = 5.0
-    slot_affinity: bool = False
-    slots: int = 0  # 0: ask the server
     pin_idle: float = 600.0
     side_requests: str = "forward"
     replica: str | None = None  # set on the copy that stands for one replica
@@ -234,8 +230,6 @@ def upstream_from_table(
         ),
         load_factor=_factor(f"upstreams.{name}.load_factor", table.get("load_factor", 1.25)),
         health_interval=_seconds(f"upstreams.{name}.health_interval", table, 5.0),
-        slot_affinity=_flag(f"upstreams.{name}.slot_affinity", table.get("slot_affinity", False)),
-        slots=_int(f"upstreams.{name}.slots", table.get("slots", 0), 0, 1024),
         pin_idle=_seconds(f"upstreams.{name}.pin_idle", table, 600.0),
         side_requests=_choice(
             f"upstreams.{name}.side_requests",

@@ -1,5 +1,5 @@
-"""Replicas, failover, shared pins and slot pins, through the app against mocked
-replicas (one ``httpx.MockTransport`` that answers per host)."""
+"""Replicas, failover and shared pins, through the app against mocked replicas
+(one ``httpx.MockTransport`` that answers per host)."""
 
 from __future__ import annotations
 
@@ -53,8 +53,6 @@ class Replicas:
             raise httpx.ConnectError("connection refused", request=request)
         if request.url.path == "/health":
             return httpx.Response(200, json={"status": "ok"})
-        if request.url.path == "/props":
-            return httpx.Response(200, json={"total_slots": 2})
         if request.url.path == "/tokenize":
             content = json.loads(request.content)["content"]
             return httpx.Response(200, json={"tokens": list(range(len(content.split())))})
@@ -241,35 +239,12 @@ async def test_a_session_begun_on_one_gateway_continues_on_the_other(
     assert (first == second) is shared
 
 
-# -- slots ----------------------------------------------------------------------
+# -- one server ------------------------------------------------------------------
 
 
 def one_server(**table: Any) -> Settings:
     upstream = {"url": REPLICAS[0], "tokenizer": "estimate", **table}
     return build_settings({"upstreams": {"local": upstream}}, {}, {"audit_path": "memory"})
-
-
-async def test_slot_affinity_keeps_the_main_conversation_on_its_slot() -> None:
-    replicas = Replicas()
-    audit = MemoryAudit()
-    app = create_app(one_server(slot_affinity=True), transport=replicas.transport, audit=audit)
-    async with running(app) as client:
-        await send(client, body("s1", "main one"))
-        await send(client, body("s1", "title please", tools=False))  # a side request
-        await send(client, body("s1", "main two"))
-        await send(client, body("s2", "another session"))  # steals the side slot
-        await send(client, body("s1", "main three"))
-    slots = [b.get("id_slot") for _, b in replicas.seen]
-    assert slots == [0, 1, 0, 1, 0]
-    assert [r.slot for r in audit.query()] == slots
-
-
-async def test_without_slot_affinity_the_body_is_untouched() -> None:
-    replicas = Replicas()
-    app = create_app(one_server(), transport=replicas.transport)
-    async with running(app) as client:
-        await send(client, body("s1"))
-    assert "id_slot" not in replicas.seen[0][1]
 
 
 async def test_local_side_requests_count_tokens_without_the_upstream() -> None:

@@ -76,9 +76,11 @@ async def test_a_probe_is_answered_without_the_upstream() -> None:
 
 async def test_a_streamed_probe_is_a_clean_stream() -> None:
     upstream, audit = Upstream(), MemoryAudit()
-    async with running(app_for(upstream, audit)) as client:
-        async with sdk(client).messages.stream(**PROBE) as stream:
-            final = await stream.get_final_message()
+    async with (
+        running(app_for(upstream, audit)) as client,
+        sdk(client).messages.stream(**PROBE) as stream,
+    ):
+        final = await stream.get_final_message()
     assert final.stop_reason == "max_tokens"
     assert final.usage.input_tokens > 0 and final.usage.output_tokens == 0
     assert set(upstream.paths) == {"/tokenize"}

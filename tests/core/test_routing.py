@@ -1,5 +1,4 @@
-"""Replica and slot choices: consistent hashing with bounded load, round robin,
-least busy, and slot pins."""
+"""Replica choices: consistent hashing with bounded load, round robin, least busy."""
 
 from __future__ import annotations
 
@@ -10,13 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prefixgate.core.routing import (
-    SlotPin,
-    bounded_pick,
-    pick_slot,
-    ring_order,
-    route_order,
-)
+from prefixgate.core.routing import bounded_pick, ring_order, route_order
 
 R4 = ["http://r0:8080", "http://r1:8080", "http://r2:8080", "http://r3:8080"]
 
@@ -95,46 +88,3 @@ def test_unknown_policy_and_empty_replicas() -> None:
         route_order("random", "k", R4)
     with pytest.raises(ValueError):
         bounded_pick("k", [], {})
-
-
-# -- slots ----------------------------------------------------------------------
-
-
-def pins(**held: tuple[int, str, float]) -> dict[str, SlotPin]:
-    return {owner: SlotPin(slot, agent, last) for owner, (slot, agent, last) in held.items()}
-
-
-def test_an_owner_keeps_its_slot() -> None:
-    held = pins(a=(1, "main", 10.0))
-    assert pick_slot(held, "a", "main", 2, now=20.0, idle=60.0) == 1
-
-
-def test_a_new_owner_takes_a_free_slot_first() -> None:
-    held = pins(a=(0, "main", 10.0))
-    assert pick_slot(held, "side", "side", 2, now=20.0, idle=60.0) == 1
-
-
-def test_when_full_a_side_or_sub_slot_goes_before_any_main_slot() -> None:
-    # the main conversation's slot is the least recently used, yet it is kept
-    held = pins(main=(0, "main", 1.0), sub=(1, "sub", 5.0))
-    assert pick_slot(held, "side", "side", 2, now=6.0, idle=60.0) == 1
-
-
-def test_when_only_mains_hold_slots_the_least_recently_used_goes() -> None:
-    held = pins(a=(0, "main", 5.0), b=(1, "main", 3.0))
-    assert pick_slot(held, "c", "main", 2, now=6.0, idle=60.0) == 1
-
-
-def test_idle_pins_are_released() -> None:
-    held = pins(a=(0, "main", 1.0), b=(1, "main", 50.0))
-    assert pick_slot(held, "c", "sub", 2, now=100.0, idle=60.0) == 0  # a went idle
-    assert (
-        pick_slot(held, "a", "main", 2, now=100.0, idle=60.0) == 0
-    )  # a's pin expired, slot 0 free
-
-
-def test_a_pin_beyond_the_slot_count_is_not_reused() -> None:
-    held = pins(a=(5, "main", 1.0))
-    assert pick_slot(held, "a", "main", 2, now=2.0, idle=60.0) == 0
-    with pytest.raises(ValueError):
-        pick_slot({}, "a", "main", 0, now=0.0, idle=1.0)

@@ -73,7 +73,6 @@ FULL = AuditRecord(
     ttfb_ms=12.5,
     total_ms=0.1 + 0.2,
     replica="http://[::1]:8081",
-    slot=3,
     error="upstream said: «no»",
     request_body='{"messages":[{"role":"user","content":"héllo\\u0000"}]}',
     response_text="réponse\x00with nul",
@@ -239,17 +238,17 @@ def test_migrates_forward_and_keeps_old_rows(db: Path, monkeypatch: pytest.Monke
     assert set(columns(db)) == {"id", *(f.name for f in dataclasses.fields(AuditRecord))}
 
 
-def test_version_1_database_gains_the_routing_columns(db: Path) -> None:
+def test_version_1_database_gains_the_replica_column(db: Path) -> None:
     with raw(db) as conn:
         for statement in store._V1:
             conn.execute(statement)
         conn.execute("INSERT INTO requests (time, route, tenant, status) VALUES (1, '/', 't', 200)")
         conn.execute("PRAGMA user_version = 1")
     with SqliteAudit(db) as audit:
-        audit.record(rec(2, replica="http://10.0.0.2:8080", slot=1))
+        audit.record(rec(2, replica="http://10.0.0.2:8080"))
     old, new = read_records(db)
-    assert (old.replica, old.slot) == (None, None)
-    assert (new.replica, new.slot) == ("http://10.0.0.2:8080", 1)
+    assert old.replica is None
+    assert new.replica == "http://10.0.0.2:8080"
     with raw(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
 

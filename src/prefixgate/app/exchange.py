@@ -68,7 +68,6 @@ class Exchange:
     ttfb: float | None = None
     raw: bytes | None = None
     answered: bool = False  # the observer already knows the upstream answered in full
-    slot: int | None = None  # the llama.cpp slot the request is pinned to
     release: Callable[[], None] | None = None  # tells the router the request is over
 
     def record(
@@ -102,7 +101,6 @@ class Exchange:
             ttfb_ms=None if self.ttfb is None else (self.ttfb - self.started) * 1000,
             total_ms=(now - self.started) * 1000,
             replica=self.upstream.replica if self.upstream else None,
-            slot=self.slot,
             error=error,
             request_body=self.raw.decode("utf-8", "replace") if capture and self.raw else None,
             response_text=summary.text if capture and summary else None,

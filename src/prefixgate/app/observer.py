@@ -43,7 +43,7 @@ class Observation:
     comparison: Comparison
     upstream: UpstreamConfig
     rewrite: Rewrite
-    where: str  # the cache it was compared with: upstream, replica or slot
+    where: str  # the cache it was compared with: the upstream's, or one replica's
 
 
 class CacheObserver:
@@ -61,12 +61,10 @@ class CacheObserver:
         """Session, agent and kind of the request (before it is routed)."""
         return identify(headers, route, rw, self.settings.tenant, self._labeller)
 
-    def begin(
-        self, who: Identity, rw: Rewrite, upstream: UpstreamConfig, slot: int | None = None
-    ) -> Observation:
-        """Compare the prompt with what ``upstream`` (a replica, a slot of it) last held."""
+    def begin(self, who: Identity, rw: Rewrite, upstream: UpstreamConfig) -> Observation:
+        """Compare the prompt with what ``upstream`` (or the replica of it) last held."""
         owner = Owner(self.settings.tenant, who.session, who.agent)
-        where = upstream.target if slot is None else f"{upstream.target}#{slot}"
+        where = upstream.target
         comparison = self._tracker.compare(where, owner, rw.view)
         return Observation(who, owner, comparison, upstream, rw, where)
 

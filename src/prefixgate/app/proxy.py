@@ -29,13 +29,7 @@ from prefixgate.core.cachekey import ADAPTER_VERSION
 from prefixgate.core.errors import NotFound, PrefixgateError
 from prefixgate.core.fold import MessageSummary, summarize_message
 from prefixgate.core.identity import Identity
-from prefixgate.core.pipeline import (
-    Rewrite,
-    RewriteOptions,
-    parse_request,
-    rewrite_parsed,
-    with_field,
-)
+from prefixgate.core.pipeline import Rewrite, RewriteOptions, parse_request, rewrite_parsed
 from prefixgate.core.side import LOCAL_PROBE
 from prefixgate.core.usage import CacheUsage, cache_usage, from_anthropic
 from prefixgate.store.capture import CaptureLog
@@ -155,8 +149,7 @@ class Proxy:
         """
         for attempt, target in enumerate(targets):
             ex.upstream = target.config
-            ex.slot = await self.router.slot(target)
-            ex.seen = self.observer.begin(who, rw, target.config, ex.slot)
+            ex.seen = self.observer.begin(who, rw, target.config)
             self.router.started(target)
             ex.release = functools.partial(self.router.ended, target)
             try:
@@ -183,8 +176,7 @@ class Proxy:
             return await self._openai(ex.upstream).messages(request, ex, rw)
         headers = forward_headers(request.headers, ex.upstream, rw.upstream_headers)
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        body = rw.body if ex.slot is None else with_field(rw.body, "id_slot", ex.slot)
-        response = await self._upstream(ex.upstream).open(path, body, headers)
+        response = await self._upstream(ex.upstream).open(path, rw.body, headers)
         ex.ttfb = time.perf_counter()
         if response.headers.get("content-type", "").startswith("text/event-stream"):
             relay = Relay(self._finish, ex, response, Passthrough(), self._answered)

@@ -1,4 +1,4 @@
-"""Where a request goes: which replica of its upstream, and which llama.cpp slot.
+"""Where a request goes: which replica of its upstream.
 
 The choices are the pure functions of ``core/routing.py``; this module holds
 what they are made over:
@@ -7,8 +7,7 @@ what they are made over:
   gateways agree), renewed on every use and released after ``pin_idle``;
 - each replica's health (a background check of ``/health`` every
   ``health_interval`` seconds, and a replica that refused a request is marked
-  down at once) and its requests in flight;
-- the slot pins of each replica (``slot_affinity``), kept in this process.
+  down at once) and its requests in flight.
 
 ``plan`` returns every replica in the order to try: the first is the choice,
 the others are the failover order.
@@ -20,7 +19,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -29,7 +27,7 @@ import httpx
 from prefixgate.config import Settings, UpstreamConfig
 from prefixgate.core.identity import Identity
 from prefixgate.core.pipeline import Rewrite
-from prefixgate.core.routing import SlotPin, pick_slot, ring_order, route_order
+from prefixgate.core.routing import ring_order, route_order
 from prefixgate.store.state import MemoryState, StateStore
 
 log = logging.getLogger("prefixgate")
@@ -53,8 +51,6 @@ class Router:
         self._down: set[str] = set()
         self._busy: dict[str, int] = {}
         self._turns = itertools.count()
-        self._slot_pins: dict[str, dict[str, SlotPin]] = {}
-        self._slot_counts: dict[str, int | None] = {}
 
     # -- choosing -----------------------------------------------------------
 
@@ -103,40 +99,6 @@ class Router:
         if len(up.urls) > 1 and up.routing == "prefix_affinity":
             with contextlib.suppress(Exception):
                 await self.state.repin(up.name, target.owner, up.url, up.pin_idle)
-
-    async def slot(self, target: Target) -> int | None:
-        """The llama.cpp slot to pin this request to, or None to let the server choose."""
-        up = target.config
-        if not up.slot_affinity:
-            return None
-        slots = up.slots or await self._server_slots(up.url)
-        if not slots or slots < 2:
-            return None
-        now = time.monotonic()
-        pins = self._slot_pins.setdefault(up.url, {})
-        slot = pick_slot(pins, target.owner, target.agent, slots, now, up.pin_idle)
-        for owner in [o for o, p in pins.items() if p.slot == slot and o != target.owner]:
-            del pins[owner]  # that slot now holds this owner's prompt
-        pins[target.owner] = SlotPin(slot, target.agent, now)
-        if len(pins) > 4 * slots:  # forget idle pins
-            for owner in [o for o, p in pins.items() if now - p.last_used > up.pin_idle]:
-                del pins[owner]
-        return slot
-
-    async def _server_slots(self, url: str) -> int | None:
-        if url not in self._slot_counts:
-            self._slot_counts[url] = await self._ask_slots(url)
-        return self._slot_counts[url]
-
-    async def _ask_slots(self, url: str) -> int | None:
-        if self.client is None:
-            return None
-        try:
-            response = await self.client.get(url + "/props", timeout=PROBE_TIMEOUT_S)
-            total = response.json().get("total_slots") if response.status_code == 200 else None
-        except (httpx.HTTPError, ValueError, AttributeError):
-            return None
-        return total if isinstance(total, int) else None
 
     # -- what happened ------------------------------------------------------
 

@@ -108,8 +108,7 @@ class OpenAIForward:
         assert ex.upstream is not None
         session = ex.seen.identity.session if ex.seen else None
         translated = to_openai(rw.parsed, request_options(ex.upstream, rw, session))
-        fields = translated.body if ex.slot is None else {**translated.body, "id_slot": ex.slot}
-        body = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
+        body = json.dumps(translated.body, ensure_ascii=False, separators=(",", ":")).encode()
         headers = openai_headers(request.headers, ex.upstream, rw.upstream_headers)
         response = await OpenAIUpstream(ex.upstream, self._client).chat(body, headers)
         ex.ttfb = time.perf_counter()

@@ -198,18 +198,3 @@ def splice_system(raw: bytes, old: Mapping[str, Any], new: Mapping[str, Any]) ->
         if at >= 0 and raw.find(needle, at + 1) < 0:
             return raw[:at] + key + _encode(new["system"], style) + raw[at + len(needle) :]
     return _encode(dict(new))
-
-
-def with_field(raw: bytes, name: str, value: Any) -> bytes:
-    """``raw`` (a JSON object) with ``"name": value`` added as its last key.
-
-    Every byte the client sent stays as it was; the field goes before the
-    closing brace. For a named option that must reach the upstream (llama.cpp's
-    ``id_slot``); ``raw`` must not have the field already.
-    """
-    end = raw.rstrip().rfind(b"}")
-    if end < 0:
-        raise ValueError("not a JSON object")
-    head = raw[:end].rstrip()
-    comma = b"" if head.endswith(b"{") else b","
-    return head + comma + b'"' + name.encode() + b'":' + _encode(value) + raw[end:]

@@ -1,4 +1,4 @@
-"""Which replica, which slot: pure choices over plain values.
+"""Which replica: pure choices over plain values.
 
 Replicas (several servers behind one upstream name):
 
@@ -14,10 +14,6 @@ Replicas (several servers behind one upstream name):
 
 Every policy returns an order, not one replica: the first is the choice, the
 rest are where a request fails over to, in ring order.
-
-Slots (llama.cpp's ``id_slot``): ``pick_slot`` gives each (session, agent) a
-slot of its own while one is free; when none is, it takes the least recently
-used slot of a subagent or side request before any main conversation's.
 """
 
 from __future__ import annotations
@@ -27,7 +23,6 @@ import functools
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 ROUTING_POLICIES = ("prefix_affinity", "round_robin", "least_busy")
 VIRTUAL_NODES = 160
@@ -114,37 +109,3 @@ def route_order(
             key=lambda r: ((busy or {}).get(r, 0), (ordered.index(r) - turn) % n),
         )
     raise ValueError(f"unknown routing policy {policy!r} ({', '.join(ROUTING_POLICIES)})")
-
-
-@dataclass(frozen=True)
-class SlotPin:
-    slot: int
-    agent: str  # main | sub | side
-    last_used: float
-
-
-def live_pins(pins: Mapping[str, SlotPin], now: float, idle: float) -> dict[str, SlotPin]:
-    """The pins used within the last ``idle`` seconds."""
-    return {owner: pin for owner, pin in pins.items() if now - pin.last_used <= idle}
-
-
-def pick_slot(
-    pins: Mapping[str, SlotPin], owner: str, agent: str, slots: int, now: float, idle: float
-) -> int:
-    """The slot for ``owner`` (a session and agent) on a server with ``slots`` slots.
-
-    Its own live pin if it has one; else the lowest free slot; else the least
-    recently used slot held by a subagent or side request, and only when there
-    is none of those, the least recently used main conversation's slot.
-    """
-    if slots < 1:
-        raise ValueError(f"a server has at least one slot, got {slots}")
-    live = live_pins(pins, now, idle)
-    if owner in live and live[owner].slot < slots:
-        return live[owner].slot
-    used = {pin.slot for pin in live.values()}
-    for slot in range(slots):
-        if slot not in used:
-            return slot
-    victim = min(live.values(), key=lambda pin: (pin.agent == "main", pin.last_used))
-    return victim.slot

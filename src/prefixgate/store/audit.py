@@ -22,8 +22,8 @@ Cache fields, all ``None`` when unknown (unknown is never 0):
 ``cause_detail``            a line a person reads: the first differing line,
                             the tool's name, the session that evicted it
 
-Routing fields: ``replica`` (which server of a replicated upstream answered)
-and ``slot`` (the llama.cpp slot the request was pinned to), ``None`` otherwise.
+``replica`` names which server of a replicated upstream answered (``None``
+for an upstream with one server).
 """
 
 from __future__ import annotations
@@ -72,7 +72,6 @@ class AuditRecord:
     request_body: str | None = None
     response_text: str | None = None
     replica: str | None = None  # the replica's URL, when the upstream has several
-    slot: int | None = None  # the llama.cpp slot it was pinned to (slot_affinity)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -104,10 +104,7 @@ _V1: Final = (
 #: statements take a database at ``version - 1`` to ``version``. Append, never
 #: edit a shipped entry; a new ``AuditRecord`` field needs a migration that
 #: adds its column.
-_V2: Final = (
-    "ALTER TABLE requests ADD COLUMN replica TEXT",
-    "ALTER TABLE requests ADD COLUMN slot INTEGER",
-)
+_V2: Final = ("ALTER TABLE requests ADD COLUMN replica TEXT",)
 
 MIGRATIONS: list[tuple[int, Sequence[str]]] = [
     (1, _V1),

@@ -264,3 +264,24 @@ def test_bad_replica_lists_are_refused(value: list[str]) -> None:
 
     with pytest.raises(ConfigError, match="urls"):
         build_settings({"upstreams": {"local": {"urls": value}}}, {}, {})
+
+
+async def test_expected_cache_counts_only_what_the_chosen_replica_holds() -> None:
+    """Round robin sends a session's turns to four replicas in turn: a turn can
+    only expect from cache what that replica was sent before, not the session's
+    previous turn, which went elsewhere."""
+    replicas = Replicas()
+    audit = MemoryAudit()
+    app = create_app(settings("round_robin"), transport=replicas.transport, audit=audit)
+    messages: list[dict[str, Any]] = []
+    async with running(app) as client:
+        for turn in range(5):
+            messages += [{"role": "user", "content": f"question {turn} " * 20}]
+            payload = {**body("s1"), "messages": list(messages)}
+            assert (await send(client, payload)).status_code == 200
+            messages += [{"role": "assistant", "content": f"answer {turn}"}]
+    records = audit.query()
+    assert [r.replica for r in records] == [*REPLICAS, REPLICAS[0]]
+    expected = [r.expected_cached_tokens for r in records]
+    assert expected[:4] == [0, 0, 0, 0]  # each replica's first sight of anything
+    assert expected[4] is not None and expected[4] > 0  # replica 0 holds turn 0

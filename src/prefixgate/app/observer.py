@@ -65,7 +65,8 @@ class CacheObserver:
         """Compare the prompt with what ``upstream`` (or the replica of it) last held."""
         owner = Owner(self.settings.tenant, who.session, who.agent)
         where = upstream.target
-        comparison = self._tracker.compare(where, owner, rw.view)
+        scope = where if upstream.replica else ""  # a replica holds only its own turns
+        comparison = self._tracker.compare(where, owner, rw.view, scope=scope)
         return Observation(who, owner, comparison, upstream, rw, where)
 
     def answered(self, seen: Observation) -> None:
@@ -76,7 +77,8 @@ class CacheObserver:
         answer is audited only later, when its response closes).
         """
         if seen.identity.kind not in UNCACHED_KINDS:  # never reached the upstream's cache
-            self._tracker.remember(seen.where, seen.owner, seen.rewrite.view)
+            scope = seen.where if seen.upstream.replica else ""
+            self._tracker.remember(seen.where, seen.owner, seen.rewrite.view, scope=scope)
 
     def finish(
         self,

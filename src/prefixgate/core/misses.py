@@ -138,30 +138,43 @@ class CacheTracker:
     """
 
     def __init__(self, limit: int = 256) -> None:
-        self._by_owner: OrderedDict[Owner, PromptView] = OrderedDict()
+        self._by_owner: OrderedDict[tuple[str, Owner], PromptView] = OrderedDict()
         self._by_upstream: dict[str, tuple[Owner, PromptView]] = {}
         self._limit = limit
 
-    def compare(self, upstream: str, owner: Owner, view: PromptView) -> Comparison:
-        """``view`` against the owner's and the upstream's last remembered prompts."""
-        return compare(view, owner, self._by_owner.get(owner), self._by_upstream.get(upstream))
+    def compare(
+        self, upstream: str, owner: Owner, view: PromptView, *, scope: str = ""
+    ) -> Comparison:
+        """``view`` against the owner's and the upstream's last remembered prompts.
 
-    def remember(self, upstream: str, owner: Owner, view: PromptView) -> None:
+        ``scope`` narrows the owner's reference to one cache: a replica of an
+        upstream holds only the turns that were sent to it.
+        """
+        mine = self._by_owner.get((scope, owner))
+        return compare(view, owner, mine, self._by_upstream.get(upstream))
+
+    def remember(self, upstream: str, owner: Owner, view: PromptView, *, scope: str = "") -> None:
         """Record that ``upstream`` processed ``view`` for ``owner``."""
-        self._by_owner[owner] = view
-        self._by_owner.move_to_end(owner)
+        self._by_owner[(scope, owner)] = view
+        self._by_owner.move_to_end((scope, owner))
         while len(self._by_owner) > self._limit:
             self._by_owner.popitem(last=False)
         self._by_upstream[upstream] = (owner, view)
 
     def observe(
-        self, upstream: str, owner: Owner, view: PromptView, *, remember: bool = True
+        self,
+        upstream: str,
+        owner: Owner,
+        view: PromptView,
+        *,
+        remember: bool = True,
+        scope: str = "",
     ) -> Comparison:
         """``compare``, then ``remember`` unless told not to (a token count uses
         no cache, so it cannot evict anything)."""
-        result = self.compare(upstream, owner, view)
+        result = self.compare(upstream, owner, view, scope=scope)
         if remember:
-            self.remember(upstream, owner, view)
+            self.remember(upstream, owner, view, scope=scope)
         return result
 
 

@@ -285,3 +285,14 @@ async def test_expected_cache_counts_only_what_the_chosen_replica_holds() -> Non
     expected = [r.expected_cached_tokens for r in records]
     assert expected[:4] == [0, 0, 0, 0]  # each replica's first sight of anything
     assert expected[4] is not None and expected[4] > 0  # replica 0 holds turn 0
+
+
+async def test_the_model_list_comes_from_a_replica_that_is_up() -> None:
+    replicas = Replicas()
+    replicas.respond = lambda r: httpx.Response(200, json={"data": [{"id": "m"}]})
+    replicas.down.add(REPLICAS[0])
+    app = create_app(settings(), transport=replicas.transport)
+    async with running(app) as client:
+        response = await client.get("/v1/models")
+    assert response.status_code == 200 and response.json() == {"data": [{"id": "m"}]}
+    assert replicas.hosts() == [REPLICAS[1]]

@@ -82,24 +82,30 @@ class Proxy:
         return await self._forward(request, require_max_tokens=False)
 
     async def models(self, request: Request) -> Response:
-        """The default upstream's model list, relayed."""
+        """The default upstream's model list, relayed (from the first replica that is up)."""
         route = self.settings.route("*")
         if route is None:
             return error_response(NotFound("no upstream is configured"))
-        if route[0].kind == "openai":
-            return await self._openai(route[0]).models(route[0], request)
-        upstream = self._upstream(route[0])
+        urls = route[0].urls
+        replicas = [u for u in urls if self.router.is_up(u)] or list(urls)
+        for i, url in enumerate(replicas):
+            try:
+                return await self._models(route[0].for_replica(url), request)
+            except PrefixgateError as exc:
+                if not exc.retryable or i == len(replicas) - 1:
+                    return error_response(exc)
+        raise AssertionError("an upstream has at least one url")  # pragma: no cover
+
+    async def _models(self, config: UpstreamConfig, request: Request) -> Response:
+        if config.kind == "openai":
+            return await self._openai(config).models(config, request)
         path = "/v1/models" + (f"?{request.url.query}" if request.url.query else "")
-        try:
-            response = await upstream.open(
-                path, b"", forward_headers(request.headers, route[0]), method="GET"
-            )
-        except PrefixgateError as exc:
-            return error_response(exc)
+        headers = forward_headers(request.headers, config)
+        response = await self._upstream(config).open(path, b"", headers, method="GET")
         try:
             content = await response.aread()
         except httpx.HTTPError as exc:
-            return error_response(transport_error(route[0], exc))
+            raise transport_error(config, exc) from None
         finally:
             await response.aclose()
         return Response(content, response.status_code, response_headers(response.headers))

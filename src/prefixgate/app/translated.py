@@ -119,18 +119,16 @@ class OpenAIForward:
         return await self._whole(ex, response, translated.names, rw.model)
 
     async def models(self, upstream: UpstreamConfig, request: Request) -> Response:
+        """The upstream's model list in the Anthropic shape; raises ``PrefixgateError``."""
+        response = await OpenAIUpstream(upstream, self._client).models(
+            openai_headers(request.headers, upstream)
+        )
         try:
-            response = await OpenAIUpstream(upstream, self._client).models(
-                openai_headers(request.headers, upstream)
-            )
-            try:
-                content = await response.aread()
-            finally:
-                await response.aclose()
+            content = await response.aread()
         except httpx.HTTPError as exc:
-            return error_response(transport_error(upstream, exc))
-        except PrefixgateError as exc:
-            return error_response(exc)
+            raise transport_error(upstream, exc) from None
+        finally:
+            await response.aclose()
         return JSONResponse(models_to_anthropic(json_object(content)))
 
     async def _whole(

@@ -40,7 +40,6 @@ class Target:
 
     config: UpstreamConfig
     owner: str  # tenant:session:agent, what pins are held for
-    agent: str
 
 
 class Router:
@@ -59,7 +58,7 @@ class Router:
         owner = f"{self.settings.tenant}:{who.session}:{who.agent}"
         urls = upstream.urls
         if len(urls) == 1:
-            return [Target(upstream.for_replica(urls[0]), owner, who.agent)]
+            return [Target(upstream.for_replica(urls[0]), owner)]
         up = [u for u in urls if u not in self._down] or list(urls)
         down = [u for u in urls if u not in up]
         if upstream.routing == "prefix_affinity":
@@ -70,7 +69,7 @@ class Router:
             order = route_order(
                 upstream.routing, rw.key.hex, up, busy=self._busy, turn=next(self._turns)
             )
-        return [Target(upstream.for_replica(u), owner, who.agent) for u in order + down]
+        return [Target(upstream.for_replica(u), owner) for u in order + down]
 
     async def _affine(self, upstream: UpstreamConfig, key: str, owner: str, up: list[str]) -> str:
         """The owner's pinned replica while it is up, else a bounded-load ring choice."""

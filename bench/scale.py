@@ -193,6 +193,11 @@ def summarize(
         "runtime_computed_tokens": sum(c[0] for c in counters),
         "runtime_cached_tokens": sum(c[1] for c in counters),
         "seconds": seconds,
+        "failed": [
+            {"session": r.session, "agent": r.agent, "status": r.status, "error": r.error}
+            for r in audited
+            if r not in ok
+        ],
     }
 
 
@@ -215,6 +220,8 @@ def print_table(console: Console, runs: Sequence[dict[str, Any]]) -> None:
         )
     console.print(table)
     for r in runs:
+        for failed in r.get("failed", []):
+            console.print(f"[red]{r['replicas']} x {r['policy']}: failed {failed}[/red]")
         console.print(
             f"[dim]{r['replicas']} x {r['policy']}: the replicas' own /metrics say "
             f"{r['runtime_cached_tokens']:,} prompt tokens cached and "

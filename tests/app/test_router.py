@@ -296,3 +296,20 @@ async def test_the_model_list_comes_from_a_replica_that_is_up() -> None:
         response = await client.get("/v1/models")
     assert response.status_code == 200 and response.json() == {"data": [{"id": "m"}]}
     assert replicas.hosts() == [REPLICAS[1]]
+
+
+async def test_a_stale_kept_alive_connection_is_retried_once() -> None:
+    """A server that closed an idle connection just as it was reused answers
+    nothing: the request goes again, on a fresh connection, with no error."""
+    calls = {"n": 0}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        return httpx.Response(200, json=MESSAGE)
+
+    app = create_app(one_server(), transport=httpx.MockTransport(handle))
+    async with running(app) as client:
+        response = await send(client, body("s1"))
+    assert response.status_code == 200 and calls["n"] == 2

@@ -75,22 +75,28 @@ class Router:
         """The owner's pinned replica while it is up, else a bounded-load ring choice."""
         scope, ttl = upstream.name, upstream.pin_idle
         try:
-            pinned = await self.state.get(scope, owner)
-            if pinned in up:
-                return await self.state.pin(scope, owner, pinned, ttl)
-            loads = await self.state.loads(scope, up)
-            choice = route_order(
-                "prefix_affinity", key, up, loads=loads, factor=upstream.load_factor
-            )[0]
-            if pinned is None:
-                chosen = await self.state.pin(scope, owner, choice, ttl)  # another gateway may win
-                if chosen in up:
-                    return chosen
-            await self.state.repin(scope, owner, choice, ttl)
-            return choice
+            chosen = await self._pinned(upstream, key, owner, up)
+            await self.state.routed(scope, chosen, ttl)
+            return chosen
         except Exception as exc:  # shared state down: route on the ring alone
             log.warning("routing state unavailable (%s); routing by prefix alone", exc)
             return ring_order(key, up)[0]
+
+    async def _pinned(self, upstream: UpstreamConfig, key: str, owner: str, up: list[str]) -> str:
+        scope, ttl = upstream.name, upstream.pin_idle
+        pinned = await self.state.get(scope, owner)
+        if pinned in up:
+            return await self.state.pin(scope, owner, pinned, ttl)
+        loads = await self.state.loads(scope, up)
+        choice = route_order("prefix_affinity", key, up, loads=loads, factor=upstream.load_factor)[
+            0
+        ]
+        if pinned is None:
+            chosen = await self.state.pin(scope, owner, choice, ttl)  # another gateway may win
+            if chosen in up:
+                return chosen
+        await self.state.repin(scope, owner, choice, ttl)
+        return choice
 
     async def moved(self, target: Target) -> None:
         """The request was served by ``target`` after its first choice failed."""
@@ -98,6 +104,7 @@ class Router:
         if len(up.urls) > 1 and up.routing == "prefix_affinity":
             with contextlib.suppress(Exception):
                 await self.state.repin(up.name, target.owner, up.url, up.pin_idle)
+                await self.state.routed(up.name, up.url, up.pin_idle)
 
     # -- what happened ------------------------------------------------------
 

@@ -5,9 +5,10 @@ Replicas (several servers behind one upstream name):
 ``prefix_affinity``  consistent hashing of the stable prefix key with bounded
                      load (Mirrokni, Thorup and Zadimoghaddam, 2018): walk the
                      ring clockwise from the key's point and take the first
-                     replica whose load stays within ``factor`` times the mean
-                     once this one is added. Requests that share a prefix meet
-                     on one replica until it is full; one hot prefix spills to
+                     replica whose load (its recent requests) stays within
+                     ``factor`` times the mean once this one is added.
+                     Requests that share a prefix meet on one replica until it
+                     is full; one hot prefix spills to
                      the next replica on the ring instead of overloading one.
 ``round_robin``      each request to the next replica, prefix ignored.
 ``least_busy``       the replica with the fewest requests in flight.
@@ -88,7 +89,7 @@ def route_order(
 ) -> list[str]:
     """``replicas`` in the order ``policy`` would try them for a request with ``key``.
 
-    ``loads``: sessions pinned to each replica (prefix affinity's bound);
+    ``loads``: requests each replica was sent lately (prefix affinity's bound);
     ``busy``: requests in flight on each (least busy); ``turn``: a counter
     that advances per request (round robin, and least busy's tie-break).
     """

@@ -1,18 +1,23 @@
-"""Routing state: which replica each (session, agent) is pinned to.
+"""Routing state: which replica each (session, agent) is pinned to, and how
+many requests each replica was sent lately.
 
-Two stores with one protocol. ``MemoryState`` keeps the pins in the process
-(one gateway). ``RedisState`` keeps them in Redis so that several gateway
-processes behind any load balancer send a session to the same replica: a new
-pin is set with ``SET NX`` (the first gateway to decide wins, the others read
-its choice), and each replica's live pins are a sorted set scored by expiry,
-which is the load prefix affinity bounds.
+Two stores with one protocol. ``MemoryState`` keeps both in the process (one
+gateway). ``RedisState`` keeps them in Redis so that several gateway processes
+behind any load balancer send a session to the same replica: a new pin is set
+with ``SET NX`` (the first gateway to decide wins, the others read its
+choice), and each replica's recent requests are a sorted set scored by expiry
+that every gateway adds to. That count is the load prefix affinity bounds: a
+replica carrying long sessions takes fewer new ones.
 
-A pin expires ``ttl`` seconds after its last use; every use renews it.
+A pin expires ``ttl`` seconds after its last use (every use renews it); a
+request stops counting ``ttl`` seconds after it was routed.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
+from collections import deque
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -30,8 +35,12 @@ class StateStore(Protocol):
 
     async def get(self, scope: str, owner: str) -> str | None: ...
 
+    async def routed(self, scope: str, replica: str, ttl: float) -> None:
+        """Count one request sent to ``replica`` for the next ``ttl`` seconds."""
+        ...
+
     async def loads(self, scope: str, replicas: Sequence[str]) -> dict[str, int]:
-        """Live pins per replica."""
+        """Requests counted per replica that have not expired."""
         ...
 
     async def close(self) -> None: ...
@@ -43,6 +52,7 @@ class MemoryState:
     def __init__(self, clock: Any = time.time) -> None:
         self._clock = clock
         self._pins: dict[str, dict[str, tuple[str, float]]] = {}
+        self._routed: dict[tuple[str, str], deque[float]] = {}
 
     def _live(self, scope: str) -> dict[str, tuple[str, float]]:
         now = self._clock()
@@ -64,15 +74,22 @@ class MemoryState:
         found = self._live(scope).get(owner)
         return found[0] if found else None
 
+    async def routed(self, scope: str, replica: str, ttl: float) -> None:
+        self._routed.setdefault((scope, replica), deque()).append(self._clock() + ttl)
+
     async def loads(self, scope: str, replicas: Sequence[str]) -> dict[str, int]:
-        counts = dict.fromkeys(replicas, 0)
-        for replica, _ in self._live(scope).values():
-            if replica in counts:
-                counts[replica] += 1
+        now = self._clock()
+        counts = {}
+        for replica in replicas:
+            expiries = self._routed.get((scope, replica), deque())
+            while expiries and expiries[0] <= now:
+                expiries.popleft()
+            counts[replica] = len(expiries)
         return counts
 
     async def close(self) -> None:
         self._pins.clear()
+        self._routed.clear()
 
 
 class RedisState:
@@ -99,19 +116,14 @@ class RedisState:
             pipe.get(key)
             pipe.pexpire(key, millis)
             current, _ = await pipe.execute()
-        current = str(current or replica)
-        await self._redis.zadd(self._load_key(scope, current), {owner: self._clock() + ttl})
-        return current
+        return str(current or replica)
 
     async def repin(self, scope: str, owner: str, replica: str, ttl: float) -> None:
-        key = self._pin_key(scope, owner)
-        old = await self._redis.get(key)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(key, replica, px=max(1, int(ttl * 1000)))
-            if old and old != replica:
-                pipe.zrem(self._load_key(scope, str(old)), owner)
-            pipe.zadd(self._load_key(scope, replica), {owner: self._clock() + ttl})
-            await pipe.execute()
+        await self._redis.set(self._pin_key(scope, owner), replica, px=max(1, int(ttl * 1000)))
+
+    async def routed(self, scope: str, replica: str, ttl: float) -> None:
+        member = uuid.uuid4().hex
+        await self._redis.zadd(self._load_key(scope, replica), {member: self._clock() + ttl})
 
     async def get(self, scope: str, owner: str) -> str | None:
         value = await self._redis.get(self._pin_key(scope, owner))

@@ -118,7 +118,13 @@ class AnthropicUpstream:
             timeout=timeout,
         )
         try:
-            response = await self._client.send(request, stream=True)
+            try:
+                response = await self._client.send(request, stream=True)
+            except httpx.RemoteProtocolError:
+                # A kept-alive connection the server had just closed (llama-server
+                # drops idle ones after a few seconds): nothing was answered, so
+                # send once more on a fresh connection.
+                response = await self._client.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise transport_error(self.config, exc) from None
         if response.status_code >= 400:

@@ -123,23 +123,29 @@ class Proxy:
             rw = self._rewrite(ex, raw, require_max_tokens)
             assert ex.upstream is not None
             who = self.observer.identify(request.headers, request.url.path, rw)
-            targets = await self.router.plan(ex.upstream, rw, who)
             local = ex.upstream.side_requests == "local"
             if who.kind == "count_tokens" and (local or ex.upstream.kind == "openai"):
-                return await self._locally(ex, rw, who, targets[0], side.count_tokens)
+                return await self._locally(ex, rw, who, side.count_tokens)
             if who.kind == "probe" and local:
                 who = replace(who, kind=LOCAL_PROBE)
-                return await self._locally(ex, rw, who, targets[0], side.probe)
+                return await self._locally(ex, rw, who, side.probe)
+            targets = await self.router.plan(ex.upstream, rw, who)  # pins, counts the load
             return await self._attempts(request, ex, rw, who, targets)
         except PrefixgateError as exc:
             self._finish(ex, error_status(exc), None, exc.message)
             return error_response(exc)
 
     async def _locally(
-        self, ex: Exchange, rw: Rewrite, who: Identity, target: Target, answer: side.Answer
+        self, ex: Exchange, rw: Rewrite, who: Identity, answer: side.Answer
     ) -> Response:
-        """Answer without the upstream, counting with its tokenizer (or an estimate)."""
-        ex.upstream = target.config
+        """Answer without the upstream, counting with its tokenizer (or an estimate).
+
+        Not routed: it pins nothing and adds to no replica's load; the first
+        replica that is up lends its tokenizer.
+        """
+        assert ex.upstream is not None
+        urls = [u for u in ex.upstream.urls if self.router.is_up(u)] or ex.upstream.urls
+        ex.upstream = ex.upstream.for_replica(urls[0])
         ex.seen = self.observer.begin(who, rw, ex.upstream)
         return await answer(ex, rw, self.observer.counter(ex.upstream), self._finish)
 

@@ -53,25 +53,33 @@ class MemoryState:
         self._clock = clock
         self._pins: dict[str, dict[str, tuple[str, float]]] = {}
         self._routed: dict[tuple[str, str], deque[float]] = {}
+        self._swept: dict[str, float] = {}
 
     def _live(self, scope: str) -> dict[str, tuple[str, float]]:
+        """The scope's pins, expired ones dropped (a full sweep at most once a second)."""
         now = self._clock()
         pins = self._pins.setdefault(scope, {})
-        for owner in [o for o, (_, expires) in pins.items() if expires <= now]:
-            del pins[owner]
+        if now - self._swept.get(scope, float("-inf")) >= 1.0:
+            self._swept[scope] = now
+            for owner in [o for o, (_, expires) in pins.items() if expires <= now]:
+                del pins[owner]
         return pins
 
+    def _current(self, scope: str, owner: str) -> tuple[str, float] | None:
+        found = self._live(scope).get(owner)
+        return found if found is not None and found[1] > self._clock() else None
+
     async def pin(self, scope: str, owner: str, replica: str, ttl: float) -> str:
-        pins = self._live(scope)
-        current = pins.get(owner, (replica, 0.0))[0]
-        pins[owner] = (current, self._clock() + ttl)
+        found = self._current(scope, owner)
+        current = found[0] if found else replica
+        self._live(scope)[owner] = (current, self._clock() + ttl)
         return current
 
     async def repin(self, scope: str, owner: str, replica: str, ttl: float) -> None:
         self._live(scope)[owner] = (replica, self._clock() + ttl)
 
     async def get(self, scope: str, owner: str) -> str | None:
-        found = self._live(scope).get(owner)
+        found = self._current(scope, owner)
         return found[0] if found else None
 
     async def routed(self, scope: str, replica: str, ttl: float) -> None:

@@ -47,7 +47,7 @@ def test_defaults_with_nothing_configured() -> None:
 
 
 def test_port_and_host_file_then_env_then_flags() -> None:
-    file = {"server": {"host": "10.0.0.1", "port": 1111}}
+    file = {"server": {"host": "10.0.0.1", "port": 1111, "allow_unauthenticated": True}}
     env = {"PREFIXGATE_HOST": "10.0.0.2", "PREFIXGATE_PORT": "2222"}
     flags = {"host": "10.0.0.3", "port": 3333}
     assert (build_settings(file, {}, {}).host, build_settings(file, {}, {}).port) == (
@@ -426,6 +426,7 @@ def test_load_settings_reads_a_toml_file(tmp_path: Path) -> None:
 [server]
 host = "0.0.0.0"
 port = 9000
+allow_unauthenticated = true
 
 [upstreams.local]
 url = "http://127.0.0.1:8080"

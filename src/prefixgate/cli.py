@@ -1,4 +1,4 @@
-"""Command line: serve, rewrite, key, report, diagnose, demo.
+"""Command line: serve, keygen, rewrite, key, report, diagnose, demo.
 
 Each command is a thin layer: it reads its input, calls the pure core or the
 app, and prints. Contracts other tools rely on:
@@ -28,6 +28,7 @@ import click
 
 from prefixgate import __version__
 from prefixgate.config import UPSTREAM_KINDS, ConfigError, Settings, load_settings
+from prefixgate.core.auth import hash_key, new_key
 from prefixgate.core.errors import PrefixgateError
 from prefixgate.core.pipeline import Rewrite, RewriteOptions, rewrite
 from prefixgate.core.policy import Policy
@@ -115,6 +116,19 @@ def key_cmd(policy: str, source: str) -> None:
     click.echo(json.dumps(out, ensure_ascii=False))
 
 
+@main.command("keygen")
+@click.option("--tenant", default="team", show_default=True, help="The tenant it is for.")
+def keygen_cmd(tenant: str) -> None:
+    """Print a new gateway API key and the config lines holding its digest.
+
+    Give the key to the tenant (it is shown once); only its digest goes into
+    the config file.
+    """
+    key = new_key()
+    click.echo(f"key:    {key}")
+    click.echo(f"config: [tenants.{tenant}]\n        keys = [{json.dumps(hash_key(key))}]")
+
+
 @main.command("serve")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
 @click.option(
@@ -143,6 +157,12 @@ def key_cmd(policy: str, source: str) -> None:
 )
 @click.option("--policy", type=click.Choice(POLICIES), default=None)
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
+@click.option(
+    "--allow-unauthenticated",
+    is_flag=True,
+    default=None,
+    help="Listen beyond loopback without tenant keys (anyone who can reach it may use it).",
+)
 @click.option("--port", type=int, default=None, help="Port to listen on (default 8787).")
 @click.option(
     "--audit",
@@ -171,6 +191,7 @@ def serve_cmd(
     upstream_kind: str | None,
     policy: str | None,
     host: str | None,
+    allow_unauthenticated: bool | None,
     port: int | None,
     audit_path: str | None,
     record: str | None,
@@ -184,6 +205,7 @@ def serve_cmd(
         "upstream_kind": upstream_kind,
         "policy": policy,
         "host": host,
+        "allow_unauthenticated": allow_unauthenticated,
         "port": port,
         "audit_path": audit_path,
         "record": record,

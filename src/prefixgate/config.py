@@ -17,6 +17,21 @@ it. Example file::
     state_url = "redis://127.0.0.1:6379/0"  # share session pins between gateways
                                    # (default: kept in this process)
 
+    # limits: each breach is refused with an error naming the limit
+    max_header_bytes = 32768       # all request headers together (431)
+    max_json_depth = 64            # nesting of the request body (400)
+    max_messages = 10000           # messages in one request (400)
+    max_blocks = 100000            # content blocks, system blocks and tools (400)
+    max_concurrent = 64            # requests under way per tenant (429 + retry-after)
+    shutdown_grace = 30            # on SIGTERM, seconds streams under way may finish
+    allow_unauthenticated = false  # true: serve without keys on a non-loopback host
+
+    [tenants.alpha]                # with any tenant, every request needs a key
+    keys = ["sha256:..."]          # digests from `prefixgate keygen`, never keys
+    # admin = false                # true: may read every tenant's dashboard and metrics
+    # upstreams = ["local"]        # the upstreams it may use (403 otherwise)
+    # max_concurrent = 16          # overrides the server's limit for this tenant
+
     [upstreams.local]
     kind = "anthropic"
     url = "http://127.0.0.1:8080"
@@ -29,6 +44,8 @@ it. Example file::
     # side_requests = "forward"    # local: answer count_tokens with the upstream's
                                    # tokenizer, never touching its slots
     policy = "strip"               # default: strip, passthrough when first_party
+    # connect_timeout = 10         # seconds; read_timeout = 600 (to the first byte)
+    # stream_idle_timeout = 300    # longest silence inside a stream under way (504)
     # api_key_env = "LOCAL_KEY"    # or api_key = "..."; replaces client credentials
     # first_party = false          # true for Anthropic's own API
     # tokenizer = "auto"           # auto | llama.cpp | estimate: how expected
@@ -43,6 +60,7 @@ it. Example file::
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -51,12 +69,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from prefixgate.core.auth import Tenant, is_digest
 from prefixgate.core.policy import DEFAULT_NORMALIZE_KEEP, METADATA_HEADER, Policy
 from prefixgate.core.routing import ROUTING_POLICIES
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
+DEFAULT_MAX_HEADER_BYTES = 32 * 1024
+DEFAULT_MAX_CONCURRENT = 64
+LOOPBACK_NAMES = ("localhost",)
 FIRST_PARTY_HOSTS = ("api.anthropic.com",)
 UPSTREAM_KINDS = ("anthropic", "openai")
 SYSTEM_MESSAGES = ("system", "user")
@@ -64,7 +86,7 @@ PROMPT_CACHE_KEYS = ("session", "prefix", "off")
 TOKENIZERS = ("auto", "llama.cpp", "estimate")
 SIDE_REQUESTS = ("forward", "local")
 IN_MEMORY = ("memory", "none")
-SERVER_FLAGS = ("host", "port", "audit_path")
+SERVER_FLAGS = ("host", "port", "audit_path", "allow_unauthenticated")
 
 
 class ConfigError(ValueError):
@@ -83,6 +105,7 @@ class UpstreamConfig:
     metadata_header: str | None = None
     connect_timeout: float = 10.0
     read_timeout: float = 600.0
+    stream_idle_timeout: float = 300.0  # longest silence inside a stream under way
     tokenizer: str = "auto"
     # kind "openai" only: where mid-conversation system messages go, what
     # `prompt_cache_key` carries, whether thinking becomes `reasoning_effort`
@@ -137,6 +160,25 @@ class Settings:
     policy_override: Policy | None = None
     upstream_kind: str = "anthropic"  # of the bundled runtime, when serve starts it
     state_url: str | None = None  # Redis URL for routing state shared between gateways
+    shutdown_grace: float = 30.0  # on SIGTERM: how long streams under way may still run
+    tenants: tuple[Tenant, ...] = ()  # with any, every request needs a key
+    allow_unauthenticated: bool = False  # serve without keys beyond loopback
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    max_json_depth: int = 64
+    max_messages: int = 10_000
+    max_blocks: int = 100_000
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT  # per tenant
+
+    @property
+    def keyed(self) -> bool:
+        """True when requests must carry a tenant's key."""
+        return bool(self.tenants)
+
+    def concurrency(self, tenant: Tenant | None) -> int:
+        """How many requests ``tenant`` may have under way at once."""
+        if tenant is not None and tenant.max_concurrent is not None:
+            return tenant.max_concurrent
+        return self.max_concurrent
 
     @property
     def embedded(self) -> bool:
@@ -210,6 +252,7 @@ def upstream_from_table(
         metadata_header=table.get("metadata_header"),
         connect_timeout=_seconds(f"upstreams.{name}.connect_timeout", table, 10.0),
         read_timeout=_seconds(f"upstreams.{name}.read_timeout", table, 600.0),
+        stream_idle_timeout=_seconds(f"upstreams.{name}.stream_idle_timeout", table, 300.0),
         tokenizer=_choice(
             f"upstreams.{name}.tokenizer", table.get("tokenizer", "auto"), TOKENIZERS
         ),
@@ -375,6 +418,7 @@ def build_settings(
         ("max_body_bytes", "MAX_BODY_BYTES"),
         ("audit_path", "AUDIT_PATH"),
         ("capture_bodies", "CAPTURE_BODIES"),
+        ("allow_unauthenticated", "ALLOW_UNAUTHENTICATED"),
     ):
         if f"PREFIXGATE_{var}" in env:
             server[key] = env[f"PREFIXGATE_{var}"]
@@ -404,7 +448,7 @@ def build_settings(
     routes = _routes(file.get("routes", []), upstreams, bool(upstream_url))
     if policy is not None:
         routes = tuple(replace(r, policy=None) for r in routes)
-    return Settings(
+    settings = Settings(
         host=str(server.get("host", DEFAULT_HOST)),
         port=_int("server.port", server.get("port", DEFAULT_PORT), 1, 65535),
         max_body_bytes=_int(
@@ -421,7 +465,82 @@ def build_settings(
         state_url=_state_url(
             flags.get("state") or env.get("PREFIXGATE_STATE_URL") or server.get("state_url")
         ),
+        shutdown_grace=_seconds("server.shutdown_grace", server, 30.0),
+        tenants=_tenants(file.get("tenants", {}), upstreams),
+        allow_unauthenticated=_flag(
+            "server.allow_unauthenticated", server.get("allow_unauthenticated", False)
+        ),
+        max_header_bytes=_int(
+            "server.max_header_bytes",
+            server.get("max_header_bytes", DEFAULT_MAX_HEADER_BYTES),
+            1024,
+        ),
+        max_json_depth=_int("server.max_json_depth", server.get("max_json_depth", 64), 2),
+        max_messages=_int("server.max_messages", server.get("max_messages", 10_000), 1),
+        max_blocks=_int("server.max_blocks", server.get("max_blocks", 100_000), 1),
+        max_concurrent=_int(
+            "server.max_concurrent", server.get("max_concurrent", DEFAULT_MAX_CONCURRENT), 1
+        ),
     )
+    _check_exposure(settings)
+    return settings
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_exposure(settings: Settings) -> None:
+    """Without keys the gateway only listens on loopback, unless told otherwise."""
+    if settings.keyed or settings.allow_unauthenticated or is_loopback(settings.host):
+        return
+    raise ConfigError(
+        f"server.host: {settings.host!r} is reachable from other machines and no "
+        "tenant keys are configured; add [tenants.NAME] keys (see `prefixgate keygen`) "
+        "or set server.allow_unauthenticated = true (--allow-unauthenticated) to "
+        "serve anyone who can reach it"
+    )
+
+
+def _tenants(tables: Any, upstreams: Mapping[str, UpstreamConfig]) -> tuple[Tenant, ...]:
+    out: list[Tenant] = []
+    seen: set[str] = set()
+    for name, value in _table("tenants", tables).items():
+        where = f"tenants.{name}"
+        table = _table(where, value)
+        keys = table.get("keys", [])
+        if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
+            raise ConfigError(f"{where}.keys: a non-empty list of key digests is required")
+        for key in keys:
+            if not is_digest(key):
+                raise ConfigError(
+                    f"{where}.keys: {key[:10]}... is not a key digest; write the "
+                    "sha256:... line `prefixgate keygen` prints, never the key itself"
+                )
+            if key in seen:
+                raise ConfigError(f"{where}.keys: a key digest is given to two tenants")
+            seen.add(key)
+        allowed = table.get("upstreams")
+        if allowed is not None:
+            if not isinstance(allowed, list) or not all(a in upstreams for a in allowed):
+                raise ConfigError(f"{where}.upstreams: a list of configured upstream names")
+            allowed = tuple(allowed)
+        limit = table.get("max_concurrent")
+        out.append(
+            Tenant(
+                name=str(name),
+                key_digests=tuple(keys),
+                admin=_flag(f"{where}.admin", table.get("admin", False)),
+                upstreams=allowed,
+                max_concurrent=None if limit is None else _int(f"{where}.max_concurrent", limit, 1),
+            )
+        )
+    return tuple(out)
 
 
 def _flag_urls(value: Any) -> list[str]:

@@ -7,10 +7,13 @@ Shared by ``proxy.py`` (Anthropic upstreams, relayed as they are) and
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import Request
@@ -18,6 +21,7 @@ from starlette.responses import JSONResponse
 
 from prefixgate.app.observer import Observation
 from prefixgate.config import Settings, UpstreamConfig
+from prefixgate.core.auth import Tenant
 from prefixgate.core.errors import PayloadTooLarge, PrefixgateError
 from prefixgate.core.fold import MessageSummary
 from prefixgate.core.pipeline import Rewrite
@@ -30,9 +34,13 @@ Finish = Callable[["Exchange", int, MessageSummary | None, str | None, CacheUsag
 Answered = Callable[["Exchange"], None]
 
 
-def error_response(exc: PrefixgateError) -> JSONResponse:
+REQUEST_ID_HEADER = "x-prefixgate-request-id"
+
+
+def error_response(exc: PrefixgateError, request_id: str | None = None) -> JSONResponse:
     """The error as sent to the client; an upstream's error status is kept."""
-    return JSONResponse(exc.to_body(), status_code=error_status(exc))
+    headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+    return JSONResponse(exc.to_body(), status_code=error_status(exc), headers=headers)
 
 
 def error_status(exc: PrefixgateError) -> int:
@@ -62,13 +70,29 @@ class Exchange:
     route: str
     started: float
     session: str | None
+    tenant: str = "default"
+    principal: Tenant | None = None  # the tenant whose key came with it (with keys)
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     upstream: UpstreamConfig | None = None
     rewrite: Rewrite | None = None
     seen: Observation | None = None
     ttfb: float | None = None
     raw: bytes | None = None
+    finished: bool = False  # its record has been made (once per request)
     answered: bool = False  # the observer already knows the upstream answered in full
     release: Callable[[], None] | None = None  # tells the router the request is over
+    committed: asyncio.Future[None] | None = None  # set once its audit record is on disk
+
+    async def durable(self, timeout: float = 2.0) -> None:
+        """Wait (up to ``timeout``) until this request's audit record is committed.
+
+        Called before the last bytes of an answer go out, so a client that got
+        its whole answer can count on the record, even if the gateway is then
+        killed. A stuck disk delays the answer by ``timeout`` at most.
+        """
+        if self.committed is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.committed), timeout)
 
     def record(
         self, settings: Settings, status: int, summary: MessageSummary | None, error: str | None
@@ -80,7 +104,7 @@ class Exchange:
         return AuditRecord(
             time=time.time(),
             route=self.route,
-            tenant=settings.tenant,
+            tenant=self.tenant,
             session=who.session if who else self.session,
             session_source=who.session_source if who else None,
             agent=who.agent if who else None,
@@ -101,6 +125,7 @@ class Exchange:
             ttfb_ms=None if self.ttfb is None else (self.ttfb - self.started) * 1000,
             total_ms=(now - self.started) * 1000,
             replica=self.upstream.replica if self.upstream else None,
+            request_id=self.request_id,
             error=error,
             request_body=self.raw.decode("utf-8", "replace") if capture and self.raw else None,
             response_text=summary.text if capture and summary else None,

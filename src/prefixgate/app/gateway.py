@@ -14,20 +14,24 @@ from collections.abc import AsyncIterator
 
 import httpx
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from prefixgate import __version__
 from prefixgate.app.dashboard import dashboard_endpoint
+from prefixgate.app.guard import Guard, tenant_of
 from prefixgate.app.metrics import Metrics
 from prefixgate.app.observer import CacheObserver
 from prefixgate.app.proxy import Proxy
 from prefixgate.app.router import Router
 from prefixgate.config import Settings
 from prefixgate.core.errors import error_body, error_type_for_status
-from prefixgate.store.audit import AuditRecord, AuditSink, MemoryAudit
+from prefixgate.report import build_report, report_json
+from prefixgate.store.audit import AuditSink, MemoryAudit
 from prefixgate.store.capture import CaptureLog
 from prefixgate.store.state import StateStore
 
@@ -81,6 +85,8 @@ def create_app(
                     log.exception("%s could not be closed", type(closable).__name__)
 
     async def healthz(request: Request) -> Response:
+        if settings.keyed and tenant_of(request, settings.tenant)[1] is None:
+            return JSONResponse({"status": "ok"})  # nothing more without a key
         upstreams = {name: up.url for name, up in settings.upstreams.items()}
         replicas = {
             name: {url: "up" if router.is_up(url) else "down" for url in up.urls}
@@ -90,8 +96,35 @@ def create_app(
         body = {"status": "ok", "version": __version__, "upstreams": upstreams}
         return JSONResponse({**body, "replicas": replicas} if replicas else body)
 
-    def records() -> list[AuditRecord]:
-        return sink.query(tenant=settings.tenant, limit=DASHBOARD_RECORDS)
+    def viewed(request: Request) -> str | Response | None:
+        """Whose records the request may read: its tenant's; an admin's, any
+        tenant it names in ``?tenant=`` (None: all)."""
+        name, tenant = tenant_of(request, settings.tenant)
+        asked = request.query_params.get("tenant")
+        if tenant is not None and tenant.admin:
+            return asked
+        if asked is not None and asked != name:
+            body = error_body("permission_error", f"tenant {name!r} may read only its own records")
+            return JSONResponse(body, status_code=403)
+        return name
+
+    async def dashboard(request: Request) -> Response:
+        whose = viewed(request)
+        if isinstance(whose, Response):
+            return whose
+        return await dashboard_endpoint(lambda: sink.query(tenant=whose, limit=DASHBOARD_RECORDS))(
+            request
+        )
+
+    async def report(request: Request) -> Response:
+        whose = viewed(request)
+        if isinstance(whose, Response):
+            return whose
+
+        def build() -> dict[str, object]:
+            return report_json(build_report(sink.query(tenant=whose, limit=DASHBOARD_RECORDS)))
+
+        return JSONResponse(await run_in_threadpool(build), headers={"Cache-Control": "no-store"})
 
     app = Starlette(
         routes=[
@@ -100,8 +133,10 @@ def create_app(
             Route("/v1/models", proxy.models, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics.endpoint, methods=["GET"]),
-            Route("/dashboard", dashboard_endpoint(records), methods=["GET"]),
+            Route("/dashboard", dashboard, methods=["GET"]),
+            Route("/report", report, methods=["GET"]),
         ],
+        middleware=[Middleware(Guard, settings=settings, metrics=metrics)],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
         lifespan=lifespan,
     )

@@ -18,13 +18,22 @@ share counters). Every series carries the tenant.
 ``prefixgate_replica_requests_total``          by replica, for replicated upstreams
 ``prefixgate_failovers_total``                 requests moved off a replica that
                                                refused or dropped them
+``prefixgate_refused_total``                   requests refused at the door, by
+                                               status (401, 429, 431; tenant ``-``
+                                               when no key matched)
 =============================================  ==================================
+
+With tenant keys configured, ``/metrics`` needs a key too and shows only the
+series of that key's tenant; an admin tenant's key sees every series.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -104,6 +113,17 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.refusals = Counter(
+            "prefixgate_refused",
+            "Requests refused before they were read: no valid key, too many under way, "
+            "headers too large.",
+            ["tenant", "status"],
+            registry=self.registry,
+        )
+
+    def refused(self, tenant: str, status: str) -> None:
+        self.refusals.labels(tenant, status).inc()
+
     def failover(self, tenant: str, upstream: str, replica: str) -> None:
         self.failovers.labels(tenant, upstream, replica).inc()
 
@@ -135,5 +155,32 @@ class Metrics:
         if rec.expected_cached_tokens is not None:
             self.expected.labels(*up).inc(rec.expected_cached_tokens)
 
+    def exposition(self, tenant: str | None = None) -> bytes:
+        """The text format: every series, or only ``tenant``'s."""
+        if tenant is None:
+            return generate_latest(self.registry)
+        view = CollectorRegistry(auto_describe=False)
+        view.register(_TenantSeries(self.registry, tenant))
+        return generate_latest(view)
+
     async def endpoint(self, request: Request) -> Response:
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+        state = request.scope.get("state", {})  # set by the Guard in front
+        tenant = state.get("tenant")  # a Tenant, with keys configured
+        only = None if tenant is None or tenant.admin else tenant.name
+        return Response(self.exposition(only), media_type=CONTENT_TYPE_LATEST)
+
+
+class _TenantSeries:
+    """A registry's samples whose ``tenant`` label is one tenant's."""
+
+    def __init__(self, registry: CollectorRegistry, tenant: str) -> None:
+        self._registry = registry
+        self._tenant = tenant
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            samples = [s for s in family.samples if s.labels.get("tenant") == self._tenant]
+            if samples:
+                kept = Metric(family.name, family.documentation, family.type, family.unit)
+                kept.samples = samples
+                yield kept

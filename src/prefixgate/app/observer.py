@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import httpx
@@ -57,13 +57,20 @@ class CacheObserver:
         self._counters: dict[str, TokenCounter] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def identify(self, headers: Mapping[str, str], route: str, rw: Rewrite) -> Identity:
+    def identify(
+        self, headers: Mapping[str, str], route: str, rw: Rewrite, tenant: str
+    ) -> Identity:
         """Session, agent and kind of the request (before it is routed)."""
-        return identify(headers, route, rw, self.settings.tenant, self._labeller)
+        return identify(headers, route, rw, tenant, self._labeller)
 
-    def begin(self, who: Identity, rw: Rewrite, upstream: UpstreamConfig) -> Observation:
-        """Compare the prompt with what ``upstream`` (or the replica of it) last held."""
-        owner = Owner(self.settings.tenant, who.session, who.agent)
+    def begin(
+        self, who: Identity, rw: Rewrite, upstream: UpstreamConfig, tenant: str
+    ) -> Observation:
+        """Compare the prompt with what ``upstream`` (or the replica of it) last held.
+
+        Sessions are the tenant's: the same session id sent by two tenants
+        names two sessions."""
+        owner = Owner(tenant, who.session, who.agent)
         where = upstream.target
         scope = where if upstream.replica else ""  # a replica holds only its own turns
         comparison = self._tracker.compare(where, owner, rw.view, scope=scope)
@@ -87,21 +94,27 @@ class CacheObserver:
         usage: CacheUsage,
         *,
         remembered: bool = False,
+        on_commit: Callable[[], None] | None = None,
     ) -> None:
         """Complete ``rec`` with the cache fields off the request path, then record it.
 
-        ``remembered``: ``answered`` was already called for this request."""
+        ``remembered``: ``answered`` was already called for this request.
+        ``on_commit``: called (from any thread) once the record is on disk. When
+        the cause still needs the upstream's tokenizer, the record is written
+        at once without it, and again (same ``request_id``) when complete, so a
+        gateway killed meanwhile keeps every answered request."""
         rec = replace(rec, prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens)
         answered = rec.status == 200 and rec.error is None
         if seen is not None and answered and not remembered:
             self.answered(seen)
         if seen is None or self.client is None or seen.identity.kind in UNCACHED_KINDS:
-            self._write(rec)
+            self._write(rec, on_commit)
             return
         known = self.counter(seen.upstream).known(seen.rewrite.view.pieces)
         if known is not None:  # nothing to ask the upstream: finish now
-            self._write(self._judged(rec, seen, *known))
+            self._write(self._judged(rec, seen, *known), on_commit)
             return
+        self._provisional(rec, on_commit)
         task = asyncio.get_running_loop().create_task(self._complete(rec, seen))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -159,11 +172,22 @@ class CacheObserver:
             counter = self._counters[upstream.url] = TokenCounter(upstream, self.client)
         return counter
 
-    def _write(self, rec: AuditRecord) -> None:
+    def _provisional(self, rec: AuditRecord, on_commit: Callable[[], None] | None) -> None:
+        """The record without its expected count; replaced when that is known."""
         try:
-            self.audit.record(rec)
+            self.audit.record(rec, on_commit)
+        except Exception:
+            log.exception("audit record could not be written")
+            if on_commit is not None:
+                on_commit()
+
+    def _write(self, rec: AuditRecord, on_commit: Callable[[], None] | None = None) -> None:
+        try:
+            self.audit.record(rec, on_commit)
         except Exception:  # an audit failure must never fail the request
             log.exception("audit record could not be written")
+            if on_commit is not None:
+                on_commit()
         try:
             self.metrics.observe(rec)
         except Exception:

@@ -10,9 +10,11 @@ record.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import httpx
@@ -20,13 +22,26 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from prefixgate.app import side, translated
-from prefixgate.app.exchange import Exchange, error_response, error_status, json_object, read_body
+from prefixgate.app.exchange import (
+    REQUEST_ID_HEADER,
+    Exchange,
+    error_response,
+    error_status,
+    json_object,
+    read_body,
+)
+from prefixgate.app.guard import tenant_of
 from prefixgate.app.observer import CacheObserver
 from prefixgate.app.relay import Passthrough, Relay, RelayResponse
 from prefixgate.app.router import Router, Target
 from prefixgate.config import Settings, UpstreamConfig
 from prefixgate.core.cachekey import ADAPTER_VERSION
-from prefixgate.core.errors import NotFound, PrefixgateError
+from prefixgate.core.errors import (
+    NotFound,
+    PermissionDenied,
+    PrefixgateError,
+    UpstreamUnavailable,
+)
 from prefixgate.core.fold import MessageSummary, summarize_message
 from prefixgate.core.identity import Identity
 from prefixgate.core.pipeline import Rewrite, RewriteOptions, parse_request, rewrite_parsed
@@ -111,29 +126,42 @@ class Proxy:
         return Response(content, response.status_code, response_headers(response.headers))
 
     async def _forward(self, request: Request, *, require_max_tokens: bool) -> Response:
+        tenant, principal = tenant_of(request, self.settings.tenant)
         ex = Exchange(
             route=request.url.path,
             started=time.perf_counter(),
             session=request.headers.get("x-claude-code-session-id"),
+            tenant=tenant,
+            principal=principal,
         )
         try:
-            raw = ex.raw = await read_body(request, self.settings.max_body_bytes)
-            if self.capture is not None:
-                self.capture.append(request.method, request.url, request.headers, raw)
-            rw = self._rewrite(ex, raw, require_max_tokens)
-            assert ex.upstream is not None
-            who = self.observer.identify(request.headers, request.url.path, rw)
-            local = ex.upstream.side_requests == "local"
-            if who.kind == "count_tokens" and (local or ex.upstream.kind == "openai"):
-                return await self._locally(ex, rw, who, side.count_tokens)
-            if who.kind == "probe" and local:
-                who = replace(who, kind=LOCAL_PROBE)
-                return await self._locally(ex, rw, who, side.probe)
-            targets = await self.router.plan(ex.upstream, rw, who)  # pins, counts the load
-            return await self._attempts(request, ex, rw, who, targets)
+            response = await self._handle(request, ex, require_max_tokens)
         except PrefixgateError as exc:
             self._finish(ex, error_status(exc), None, exc.message)
-            return error_response(exc)
+            response = error_response(exc)
+        except asyncio.CancelledError:  # the gateway is stopping: still keep the record
+            self._finish(ex, 499, None, "request cancelled before its answer (gateway stopping)")
+            raise
+        response.headers[REQUEST_ID_HEADER] = ex.request_id
+        if not isinstance(response, RelayResponse):  # a stream waits before its last bytes
+            await ex.durable()
+        return response
+
+    async def _handle(self, request: Request, ex: Exchange, require_max_tokens: bool) -> Response:
+        raw = ex.raw = await read_body(request, self.settings.max_body_bytes)
+        if self.capture is not None:
+            self.capture.append(request.method, request.url, request.headers, raw)
+        rw = self._rewrite(ex, raw, require_max_tokens)
+        assert ex.upstream is not None
+        who = self.observer.identify(request.headers, request.url.path, rw, ex.tenant)
+        local = ex.upstream.side_requests == "local"
+        if who.kind == "count_tokens" and (local or ex.upstream.kind == "openai"):
+            return await self._locally(ex, rw, who, side.count_tokens)
+        if who.kind == "probe" and local:
+            who = replace(who, kind=LOCAL_PROBE)
+            return await self._locally(ex, rw, who, side.probe)
+        targets = await self.router.plan(ex.upstream, rw, who, ex.tenant)  # pins, loads
+        return await self._attempts(request, ex, rw, who, targets)
 
     async def _locally(
         self, ex: Exchange, rw: Rewrite, who: Identity, answer: side.Answer
@@ -146,7 +174,7 @@ class Proxy:
         assert ex.upstream is not None
         urls = [u for u in ex.upstream.urls if self.router.is_up(u)] or ex.upstream.urls
         ex.upstream = ex.upstream.for_replica(urls[0])
-        ex.seen = self.observer.begin(who, rw, ex.upstream)
+        ex.seen = self.observer.begin(who, rw, ex.upstream, ex.tenant)
         return await answer(ex, rw, self.observer.counter(ex.upstream), self._finish)
 
     async def _attempts(
@@ -161,7 +189,7 @@ class Proxy:
         """
         for attempt, target in enumerate(targets):
             ex.upstream = target.config
-            ex.seen = self.observer.begin(who, rw, target.config)
+            ex.seen = self.observer.begin(who, rw, target.config, ex.tenant)
             self.router.started(target)
             ex.release = functools.partial(self.router.ended, target)
             try:
@@ -171,9 +199,7 @@ class Proxy:
                 if not exc.retryable or attempt == len(targets) - 1:
                     raise
                 self.router.failed(target)
-                self.observer.metrics.failover(
-                    self.settings.tenant, target.config.name, target.config.url
-                )
+                self.observer.metrics.failover(ex.tenant, target.config.name, target.config.url)
                 log.warning("%s; trying the next replica", exc.message)
                 continue
             if attempt:
@@ -206,12 +232,18 @@ class Proxy:
         if route is None:
             raise NotFound(f"no upstream route matches model {body['model']!r}")
         ex.upstream, policy = route
+        tenant = ex.principal
+        if tenant is not None and not tenant.may_use(ex.upstream.name):
+            raise PermissionDenied(
+                f"tenant {ex.tenant!r} may not use upstream {ex.upstream.name!r} "
+                f"(model {body['model']!r}); its keys allow: {', '.join(tenant.upstreams or ())}"
+            )
         options = RewriteOptions(
             policy=policy,
             normalize_keep=ex.upstream.normalize_keep,
             metadata_header=ex.upstream.metadata_header,
             provider=f"{ex.upstream.kind}:{ex.upstream.name}",
-            tenant=self.settings.tenant,
+            tenant=ex.tenant,
             require_max_tokens=require_max_tokens,
             adapter_version=translated.ADAPTER_VERSION
             if ex.upstream.kind == "openai"
@@ -229,7 +261,13 @@ class Proxy:
         finally:
             await response.aclose()
         payload = json_object(content)
-        summary = summarize_message(payload) if payload is not None else None
+        if payload is None:  # never relay a 200 the client cannot read as an answer
+            assert ex.upstream is not None
+            raise UpstreamUnavailable(
+                f"upstream {ex.upstream.name!r} ({ex.upstream.url}) answered "
+                f"{response.status_code} with a body that is not a JSON object"
+            )
+        summary = summarize_message(payload)
         usage = cache_usage(payload) if payload is not None else CacheUsage()
         self._finish(ex, response.status_code, summary, None, usage)
         return Response(content, response.status_code, response_headers(response.headers))
@@ -242,11 +280,17 @@ class Proxy:
         error: str | None,
         usage: CacheUsage | None = None,
     ) -> None:
+        if ex.finished:
+            return
+        ex.finished = True
         self._release(ex)
         rec = ex.record(self.settings, status, summary, error)
         if usage is None:
             usage = from_anthropic(summary.usage) if summary else CacheUsage()
-        self.observer.finish(rec, ex.seen, usage, remembered=ex.answered)
+        ex.committed = committed = asyncio.get_running_loop().create_future()
+        self.observer.finish(
+            rec, ex.seen, usage, remembered=ex.answered, on_commit=_setter(committed)
+        )
 
     @staticmethod
     def _release(ex: Exchange) -> None:
@@ -258,3 +302,17 @@ class Proxy:
         if ex.seen is not None and not ex.answered:
             ex.answered = True
             self.observer.answered(ex.seen)
+
+
+def _setter(future: asyncio.Future[None]) -> Callable[[], None]:
+    """A callback, safe from any thread, that completes ``future``."""
+    loop = future.get_loop()
+
+    def done() -> None:
+        if not future.done():
+            future.set_result(None)
+
+    def on_commit() -> None:
+        loop.call_soon_threadsafe(done)
+
+    return on_commit

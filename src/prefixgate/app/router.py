@@ -53,9 +53,11 @@ class Router:
 
     # -- choosing -----------------------------------------------------------
 
-    async def plan(self, upstream: UpstreamConfig, rw: Rewrite, who: Identity) -> list[Target]:
+    async def plan(
+        self, upstream: UpstreamConfig, rw: Rewrite, who: Identity, tenant: str
+    ) -> list[Target]:
         """The replicas of ``upstream`` in the order to try them for this request."""
-        owner = f"{self.settings.tenant}:{who.session}:{who.agent}"
+        owner = f"{tenant}:{who.session}:{who.agent}"
         urls = upstream.urls
         if len(urls) == 1:
             return [Target(upstream.for_replica(urls[0]), owner)]

@@ -107,6 +107,8 @@ class OpenAIForward:
         """Raises ``PrefixgateError`` only before the request has been finished."""
         assert ex.upstream is not None
         session = ex.seen.identity.session if ex.seen else None
+        if session is not None and ex.principal is not None:  # never another tenant's
+            session = f"{ex.tenant}:{session}"
         translated = to_openai(rw.parsed, request_options(ex.upstream, rw, session))
         body = json.dumps(translated.body, ensure_ascii=False, separators=(",", ":")).encode()
         headers = openai_headers(request.headers, ex.upstream, rw.upstream_headers)

@@ -4,6 +4,7 @@
     ├── RequestError                     the client's request is at fault
     │   ├── InvalidRequest               400 invalid_request_error
     │   ├── AuthenticationFailed         401 authentication_error
+    │   ├── PermissionDenied             403 permission_error
     │   ├── NotFound                     404 not_found_error
     │   └── PayloadTooLarge              413 request_too_large
     └── UpstreamError                    the upstream is at fault
@@ -48,6 +49,11 @@ class InvalidRequest(RequestError):
 class AuthenticationFailed(RequestError):
     status = 401
     error_type = "authentication_error"
+
+
+class PermissionDenied(RequestError):
+    status = 403
+    error_type = "permission_error"
 
 
 class NotFound(RequestError):

@@ -15,6 +15,7 @@ import httpx
 
 from prefixgate.config import UpstreamConfig
 from prefixgate.core.errors import (
+    InvalidRequest,
     PrefixgateError,
     UpstreamStatus,
     UpstreamTimeout,
@@ -69,6 +70,7 @@ def forward_headers(
     """
     dropped = DROPPED_REQUEST_HEADERS | _connection_options(client_headers)
     out = {k: v for k, v in client_headers.items() if k.lower() not in dropped}
+    check_header_values(out)
     if upstream.api_key:
         out["x-api-key"] = upstream.api_key
         if not upstream.first_party:
@@ -76,6 +78,18 @@ def forward_headers(
     for name, value in (extra or {}).items():
         out[name] = value
     return out
+
+
+_UNSAFE = ("\r", "\n", "\0")
+
+
+def check_header_values(headers: Mapping[str, str]) -> None:
+    """Refuse a header that could become two upstream (CR, LF or NUL in it)."""
+    for name, value in headers.items():
+        if any(c in name or c in value for c in _UNSAFE):
+            raise InvalidRequest(
+                f"header {name[:40]!r} holds a line break or NUL; it is not forwarded"
+            )
 
 
 def _connection_options(headers: Mapping[str, str]) -> frozenset[str]:

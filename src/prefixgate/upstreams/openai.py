@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from prefixgate.config import UpstreamConfig
-from prefixgate.upstreams.anthropic import AnthropicUpstream
+from prefixgate.upstreams.anthropic import AnthropicUpstream, check_header_values
 
 # The only client headers that mean something to an OpenAI server; the rest
 # (anthropic-version, anthropic-beta, x-claude-code-*, x-stainless-*) do not.
@@ -39,6 +39,7 @@ def openai_headers(
 ) -> dict[str, str]:
     """A fresh header set: JSON, the upstream's own key, never the client's credentials."""
     kept = {k.lower(): v for k, v in client_headers.items() if k.lower() in KEPT_HEADERS}
+    check_header_values(kept)
     out = {**kept, "content-type": "application/json"}
     if upstream.api_key:
         out["authorization"] = f"Bearer {upstream.api_key}"

@@ -51,7 +51,7 @@ def error_status(exc: PrefixgateError) -> int:
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing more than ``limit`` bytes without reading it all."""
     declared = request.headers.get("content-length", "")
-    too_large = PayloadTooLarge(f"request body exceeds the gateway's limit of {limit} bytes")
+    too_large = PayloadTooLarge(f"request body exceeds the gateway's limit max_body_bytes={limit}")
     if declared.isdigit() and int(declared) > limit:
         raise too_large
     chunks, size = [], 0

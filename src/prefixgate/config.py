@@ -70,6 +70,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from prefixgate.core.auth import Tenant, is_digest
+from prefixgate.core.limits import Limits
 from prefixgate.core.policy import DEFAULT_NORMALIZE_KEEP, METADATA_HEADER, Policy
 from prefixgate.core.routing import ROUTING_POLICIES
 
@@ -168,6 +169,11 @@ class Settings:
     max_messages: int = 10_000
     max_blocks: int = 100_000
     max_concurrent: int = DEFAULT_MAX_CONCURRENT  # per tenant
+
+    @property
+    def limits(self) -> Limits:
+        """The limits every request body is checked against."""
+        return Limits(self.max_json_depth, self.max_messages, self.max_blocks)
 
     @property
     def keyed(self) -> bool:

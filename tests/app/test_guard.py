@@ -120,3 +120,30 @@ async def test_a_body_beyond_the_limit_gets_413_naming_it() -> None:
     assert refused.json()["error"]["type"] == "request_too_large"
     assert "max_body_bytes=4096" in refused.json()["error"]["message"]
     assert gate.waiting == 0
+
+
+async def test_the_configured_body_limits_are_applied_and_named() -> None:
+    gate = Gate()
+    gate.open.set()
+    app = make_app(gate, max_messages=3, max_json_depth=8, max_blocks=5)
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    cases = {
+        "max_messages=3": {**BODY, "messages": turns * 2},
+        "max_json_depth=8": {**BODY, "metadata": {"a": [[[[[[[{"x": 1}]]]]]]]}},
+        "max_blocks=5": {
+            **BODY,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}] * 6}],
+        },
+    }
+    async with running(app) as client:
+        for limit, body in cases.items():
+            refused = await client.post("/v1/messages", json=body, headers={"x-api-key": "ka"})
+            assert refused.status_code == 400, limit
+            assert refused.json()["error"]["type"] == "invalid_request_error"
+            assert limit in refused.json()["error"]["message"]
+        fine = await client.post("/v1/messages", json=BODY, headers={"x-api-key": "ka"})
+    assert fine.status_code == 200
+    assert gate.waiting == 1
+    records = list(app.state.audit.records)
+    assert [r.status for r in records] == [400, 400, 400, 200]
+    assert all(r.tenant == "alpha" for r in records)

@@ -227,7 +227,9 @@ class Proxy:
         return await self._whole(ex, response)
 
     def _rewrite(self, ex: Exchange, raw: bytes, require_max_tokens: bool) -> Rewrite:
-        body = parse_request(raw, require_max_tokens=require_max_tokens)
+        body = parse_request(
+            raw, require_max_tokens=require_max_tokens, limits=self.settings.limits
+        )
         route = self.settings.route(str(body["model"]))
         if route is None:
             raise NotFound(f"no upstream route matches model {body['model']!r}")

@@ -11,6 +11,7 @@ client's own bytes whenever the policy changed nothing; when it did, only the
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from prefixgate.core.attribution import Attribution, detect
 from prefixgate.core.cachekey import ADAPTER_VERSION, PromptCacheKey, build_key
 from prefixgate.core.errors import InvalidRequest
+from prefixgate.core.limits import DEFAULT_LIMITS, Limits, check_limits, depth_error
 from prefixgate.core.policy import (
     DEFAULT_NORMALIZE_KEEP,
     Policy,
@@ -122,20 +124,35 @@ def prompt_parts(
     return stripped, None
 
 
-def parse_request(raw: bytes, *, require_max_tokens: bool = True) -> dict[str, Any]:
-    """Parse and check the fields the gateway relies on; raise InvalidRequest."""
+def parse_request(
+    raw: bytes, *, require_max_tokens: bool = True, limits: Limits = DEFAULT_LIMITS
+) -> dict[str, Any]:
+    """Parse and check the fields the gateway relies on and its limits; raise InvalidRequest."""
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
+        body = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:
+        # The stdlib parser recurses once per level; thousands of levels exhaust the stack.
+        raise depth_error(limits, "nesting too deep to parse") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
+    check_limits(body, limits)
     _check_fields(body, require_max_tokens=require_max_tokens)
     return body
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    # 1e400 is valid JSON but no finite double: Python would read it as infinity,
+    # which JSON cannot carry (NaN and Infinity are refused the same way above).
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
 
 
 def _check_fields(body: Mapping[str, Any], *, require_max_tokens: bool) -> None:

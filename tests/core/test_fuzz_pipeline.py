@@ -387,16 +387,11 @@ def test_mutated_recorded_requests(recorded: list[bytes], data: st.DataObject) -
         run(raw, options)
 
 
-# ------------------------------------------------------------ known bugs elsewhere
+# ------------------------------------------------------------ bugs found here, fixed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="splice_system replaces the first exact match of '\"system\":<old value>' "
-    "anywhere in the bytes, so a nested 'system' key holding the same value in the "
-    "compact style is rewritten instead of the top-level one",
-)
 def test_splice_rewrites_the_top_level_system_only() -> None:
+    """A nested ``system`` key with the same value is not the one rewritten."""
     system = json.dumps(LINE + "\nYou are")
     raw = (
         f'{{"model": "m", "max_tokens": 5, "system": {system}, "messages": [], '
@@ -406,12 +401,6 @@ def test_splice_rewrites_the_top_level_system_only() -> None:
     assert json.loads(result.body) == result.parsed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason="attribution._parse_json catches ValueError only: a JSON-form header "
-    "nested thousands deep inside the system text raises RecursionError",
-)
 def test_deep_json_attribution_header_is_not_a_crash() -> None:
     header = "x-anthropic-billing-header: " + '{"a":' * 100_000
     body = {"model": "m", "max_tokens": 5, "messages": [], "system": header}

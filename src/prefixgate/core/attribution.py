@@ -100,7 +100,7 @@ def parse_header(text: str) -> Attribution | None:
 def _parse_json(text: str, start: int) -> Attribution | None:
     try:
         payload, end = json.JSONDecoder().raw_decode(text, start)
-    except ValueError:
+    except (ValueError, RecursionError):  # thousands of levels in a system text
         return None
     if not isinstance(payload, dict):
         return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -200,6 +201,10 @@ def _encode(value: Any, style: tuple[str, str, bool] = _STYLES[0]) -> bytes:
     return text.encode("utf-8", "backslashreplace")
 
 
+# A quoted "system" followed by a colon is a key (a string value is never followed by one).
+_SYSTEM_KEY = re.compile(rb'"system"\s*:')
+
+
 def splice_system(raw: bytes, old: Mapping[str, Any], new: Mapping[str, Any]) -> bytes:
     """Replace the encoded ``system`` value inside ``raw``, leaving other bytes alone.
 
@@ -207,7 +212,11 @@ def splice_system(raw: bytes, old: Mapping[str, Any], new: Mapping[str, Any]) ->
     the common JSON styles; when it occurs exactly once it is swapped for the
     new value encoded the same way. Otherwise (a client with unusual spacing)
     the whole body is re-encoded compactly, which keeps keys and their order.
+    Only when ``system`` is the one key of that name in the body: a nested
+    object may hold a ``system`` key too, even with the same value.
     """
+    if len(_SYSTEM_KEY.findall(raw)) != 1:
+        return _encode(dict(new))
     for style in _STYLES:
         key = b'"system"' + style[1].encode()
         needle = key + _encode(old["system"], style)

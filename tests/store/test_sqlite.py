@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -133,7 +134,7 @@ def test_is_an_audit_sink(sink: SqliteAudit) -> None:
 def test_new_database_has_latest_schema_wal_and_id(sink: SqliteAudit, db: Path) -> None:
     with raw(db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_version() == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_version() == 3
         assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
         indexes = {
             row[0]: row[1]
@@ -141,6 +142,8 @@ def test_new_database_has_latest_schema_wal_and_id(sink: SqliteAudit, db: Path) 
         }
     assert "(tenant, time)" in indexes["requests_tenant_time"]
     assert "(session)" in indexes["requests_session"]
+    assert "UNIQUE INDEX" in indexes["requests_request_id"]
+    assert "(request_id)" in indexes["requests_request_id"]
 
 
 def test_one_column_per_record_field(sink: SqliteAudit, db: Path) -> None:
@@ -211,8 +214,8 @@ def make_old_db(path: Path) -> None:
 
 def test_migrates_forward_and_keeps_old_rows(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_old_db(db)
-    monkeypatch.setattr(store, "MIGRATIONS", [(1, OLD_V1), (2, V2), (3, store._V2)])
-    assert schema_version() == 3
+    monkeypatch.setattr(store, "MIGRATIONS", [(1, OLD_V1), (2, V2), (3, store._V2), (4, store._V3)])
+    assert schema_version() == 4
     with SqliteAudit(db) as audit:
         audit.record(rec(5, agent="main"))
         audit.flush(10)
@@ -234,7 +237,7 @@ def test_migrates_forward_and_keeps_old_rows(db: Path, monkeypatch: pytest.Monke
     ]
     assert got[0].kind == "message"
     with raw(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
     assert set(columns(db)) == {"id", *(f.name for f in dataclasses.fields(AuditRecord))}
 
 
@@ -250,11 +253,50 @@ def test_version_1_database_gains_the_replica_column(db: Path) -> None:
     assert old.replica is None
     assert new.replica == "http://10.0.0.2:8080"
     with raw(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_version()
+
+
+def make_v2_db(path: Path) -> None:
+    """A database as the previous prefixgate left it: schema version 2, two rows."""
+    with raw(path) as conn:
+        for statement in (*store._V1, *store._V2):
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO requests (time, route, tenant, status, replica)"
+            " VALUES (1, '/v1/messages', 't', 200, 'http://a')"
+        )
+        conn.execute("INSERT INTO requests (time, route, tenant, status) VALUES (2, '/', 't', 500)")
+        conn.execute("PRAGMA user_version = 2")
+
+
+def test_version_2_database_gains_request_id_and_its_unique_index(db: Path) -> None:
+    make_v2_db(db)
+    with pytest.raises(AuditDBError, match="version 2 is older"):
+        read_records(db)
+    with SqliteAudit(db) as audit:
+        audit.record(rec(3, request_id="r1"))
+        audit.record(rec(4))
+        audit.record(rec(3, request_id="r1", expected_cached_tokens=7))
+    with raw(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        index = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'requests_request_id'"
+        ).fetchone()[0]
+        ids = [row[0] for row in conn.execute("SELECT id FROM requests ORDER BY id")]
+    assert "UNIQUE" in index
+    assert ids == [1, 2, 3, 4]
+    assert columns(db)[-1] == "request_id"
+    first, second, third, fourth = read_records(db)
+    assert (first.time, first.replica, first.request_id) == (1.0, "http://a", None)
+    assert (second.status, second.request_id) == (500, None)
+    assert third == rec(3, request_id="r1", expected_cached_tokens=7)
+    assert fourth == rec(4)
+    with SqliteAudit(db) as audit:  # opening it again changes nothing
+        assert len(audit.query()) == 4
 
 
 def test_migrates_from_empty_through_every_step(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store, "MIGRATIONS", [(1, OLD_V1), (2, V2), (3, store._V2)])
+    monkeypatch.setattr(store, "MIGRATIONS", [(1, OLD_V1), (2, V2), (3, store._V2), (4, store._V3)])
     with SqliteAudit(db) as audit:
         audit.record(FULL)
     assert read_records(db) == [dataclasses.replace(FULL, request_body=None, response_text=None)]
@@ -277,7 +319,7 @@ def test_refuses_newer_schema(db: Path) -> None:
         pass
     with raw(db) as conn:
         conn.execute("PRAGMA user_version = 7")
-    with pytest.raises(SchemaTooNewError, match=r"version 7 .*versions 1 to 2"):
+    with pytest.raises(SchemaTooNewError, match=r"version 7 .*versions 1 to 3"):
         SqliteAudit(db)
     with pytest.raises(SchemaTooNewError, match="version 7"):
         read_records(db)
@@ -521,3 +563,207 @@ def test_connect_readonly_is_read_only(filled: SqliteAudit, db: Path) -> None:
         assert conn.execute("SELECT count(*) FROM requests").fetchone()[0] == 12
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
             conn.execute("DELETE FROM requests")
+
+
+# -- one row per request_id ---------------------------------------------------
+
+
+def row_ids(path: Path) -> list[tuple[int, str | None]]:
+    with raw(path) as conn:
+        return [
+            (int(r[0]), r[1])
+            for r in conn.execute("SELECT id, request_id FROM requests ORDER BY id")
+        ]
+
+
+def test_a_record_again_with_its_request_id_updates_its_row_in_place(
+    sink: SqliteAudit, db: Path
+) -> None:
+    provisional = rec(1, request_id="aa01", cause="none")
+    completed = rec(1, request_id="aa01", expected_cached_tokens=900, expected_source="estimate")
+    sink.record(provisional)
+    sink.record(rec(2, request_id="bb02"))
+    sink.record(rec(3))
+    sink.flush(10)
+    assert sink.query()[0] == provisional
+    sink.record(completed)
+    sink.record(rec(4))
+    sink.flush(10)
+    assert row_ids(db) == [(1, "aa01"), (2, "bb02"), (3, None), (4, None)]
+    got = sink.query()
+    assert got == [completed, rec(2, request_id="bb02"), rec(3), rec(4)]
+    assert got[0].cause is None  # every column is replaced, not only the new ones
+    assert sink.dropped == 0
+
+
+def test_both_records_of_a_request_in_one_batch_make_one_row(sink: SqliteAudit, db: Path) -> None:
+    with raw(db) as blocker:
+        blocker.execute("BEGIN IMMEDIATE")  # the writer waits, so all of them are one batch
+        sink.record(rec(0))
+        sink.record(rec(1, request_id="cc03"))
+        sink.record(rec(2, request_id="dd04"))
+        sink.record(rec(1, request_id="cc03", cached_tokens=5))
+        blocker.execute("ROLLBACK")
+    sink.flush(30)
+    assert row_ids(db) == [(1, None), (2, "cc03"), (3, "dd04")]
+    assert sink.query()[1] == rec(1, request_id="cc03", cached_tokens=5)
+
+
+def test_records_without_a_request_id_are_always_new_rows(sink: SqliteAudit, db: Path) -> None:
+    for _ in range(3):
+        sink.record(rec(1))
+    sink.flush(10)
+    assert row_ids(db) == [(1, None), (2, None), (3, None)]
+
+
+def test_a_request_id_from_an_earlier_run_is_updated_too(db: Path) -> None:
+    with SqliteAudit(db) as audit:
+        audit.record(rec(1, request_id="ee05"))
+        audit.record(rec(2))
+    with SqliteAudit(db) as audit:
+        audit.record(rec(1, request_id="ee05", output_tokens=3))
+    assert read_records(db) == [rec(1, request_id="ee05", output_tokens=3), rec(2)]
+
+
+# -- on_commit ----------------------------------------------------------------
+
+
+def test_on_commit_runs_once_the_row_is_readable_from_another_connection(
+    sink: SqliteAudit, db: Path
+) -> None:
+    seen: list[list[AuditRecord]] = []
+    threads: list[str] = []
+    done = threading.Event()
+
+    def committed() -> None:
+        threads.append(threading.current_thread().name)
+        seen.append(read_records(db))  # its own read-only connection
+        done.set()
+
+    sink.record(rec(1, request_id="ff06"), committed)
+    assert done.wait(10)
+    assert seen == [[rec(1, request_id="ff06")]]
+    assert threads == [sink._thread.name]  # the writer thread
+    assert read_records(db) == [rec(1, request_id="ff06")]
+
+
+def test_on_commit_is_called_once_per_record_in_order(sink: SqliteAudit, db: Path) -> None:
+    called: list[int] = []
+    rows_then: list[int] = []
+    lock = threading.Lock()
+
+    def committed(n: int) -> None:
+        with lock:
+            called.append(n)
+            rows_then.append(count(db))
+
+    for n in range(300):
+        sink.record(rec(n, request_id=f"{n:04x}"), lambda n=n: committed(n))
+        if n == 150:
+            sink.record(rec(n, request_id=f"{n:04x}", cached_tokens=1), lambda: committed(-1))
+    sink.flush(30)
+    assert called == [*range(151), -1, *range(151, 300)]
+    # Each record's row (and the ones before it) was there when its callback ran.
+    needed = [151 if n == -1 else n + 1 for n in called]
+    assert all(then >= need for then, need in zip(rows_then, needed, strict=True))
+    assert count(db) == 300
+
+
+async def test_on_commit_resolves_an_asyncio_future(sink: SqliteAudit, db: Path) -> None:
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+    sink.record(
+        rec(1, request_id="0a0a"), lambda: loop.call_soon_threadsafe(future.set_result, None)
+    )
+    await asyncio.wait_for(future, 10)
+    assert read_records(db) == [rec(1, request_id="0a0a")]
+
+
+def test_on_commit_is_called_for_a_record_dropped_after_close(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    audit = SqliteAudit(db)
+    audit.close()
+    called: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="prefixgate"):
+        audit.record(rec(1), lambda: called.append(threading.current_thread().name))
+    assert called == [threading.current_thread().name]  # at once, in the caller's thread
+    assert "after close" in caplog.text
+    assert audit.dropped == 1
+
+
+def test_on_commit_is_called_for_a_record_dropped_on_a_full_queue(
+    sink: SqliteAudit, db: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(store, "QUEUE_MAX", 2)
+    called: list[int] = []
+    with caplog.at_level(logging.WARNING, logger="prefixgate"), raw(db) as blocker:
+        blocker.execute("BEGIN IMMEDIATE")
+        for n in range(10):
+            sink.record(rec(n), lambda n=n: called.append(n))
+        dropped_at_once = list(called)
+        blocker.execute("ROLLBACK")
+    sink.flush(30)
+    assert dropped_at_once  # called before the writer could commit anything
+    assert sorted(called) == list(range(10))
+    assert count(db) + sink.dropped == 10
+    assert "audit queue full" in caplog.text
+
+
+def test_on_commit_is_called_for_a_record_that_fails_to_insert(
+    sink: SqliteAudit, db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = rec(1, tenant=cast(str, None))  # violates NOT NULL
+    called: list[str] = []
+    with caplog.at_level(logging.ERROR, logger="prefixgate"):
+        sink.record(bad, lambda: called.append("bad"))
+        sink.record(rec(2), lambda: called.append("good"))
+        sink.flush(30)
+    assert called == ["bad", "good"]
+    assert sink.dropped == 1
+    assert "NOT NULL" in caplog.text
+
+
+def test_on_commit_is_called_for_a_record_that_cannot_be_stored(
+    sink: SqliteAudit, caplog: pytest.LogCaptureFixture
+) -> None:
+    circular: dict[str, Any] = {}
+    circular["self"] = circular  # json.dumps refuses it, before any SQL
+    unstorable = rec(1, attribution=circular)
+    called: list[str] = []
+    with caplog.at_level(logging.ERROR, logger="prefixgate"):
+        sink.record(unstorable, lambda: called.append("bad"))
+        sink.flush(30)
+    assert called == ["bad"]
+    assert sink.dropped == 1
+    assert sink.query() == []
+
+
+def test_an_on_commit_that_raises_is_logged_and_the_writer_goes_on(
+    sink: SqliteAudit, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken() -> None:
+        raise RuntimeError("callback broke")
+
+    called: list[int] = []
+    with caplog.at_level(logging.ERROR, logger="prefixgate"):
+        sink.record(rec(1), broken)
+        sink.record(rec(2), lambda: called.append(2))
+        sink.flush(10)
+        sink.record(rec(3), lambda: called.append(3))
+        sink.flush(10)
+    assert called == [2, 3]
+    assert times(sink.query()) == [1, 2, 3]
+    assert "on_commit" in caplog.text and "callback broke" in caplog.text
+    assert sink._thread.is_alive()
+    assert sink.dropped == 0
+
+
+def test_close_calls_on_commit_for_everything_queued(db: Path) -> None:
+    audit = SqliteAudit(db)
+    called: list[int] = []
+    for n in range(1000):
+        audit.record(rec(n), lambda n=n: called.append(n))
+    audit.close()
+    assert called == list(range(1000))
+    assert count(db) == 1000

@@ -7,6 +7,17 @@ Design:
   ``BATCH_MAX``), inserts it and commits once per batch. Nothing on the
   response path waits for the disk, and a write error is logged on the
   ``prefixgate`` logger, never raised into the caller.
+* ``record(rec, on_commit)``: the writer calls ``on_commit()`` right after the
+  transaction holding ``rec`` is committed, so a caller that waits for it knows
+  the row outlives the process (committed WAL frames survive a ``kill -9``;
+  with ``synchronous=NORMAL`` the last transactions may still be lost to a
+  power cut or an OS crash). A record that is dropped (after ``close``, on a
+  full queue) or fails to insert is logged and its ``on_commit`` called all the
+  same (the caller's thread for a drop), so no waiter hangs; an exception from
+  ``on_commit`` is logged and never stops the writer.
+* A record whose ``request_id`` is already in the table (the completed record
+  after the provisional one) updates that row in place (an upsert on the unique
+  ``request_id`` index), keeping its ``id`` and so its position.
 * ``flush`` puts a marker on the queue and waits for the writer to commit the
   batch that holds it; ``close`` stops accepting, drains, commits, joins the
   thread and closes the connection. Records given before ``close`` are kept.
@@ -21,7 +32,7 @@ Design:
 Columns mirror ``AuditRecord`` field for field: scalars as INTEGER/REAL/TEXT,
 ``attribution`` and ``segments`` as JSON text, ``stream`` and
 ``attribution_found`` as 0/1, plus ``id INTEGER PRIMARY KEY`` (the order
-records were written in). ``request_body`` and ``response_text`` are stored
+records were first written in). ``request_body`` and ``response_text`` are stored
 (as anything but NULL) only with ``capture_bodies=True``.
 """
 
@@ -34,12 +45,12 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
-from prefixgate.store.audit import AuditRecord
+from prefixgate.store.audit import AuditRecord, OnCommit, notify
 
 log = logging.getLogger("prefixgate")
 
@@ -105,15 +116,26 @@ _V1: Final = (
 #: edit a shipped entry; a new ``AuditRecord`` field needs a migration that
 #: adds its column.
 _V2: Final = ("ALTER TABLE requests ADD COLUMN replica TEXT",)
+# NULLs are distinct in a unique index: rows without a request_id never conflict.
+_V3: Final = (
+    "ALTER TABLE requests ADD COLUMN request_id TEXT",
+    "CREATE UNIQUE INDEX requests_request_id ON requests (request_id)",
+)
 
 MIGRATIONS: list[tuple[int, Sequence[str]]] = [
     (1, _V1),
     (2, _V2),
+    (3, _V3),
 ]
 
 _FIELDS: Final = tuple(f.name for f in fields(AuditRecord))
 _COLUMNS: Final = ", ".join(f'"{name}"' for name in _FIELDS)
-_INSERT: Final = f"INSERT INTO requests ({_COLUMNS}) VALUES ({', '.join('?' for _ in _FIELDS)})"
+# An upsert: the same request_id again updates its row, which keeps its id.
+_INSERT: Final = (
+    f"INSERT INTO requests ({_COLUMNS}) VALUES ({', '.join('?' for _ in _FIELDS)})"
+    " ON CONFLICT (request_id) DO UPDATE SET "
+    + ", ".join(f'"{name}" = excluded."{name}"' for name in _FIELDS if name != "request_id")
+)
 _JSON_FIELDS: Final = frozenset({"attribution", "segments"})
 _BOOL_FIELDS: Final = frozenset({"stream", "attribution_found"})
 _BODY_FIELDS: Final = frozenset({"request_body", "response_text"})
@@ -319,6 +341,14 @@ class _Flush:
         self.done = threading.Event()
 
 
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A queued record and what to call once it is committed (or lost)."""
+
+    rec: AuditRecord
+    on_commit: OnCommit | None
+
+
 _STOP: Final = object()
 
 
@@ -356,16 +386,22 @@ class SqliteAudit:
 
     # -- the caller's side -------------------------------------------------
 
-    def record(self, rec: AuditRecord) -> None:
-        """Queue ``rec`` for the writer thread; never blocks, never raises."""
+    def record(self, rec: AuditRecord, on_commit: OnCommit | None = None) -> None:
+        """Queue ``rec`` for the writer thread; never blocks, never raises.
+
+        ``on_commit()`` is called from the writer thread once the transaction
+        holding ``rec`` is committed, or once it failed to insert; at once, in
+        this thread, when ``rec`` is dropped (after ``close``, queue full).
+        """
         with self._lock:
             if self._closed:
                 self._drop(f"audit record after close dropped ({self.path})")
-                return
-            if self._queue.qsize() >= QUEUE_MAX:
+            elif self._queue.qsize() >= QUEUE_MAX:
                 self._drop(f"audit queue full ({QUEUE_MAX}); record dropped ({self.path})")
+            else:
+                self._queue.put_nowait(_Pending(rec, on_commit))
                 return
-            self._queue.put_nowait(rec)
+        notify(on_commit)
 
     def _drop(self, message: str) -> None:
         """Count one dropped record (caller holds the lock); log the first and every 1000th."""
@@ -432,9 +468,14 @@ class SqliteAudit:
                         batch.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
-                records = [item for item in batch if isinstance(item, AuditRecord)]
-                if records:
-                    self._write(records)
+                pending = [item for item in batch if isinstance(item, _Pending)]
+                try:
+                    if pending:
+                        self._write([item.rec for item in pending])
+                finally:
+                    # After the commit (or the failure, already logged and counted).
+                    for waiting in pending:
+                        notify(waiting.on_commit)
                 for item in batch:
                     if isinstance(item, _Flush):
                         item.done.set()
@@ -442,7 +483,11 @@ class SqliteAudit:
                         stop = True
         finally:
             self._conn.close()
-            # Anyone still waiting (only if the loop died) must not hang forever.
+            # Anyone still waiting (only if the loop died) must not hang forever,
+            # and later records are dropped (and notified) at once.
+            with self._lock:
+                self._closed = True
+            lost = 0
             while True:
                 try:
                     item = self._queue.get_nowait()
@@ -450,6 +495,13 @@ class SqliteAudit:
                     break
                 if isinstance(item, _Flush):
                     item.done.set()
+                elif isinstance(item, _Pending):
+                    lost += 1
+                    notify(item.on_commit)
+            if lost:
+                with self._lock:
+                    self.dropped += lost
+                log.error("audit writer for %s stopped; %d queued records lost", self.path, lost)
 
     def _write(self, records: list[AuditRecord]) -> None:
         rows: list[tuple[Any, ...]] = []

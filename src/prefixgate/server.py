@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import logging
+import math
 import signal
+import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import click
 import uvicorn
+from starlette.applications import Starlette
 
 from prefixgate.app.gateway import create_app
 from prefixgate.config import Settings
@@ -19,6 +25,7 @@ from prefixgate.store.sqlite import AuditDBError, SqliteAudit
 from prefixgate.store.state import StateStore
 
 log = logging.getLogger("prefixgate")
+STOPPING = "the gateway is shutting down"
 
 
 def run(settings: Settings, *, log_level: str = "info") -> None:
@@ -29,8 +36,17 @@ def run(settings: Settings, *, log_level: str = "info") -> None:
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal with
     # the handler it found at start. With Python's default that kills the
     # process on the spot and the bundled runtime outlives us; with this one
-    # the stack below unwinds and stops it.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # a SIGTERM before uvicorn runs unwinds the stack below (which stops the
+    # runtime), and the one re-raised after a graceful drain lets run() return
+    # (exit status 0), unwinding it too.
+    server: DrainingServer | None = None
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        if server is not None and server.drained:
+            return
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     with contextlib.ExitStack() as stack:
         if settings.embedded:
@@ -51,9 +67,67 @@ def run(settings: Settings, *, log_level: str = "info") -> None:
             log.info("upstream %s: %s (policy %s)", name, where, up.policy.value)
         if settings.state_url:
             log.info("routing state shared through %s", _redacted(settings.state_url))
-        uvicorn.run(
-            app, host=settings.host, port=settings.port, log_level=log_level, access_log=False
+        server = DrainingServer(
+            uvicorn.Config(
+                app,
+                host=settings.host,
+                port=settings.port,
+                log_level=log_level,
+                access_log=False,
+                timeout_graceful_shutdown=math.ceil(settings.shutdown_grace) + 5,
+            ),
+            grace=settings.shutdown_grace,
+            on_grace_over=functools.partial(abort_streams, app),
         )
+        server.run()
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, stopping gracefully: on SIGTERM (or SIGINT) it refuses new
+    connections at once and lets the requests under way finish; streams still
+    running after ``grace`` seconds are ended by ``on_grace_over`` (with an
+    ``error`` event); then the app's lifespan shutdown commits the audit log.
+
+    uvicorn cancels whatever still runs ``timeout_graceful_shutdown`` seconds
+    (set it a little above ``grace``) after the drain began.
+    """
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        grace: float,
+        on_grace_over: Callable[[], Awaitable[None]],
+    ) -> None:
+        super().__init__(config)
+        self.grace = grace
+        self.on_grace_over = on_grace_over
+        self.drained = False  # the graceful shutdown has run to its end
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        timer = asyncio.get_running_loop().create_task(self._end_streams_after_grace())
+        try:
+            await super().shutdown(sockets=sockets)
+        finally:
+            timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await timer
+            self.drained = True
+
+    async def _end_streams_after_grace(self) -> None:
+        await asyncio.sleep(max(self.grace, 0.0))
+        log.warning("shutdown grace of %gs is over: ending the streams under way", self.grace)
+        try:
+            await self.on_grace_over()
+        except Exception:
+            log.exception("ending the streams under way failed")
+
+
+async def abort_streams(app: Starlette, message: str = STOPPING) -> None:
+    """End every stream under way in ``app`` with an ``error`` event saying ``message``."""
+    streams = getattr(app.state.proxy, "streams", None)
+    if streams is not None:
+        await streams.abort(message)
 
 
 def _open_audit(settings: Settings) -> AuditSink:
@@ -101,10 +175,6 @@ def _open_capture(path: str | None) -> CaptureLog | None:
         return CaptureLog(path)
     except OSError as exc:
         raise click.ClickException(f"cannot open the capture file {path}: {exc.strerror}") from None
-
-
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
 
 
 def _start_embedded(stack: contextlib.ExitStack) -> str:

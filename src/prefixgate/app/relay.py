@@ -8,15 +8,19 @@ client gets and folds it (``StreamFold``) for usage:
 - ``translated.OpenAIEvents`` (kind ``openai``): OpenAI chunks turned into
   Anthropic events by the pure ``StreamTranslator``.
 
-A failure mid-stream ends the stream with an Anthropic ``error`` event, never
-a silent cut. ``RelayResponse`` closes the upstream answer and writes the audit
-record however the response ends: completed, failed, or abandoned by a client
-that went away.
+A stream under way always ends with ``message_stop`` or an Anthropic ``error``
+event, never a silent cut: when the upstream fails (reset, garbage the fold
+cannot finish), goes silent for longer than ``stream_idle_timeout``, ends
+before ``message_stop``, or the gateway stops (``Streams.abort``). The audit
+record is made before the last bytes go out, and is committed (``Exchange.durable``)
+before they do. ``RelayResponse`` closes the upstream answer however the
+response ends, and records a stream the client abandoned.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol
 
@@ -26,12 +30,20 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from prefixgate.app.exchange import Answered, Exchange, Finish
-from prefixgate.core.errors import PrefixgateError, error_body
+from prefixgate.core.errors import (
+    PrefixgateError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    error_body,
+)
 from prefixgate.core.fold import MessageSummary, StreamFold
 from prefixgate.core.sse import SSEDecoder, SSEEvent, encode_event
 from prefixgate.upstreams.anthropic import transport_error
 
 log = logging.getLogger("prefixgate")
+
+# How an event stream's last event may end: a blank line after its last line.
+_TERMINATED = (b"\n\n", b"\r\r", b"\r\n\r\n", b"\n\r\n", b"\r\n\n")
 
 
 class EventStream(Protocol):
@@ -63,6 +75,40 @@ class Passthrough:
         return self._fold.result()
 
 
+class GatewayStopping(PrefixgateError):
+    """The gateway ended a stream under way because it is stopping."""
+
+    status = 503
+    error_type = "overloaded_error"
+
+
+class Streams:
+    """The streams under way, so that the server can end them when it stops.
+
+    A ``Relay`` joins when its events start and leaves when it ends. ``abort``
+    ends every one with an ``error`` event, and any that starts afterwards at once.
+    """
+
+    def __init__(self) -> None:
+        self._live: set[Relay] = set()
+        self.stopping: str | None = None  # abort's message, once it was called
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def add(self, relay: Relay) -> None:
+        self._live.add(relay)
+
+    def discard(self, relay: Relay) -> None:
+        self._live.discard(relay)
+
+    async def abort(self, message: str) -> None:
+        """End every stream under way with an ``overloaded_error`` event saying ``message``."""
+        self.stopping = message
+        for relay in list(self._live):
+            await relay.abort(message)
+
+
 class Relay:
     """One streamed answer, from the upstream's bytes to the client's."""
 
@@ -76,48 +122,128 @@ class Relay:
         response: httpx.Response,
         stream: EventStream,
         answered: Answered | None = None,
+        streams: Streams | None = None,
     ) -> None:
         self._finish = finish
         self._answered = answered
         self._ex = ex
         self._response = response
         self._stream = stream
+        self._streams = streams
         self._error: str | None = None
-        self._ended = False
+        self._ended = False  # the stream reached its end: complete, or an error event
+        self._recorded = False  # ``finish`` was called (once)
         self._closed = False
+        self._stopping: str | None = None  # abort's message
+        self._reading: anyio.CancelScope | None = None  # around a pending read
 
     async def events(self) -> AsyncIterator[bytes]:
-        """The client's bytes, each batch sent as soon as its last upstream byte arrived."""
-        decoder = SSEDecoder()
+        """The client's bytes, each batch sent as soon as its last upstream byte arrived.
+
+        The last batch (the end of the message, or an ``error`` event) goes out
+        only once the request is recorded and its record committed.
+        """
+        if self._streams is not None:
+            self._streams.add(self)
+            if self._streams.stopping is not None:
+                self._stopping = self._streams.stopping
         try:
-            async for chunk in self._response.aiter_bytes():
+            async for out in self._relay():
+                yield out
+        finally:
+            if self._streams is not None:
+                self._streams.discard(self)
+
+    async def _relay(self) -> AsyncIterator[bytes]:
+        upstream = self._ex.upstream
+        assert upstream is not None
+        self._lift_read_timeout()
+        decoder = SSEDecoder()
+        chunks = self._response.aiter_bytes()
+        try:
+            while (chunk := await self._next(chunks)) is not None:
                 out = self._stream.feed(decoder.decode(chunk))
                 if out:
                     yield out
             out = self._stream.feed(decoder.flush()) + self._stream.end()
             summary = self._stream.summary()
-            if self._answered is not None and summary.error is None:
-                self._answered(self._ex)  # before the client can send its next request
-            if out:
-                yield out
-        except httpx.HTTPError as exc:
-            assert self._ex.upstream is not None
-            err = transport_error(self._ex.upstream, exc)
-            self._error = err.message
-            self._ended = True
-            yield self._stream.fail(err)
+        except PrefixgateError as err:  # failed, silent too long, or the gateway stopping
+            yield await self._ending(err.message, self._stream.fail(err))
+            return
         except Exception:
             log.exception("relaying the upstream stream failed")
-            self._error = self.INTERNAL
-            self._ended = True
-            yield encode_event("error", error_body("api_error", self.INTERNAL))
-        self._ended = True
-
-    async def close(self) -> None:
-        """Write the audit record and close the upstream answer (once)."""
-        if self._closed:
+            error = encode_event("error", error_body("api_error", self.INTERNAL))
+            yield await self._ending(self.INTERNAL, error)
             return
-        self._closed = True
+        if summary.error is None and summary.stop_reason is None:
+            cut = UpstreamUnavailable(
+                f"upstream {upstream.name!r} ({upstream.url}) ended the stream "
+                "before message_stop (the answer is incomplete)"
+            )
+            if not out.endswith(_TERMINATED):
+                out = b""  # an unfinished event: a client's parser would drop it at the end
+            yield await self._ending(cut.message, out + self._stream.fail(cut))
+            return
+        if self._answered is not None and summary.error is None:
+            self._answered(self._ex)  # before the client can send its next request
+        out = await self._ending(None, out)
+        if out:
+            yield out
+
+    async def _next(self, chunks: AsyncIterator[bytes]) -> bytes | None:
+        """The upstream's next bytes; None at its end. Raises ``PrefixgateError``."""
+        upstream = self._ex.upstream
+        assert upstream is not None
+        limit = upstream.stream_idle_timeout
+        if self._stopping is not None:
+            raise GatewayStopping(self._stopping)
+        try:
+            with anyio.move_on_after(limit if limit > 0 else math.inf) as scope:
+                self._reading = scope
+                try:
+                    return await chunks.__anext__()
+                except StopAsyncIteration:
+                    return None
+                finally:
+                    self._reading = None
+        except httpx.HTTPError as exc:
+            if self._stopping is not None:  # abort closed the response under the read
+                raise GatewayStopping(self._stopping) from None
+            raise transport_error(upstream, exc) from None
+        if self._stopping is not None:
+            raise GatewayStopping(self._stopping)
+        raise UpstreamTimeout(
+            f"upstream {upstream.name!r} ({upstream.url}) sent nothing for {limit:g} s "
+            f"while streaming (stream_idle_timeout={limit:g}s)"
+        )
+
+    def _lift_read_timeout(self) -> None:
+        """Inside a stream, silence is bounded by ``stream_idle_timeout`` alone.
+
+        httpx applies the request's read timeout (``read_timeout``, meant for the
+        first byte) to every read of the body; the transport takes it from the
+        request's ``timeout`` extension when the body is first read.
+        """
+        request = self._response._request  # None for a response built by hand
+        timeouts = request.extensions.get("timeout") if request is not None else None
+        if isinstance(timeouts, dict):
+            timeouts["read"] = None
+
+    async def _ending(self, error: str | None, out: bytes) -> bytes:
+        """Record the stream's end (``error``: how it failed) and wait until the
+        record is committed; returns ``out``, the last bytes for the client."""
+        self._ended = True
+        self._error = error
+        with anyio.CancelScope(shield=True):
+            await self._response.aclose()  # the upstream stops generating at once
+        self._record()
+        await self._ex.durable()
+        return out
+
+    def _record(self) -> None:
+        if self._recorded:
+            return
+        self._recorded = True
         summary = self._stream.summary()
         error = self._error
         if error is None and not self._ended:
@@ -125,6 +251,26 @@ class Relay:
         if error is None and summary.error is not None:
             error = str(summary.error.get("message", summary.error))
         self._finish(self._ex, self._response.status_code, summary, error, None)
+
+    async def abort(self, message: str) -> None:
+        """End this stream with an ``overloaded_error`` event (the gateway is stopping)."""
+        if self._ended or self._stopping is not None:
+            return
+        self._stopping = message
+        if self._reading is not None:
+            self._reading.cancel()  # the pending read ends at once
+        else:  # between reads (sending to the client): the next read stops
+            with anyio.CancelScope(shield=True):
+                await self._response.aclose()
+
+    async def close(self) -> None:
+        """Close the upstream answer (once); record the stream if it was abandoned."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._streams is not None:
+            self._streams.discard(self)
+        self._record()
         with anyio.CancelScope(shield=True):
             await self._response.aclose()
 

@@ -502,7 +502,9 @@ async def test_an_answer_with_odd_usage_is_relayed_without_a_crash() -> None:
     ],
     ids=["binary", "bad-json", "wrong-shapes", "one-huge-line"],
 )
-async def test_a_garbage_event_stream_is_relayed_without_a_crash(content: bytes) -> None:
+async def test_a_garbage_event_stream_ends_with_an_error_event(content: bytes) -> None:
+    """Garbage is relayed as it came (whole events only), and as it never
+    finished a message the stream ends with an Anthropic error event."""
     upstream = Upstream(
         lambda request: httpx.Response(
             200, content=content, headers={"content-type": "text/event-stream"}
@@ -512,10 +514,11 @@ async def test_a_garbage_event_stream_is_relayed_without_a_crash(content: bytes)
     async with running(app) as client:
         response = await client.post("/v1/messages", json={**GOOD, "stream": True})
         assert response.status_code == 200
-        assert response.content == content
+        relayed, _, last = response.content.rpartition(b"event: error\n")
+        assert content.startswith(relayed)
         decoder = SSEDecoder()
-        events = decoder.decode(response.content) + decoder.flush()
-        assert not [e for e in events if e.event == "error"]
+        (error,) = decoder.decode(b"event: error\n" + last) + decoder.flush()
+        assert json.loads(error.data)["error"]["type"] == "api_error"
         await assert_still_serving(client, upstream)
 
 

@@ -41,23 +41,29 @@ def relay(content: bytes | httpx.AsyncByteStream, calls: list[str]) -> Relay:
     return Relay(finish, ex, response, Passthrough(), lambda ex: calls.append("answered"))
 
 
-async def test_a_whole_answer_is_announced_before_the_stream_to_the_client_ends() -> None:
+async def test_a_whole_answer_is_announced_and_recorded_before_its_last_bytes() -> None:
     calls: list[str] = []
     r = relay(STREAM, calls)
-    sent = b"".join([chunk async for chunk in r.events()])
-    # the generator is exhausted: the server sends the end of the body only now
-    assert calls == ["answered"]
-    assert sent == STREAM
+    seen: list[tuple[bytes, list[str]]] = []
+    async for chunk in r.events():
+        seen.append((chunk, list(calls)))
+    assert b"".join(chunk for chunk, _ in seen) == STREAM
+    # the last bytes go out only once the answer is announced and its record made
+    assert seen[-1][1] == ["answered", "finish"]
+    assert all(not before for _, before in seen[:-1])
     await r.close()
-    assert calls == ["answered", "finish"]
+    assert calls == ["answered", "finish"]  # close does not record it twice
 
 
 async def test_a_broken_answer_is_not_announced_and_ends_with_an_error_event() -> None:
     calls: list[str] = []
     r = relay(Broken(), calls)
-    sent = b"".join([chunk async for chunk in r.events()])
-    assert calls == []
+    seen: list[tuple[bytes, list[str]]] = []
+    async for chunk in r.events():
+        seen.append((chunk, list(calls)))
+    sent = b"".join(chunk for chunk, _ in seen)
     assert sent.startswith(FIRST)  # the complete event went out as it arrived
     assert sent[len(FIRST) :].startswith(b"event: error\n")
+    assert seen[-1][1] == ["finish"]  # recorded (as failed) before the error event
     await r.close()
     assert calls == ["finish"]

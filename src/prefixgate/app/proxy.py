@@ -32,7 +32,7 @@ from prefixgate.app.exchange import (
 )
 from prefixgate.app.guard import tenant_of
 from prefixgate.app.observer import CacheObserver
-from prefixgate.app.relay import Passthrough, Relay, RelayResponse
+from prefixgate.app.relay import Passthrough, Relay, RelayResponse, Streams
 from prefixgate.app.router import Router, Target
 from prefixgate.config import Settings, UpstreamConfig
 from prefixgate.core.cachekey import ADAPTER_VERSION
@@ -74,6 +74,7 @@ class Proxy:
         self.observer = observer
         self.capture = capture
         self.router = router or Router(settings)
+        self.streams = Streams()  # answers under way, ended with an error at shutdown
 
     def _started(self) -> httpx.AsyncClient:
         if self.client is None:
@@ -88,7 +89,9 @@ class Proxy:
 
     def _openai(self, config: UpstreamConfig) -> translated.OpenAIForward:
         counter = self.observer.counter(config)
-        return translated.OpenAIForward(self._started(), self._finish, self._answered, counter)
+        return translated.OpenAIForward(
+            self._started(), self._finish, self._answered, counter, self.streams
+        )
 
     async def messages(self, request: Request) -> Response:
         return await self._forward(request, require_max_tokens=True)
@@ -217,7 +220,7 @@ class Proxy:
         response = await self._upstream(ex.upstream).open(path, rw.body, headers)
         ex.ttfb = time.perf_counter()
         if response.headers.get("content-type", "").startswith("text/event-stream"):
-            relay = Relay(self._finish, ex, response, Passthrough(), self._answered)
+            relay = Relay(self._finish, ex, response, Passthrough(), self._answered, self.streams)
             return RelayResponse(
                 relay.events(),
                 relay.close,

@@ -160,12 +160,22 @@ class Relay:
         self._lift_read_timeout()
         decoder = SSEDecoder()
         chunks = self._response.aiter_bytes()
+        held: bytes | None = None  # message_stop on: sent once the record is committed
         try:
             while (chunk := await self._next(chunks)) is not None:
-                out = self._stream.feed(decoder.decode(chunk))
-                if out:
-                    yield out
-            out = self._stream.feed(decoder.flush()) + self._stream.end()
+                events = decoder.decode(chunk)
+                if held is None:
+                    stop = _stop_index(events)
+                    out = self._stream.feed(events if stop is None else events[:stop])
+                    if stop is not None:
+                        held = self._stream.feed(events[stop:])
+                    elif _STOP_EVENT in out:  # a translated stream's own message_stop
+                        held, out = out, b""
+                    if out:
+                        yield out
+                else:
+                    held += self._stream.feed(events)
+            out = (held or b"") + self._stream.feed(decoder.flush()) + self._stream.end()
             summary = self._stream.summary()
         except PrefixgateError as err:  # failed, silent too long, or the gateway stopping
             yield await self._ending(err.message, self._stream.fail(err))
@@ -175,7 +185,9 @@ class Relay:
             error = encode_event("error", error_body("api_error", self.INTERNAL))
             yield await self._ending(self.INTERNAL, error)
             return
-        if summary.error is None and summary.stop_reason is None:
+        # message_stop came from the upstream (held), or the translation ended with one
+        stopped = held is not None or _STOP_EVENT in out
+        if summary.error is None and not stopped:
             cut = UpstreamUnavailable(
                 f"upstream {upstream.name!r} ({upstream.url}) ended the stream "
                 "before message_stop (the answer is incomplete)"
@@ -299,3 +311,14 @@ class RelayResponse(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             await self._on_close()
+
+
+_STOP_EVENT = b"event: message_stop\n"  # as ``encode_event`` writes it
+
+
+def _stop_index(events: Sequence[SSEEvent]) -> int | None:
+    """Where ``message_stop`` is among ``events`` (the end of an Anthropic answer)."""
+    for i, event in enumerate(events):
+        if event.event == "message_stop":
+            return i
+    return None

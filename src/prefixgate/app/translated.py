@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from prefixgate.app.exchange import Answered, Exchange, Finish, error_response, json_object
-from prefixgate.app.relay import Relay, RelayResponse
+from prefixgate.app.relay import Relay, RelayResponse, Streams
 from prefixgate.config import UpstreamConfig
 from prefixgate.core.errors import PrefixgateError, UpstreamStatus
 from prefixgate.core.fold import MessageSummary, StreamFold, summarize_message
@@ -97,8 +97,10 @@ class OpenAIForward:
         finish: Finish,
         answered: Answered,
         counter: TokenCounter,
+        streams: Streams | None = None,
     ) -> None:
         self._client = client
+        self._streams = streams
         self._finish = finish
         self._answered = answered
         self._counter = counter
@@ -116,7 +118,7 @@ class OpenAIForward:
         ex.ttfb = time.perf_counter()
         if response.headers.get("content-type", "").startswith("text/event-stream"):
             stream = OpenAIEvents(translated.names, rw.model)
-            relay = Relay(self._finish, ex, response, stream, self._answered)
+            relay = Relay(self._finish, ex, response, stream, self._answered, self._streams)
             return RelayResponse(relay.events(), relay.close, status_code=200, headers=SSE_HEADERS)
         return await self._whole(ex, response, translated.names, rw.model)
 

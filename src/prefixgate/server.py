@@ -75,6 +75,9 @@ def run(settings: Settings, *, log_level: str = "info") -> None:
                 log_level=log_level,
                 access_log=False,
                 timeout_graceful_shutdown=math.ceil(settings.shutdown_grace) + 5,
+                # uvicorn's own cap on a request head (16 KiB by default) answers
+                # in plain text: keep it above ours, which answers 431 naming it
+                h11_max_incomplete_event_size=settings.max_header_bytes + 16 * 1024,
             ),
             grace=settings.shutdown_grace,
             on_grace_over=functools.partial(abort_streams, app),

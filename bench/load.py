@@ -854,6 +854,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     gateway_cmd = [sys.executable, "-m", "prefixgate", "serve", "--upstream", urls["direct"]]
     gateway_cmd += ["--host", HOST, "--port", str(gw_port), "--audit", str(audit_path)]
     gateway_cmd += ["--log-level", "warning"]
+    # The load is one tenant's: lift its concurrency limit (default 64) above the
+    # client count, or the run measures 429s instead of the gateway.
+    config = tmp / "prefixgate.toml"
+    config.write_text(f"[server]\nmax_concurrent = {max(args.clients) + 16}\n", encoding="utf-8")
+    gateway_cmd += ["--config", str(config)]
     console.print(
         f"[bold]prefixgate load[/bold]: clients {','.join(map(str, args.clients))}, "
         f"{args.seconds:g} s or {args.requests} requests per phase, "

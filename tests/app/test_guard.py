@@ -91,6 +91,9 @@ async def test_a_tenant_over_its_concurrency_gets_429_with_retry_after() -> None
         assert again.status_code == 200
         metrics = (await client.get("/metrics", headers={"x-api-key": "ka"})).text
     assert 'prefixgate_refused_total{status="429",tenant="alpha"} 1.0' in metrics
+    statuses = sorted(r.status for r in app.state.audit.records if r.tenant == "alpha")
+    assert statuses == [200, 200, 200, 429]  # the refusal is audited too
+    assert refused.headers["x-prefixgate-request-id"]
     assert app.user_middleware  # the guard is installed once, in front of every route
 
 

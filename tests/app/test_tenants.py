@@ -104,7 +104,10 @@ async def test_without_a_valid_key_nothing_but_health_answers() -> None:
         assert health.json() == {"status": "ok"}  # no upstream URLs without a key
         assert "local.test" in (await client.get("/healthz", headers=key(BETA))).text
     assert upstream.seen == []
-    assert list(audit.records) == []
+    refused = list(audit.records)  # each refusal is audited, under no tenant
+    assert len(refused) == 3 * 4 + 1
+    assert {(r.tenant, r.status) for r in refused} == {("-", 401)}
+    assert all(r.request_id and "pg-wrong" not in str(r) for r in refused)
 
 
 async def test_a_key_names_the_tenant_of_the_record_and_every_metric() -> None:

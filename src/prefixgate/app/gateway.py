@@ -136,7 +136,7 @@ def create_app(
             Route("/dashboard", dashboard, methods=["GET"]),
             Route("/report", report, methods=["GET"]),
         ],
-        middleware=[Middleware(Guard, settings=settings, metrics=metrics)],
+        middleware=[Middleware(Guard, settings=settings, metrics=metrics, record=observer.refused)],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
         lifespan=lifespan,
     )

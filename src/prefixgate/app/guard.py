@@ -10,23 +10,29 @@ request costs no routing, no body read and no JSON parse:
    429 ``rate_limit_error`` with ``retry-after``. A stream counts until it ends.
 
 The tenant it found is put in the request's state; ``tenant_of`` reads it.
-Without tenants every request is the configured default tenant's.
+Without tenants every request is the configured default tenant's. A refusal
+is audited like any request (tenant ``-`` when no key matched), with its
+``x-prefixgate-request-id``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import time
+import uuid
+from collections.abc import Callable, Mapping
 
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from prefixgate.app.exchange import REQUEST_ID_HEADER
 from prefixgate.app.metrics import Metrics
 from prefixgate.config import Settings
 from prefixgate.core.auth import Tenant, authenticate, presented_key
 from prefixgate.core.errors import error_body
+from prefixgate.store.audit import AuditRecord
 
 log = logging.getLogger("prefixgate")
 OPEN_PATHS = frozenset({"/healthz"})
@@ -35,10 +41,17 @@ RETRY_AFTER_S = 1
 
 
 class Guard:
-    def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: Settings,
+        metrics: Metrics,
+        record: Callable[[AuditRecord], None] | None = None,
+    ) -> None:
         self.app = app
         self.settings = settings
         self.metrics = metrics
+        self.record = record
         self.busy: dict[str, int] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -104,9 +117,27 @@ class Guard:
         headers: Mapping[str, str] | None = None,
     ) -> None:
         self.metrics.refused(tenant, str(status))
-        log.warning("refused %s %s: %d %s", scope["method"], scope["path"], status, message)
+        request_id = uuid.uuid4().hex
+        if self.record is not None:
+            session = Headers(scope=scope).get("x-claude-code-session-id")
+            self.record(
+                AuditRecord(
+                    time=time.time(),
+                    route=scope["path"][:200],
+                    tenant=tenant,
+                    session=session[:200] if session else None,
+                    model=None,
+                    upstream=None,
+                    policy=None,
+                    status=status,
+                    error=message,
+                    request_id=request_id,
+                )
+            )
         response = JSONResponse(
-            error_body(error_type, message), status_code=status, headers=dict(headers or {})
+            error_body(error_type, message),
+            status_code=status,
+            headers={**(headers or {}), REQUEST_ID_HEADER: request_id},
         )
         await response(scope, receive, send)
 

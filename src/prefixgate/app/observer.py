@@ -172,6 +172,10 @@ class CacheObserver:
             counter = self._counters[upstream.url] = TokenCounter(upstream, self.client)
         return counter
 
+    def refused(self, rec: AuditRecord) -> None:
+        """A request refused at the door (no key, too many under way, headers too large)."""
+        self._write(rec)
+
     def _provisional(self, rec: AuditRecord, on_commit: Callable[[], None] | None) -> None:
         """The record without its expected count; replaced when that is known."""
         try:

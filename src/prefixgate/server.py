@@ -25,6 +25,7 @@ from prefixgate.store.sqlite import AuditDBError, SqliteAudit
 from prefixgate.store.state import StateStore
 
 log = logging.getLogger("prefixgate")
+KEEP_ALIVE_S = 30
 STOPPING = "the gateway is shutting down"
 
 
@@ -78,6 +79,11 @@ def run(settings: Settings, *, log_level: str = "info") -> None:
                 # uvicorn's own cap on a request head (16 KiB by default) answers
                 # in plain text: keep it above ours, which answers 431 naming it
                 h11_max_incomplete_event_size=settings.max_header_bytes + 16 * 1024,
+                # Longer than clients keep idle connections (httpx and the Python
+                # SDKs: 5 s, uvicorn's own default): with equal timeouts a client
+                # reuses a connection just as the server closes it (a ReadError
+                # with no status, seen under load).
+                timeout_keep_alive=KEEP_ALIVE_S,
             ),
             grace=settings.shutdown_grace,
             on_grace_over=functools.partial(abort_streams, app),

@@ -23,6 +23,7 @@ it. Example file::
     max_messages = 10000           # messages in one request (400)
     max_blocks = 100000            # content blocks, system blocks and tools (400)
     max_concurrent = 64            # requests under way per tenant (429 + retry-after)
+    max_active = 64                # handled at once, all tenants; more wait their turn
     shutdown_grace = 30            # on SIGTERM, seconds streams under way may finish
     allow_unauthenticated = false  # true: serve without keys on a non-loopback host
 
@@ -79,6 +80,7 @@ DEFAULT_PORT = 8787
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
 DEFAULT_MAX_HEADER_BYTES = 32 * 1024
 DEFAULT_MAX_CONCURRENT = 64
+DEFAULT_MAX_ACTIVE = 64
 LOOPBACK_NAMES = ("localhost",)
 FIRST_PARTY_HOSTS = ("api.anthropic.com",)
 UPSTREAM_KINDS = ("anthropic", "openai")
@@ -169,6 +171,7 @@ class Settings:
     max_messages: int = 10_000
     max_blocks: int = 100_000
     max_concurrent: int = DEFAULT_MAX_CONCURRENT  # per tenant
+    max_active: int = DEFAULT_MAX_ACTIVE  # handled at once, all tenants; more wait
 
     @property
     def limits(self) -> Limits:
@@ -487,6 +490,7 @@ def build_settings(
         max_concurrent=_int(
             "server.max_concurrent", server.get("max_concurrent", DEFAULT_MAX_CONCURRENT), 1
         ),
+        max_active=_int("server.max_active", server.get("max_active", DEFAULT_MAX_ACTIVE), 1),
     )
     _check_exposure(settings)
     return settings

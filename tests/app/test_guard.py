@@ -150,3 +150,21 @@ async def test_the_configured_body_limits_are_applied_and_named() -> None:
     records = list(app.state.audit.records)
     assert [r.status for r in records] == [400, 400, 400, 200]
     assert all(r.tenant == "alpha" for r in records)
+
+
+async def test_beyond_max_active_a_request_waits_its_turn_instead_of_failing() -> None:
+    gate = Gate()
+    app = make_app(gate, max_active=1)
+    async with running(app) as client:
+        first = asyncio.create_task(
+            client.post("/v1/messages", json=BODY, headers={"x-api-key": "ka"})
+        )
+        await until(lambda: gate.waiting == 1)
+        second = asyncio.create_task(
+            client.post("/v1/messages", json=BODY, headers={"x-api-key": "kb"})
+        )
+        await asyncio.sleep(0.2)
+        assert gate.waiting == 1 and not second.done()  # held at the door, body unread
+        gate.open.set()
+        assert [r.status_code for r in await asyncio.gather(first, second)] == [200, 200]
+    assert gate.waiting == 2

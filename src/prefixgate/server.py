@@ -88,7 +88,10 @@ def run(settings: Settings, *, log_level: str = "info") -> None:
             grace=settings.shutdown_grace,
             on_grace_over=functools.partial(abort_streams, app),
         )
-        server.run()
+        # uvicorn re-raises a SIGINT it drained after (as uvicorn.run does, the
+        # KeyboardInterrupt is the end of a clean stop, not an error)
+        with contextlib.suppress(KeyboardInterrupt):
+            server.run()
 
 
 class DrainingServer(uvicorn.Server):

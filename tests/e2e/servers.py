@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,6 +24,7 @@ from starlette.routing import Route
 
 from prefixgate.app.gateway import create_app
 from prefixgate.config import Settings
+from prefixgate.demo import ManagedProcess
 from prefixgate.store.audit import AuditRecord, MemoryAudit
 
 
@@ -156,3 +159,13 @@ def gateway_in_front_of(runtime_url: str, kind: str = "anthropic") -> Iterator[G
         app = create_app(Settings().with_upstream(upstream.url, kind), audit=audit)
         with ServerThread(app) as server:
             yield Gateway(server.url, audit, rec, upstream.url, runtime_url, app, kind)
+
+
+def stub_upstream(port: int) -> ManagedProcess:
+    """``bench/stub_upstream.py`` (canned Anthropic answers) on ``port``, not yet started."""
+    script = Path(__file__).resolve().parents[2] / "bench" / "stub_upstream.py"
+    return ManagedProcess(
+        "stub",
+        [sys.executable, str(script), "--port", str(port)],
+        f"http://127.0.0.1:{port}/healthz",
+    )

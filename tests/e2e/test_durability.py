@@ -20,12 +20,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from servers import stub_upstream
 
 from prefixgate.demo import ManagedProcess, free_port
 from prefixgate.store.sqlite import SqliteAudit, read_records
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = 32
 LOAD_S = 4.0
 
@@ -85,11 +85,7 @@ async def load_then_kill(url: str, pid: int) -> tuple[list[str], int]:
 def test_kill_9_under_load_loses_no_answered_request(tmp_path: Path) -> None:
     stub_port, port = free_port(), free_port()
     db = tmp_path / "audit.db"
-    stub = ManagedProcess(
-        "stub",
-        [sys.executable, str(ROOT / "bench" / "stub_upstream.py"), "--port", str(stub_port)],
-        f"http://127.0.0.1:{stub_port}/healthz",
-    )
+    stub = stub_upstream(stub_port)
     gateway = ManagedProcess(
         "gateway",
         [

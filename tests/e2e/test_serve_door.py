@@ -9,12 +9,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from servers import stub_upstream
 
 from prefixgate.core.auth import hash_key
 from prefixgate.demo import ManagedProcess, free_port
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[2]
 KEY = "pg-e2e-door-key"
 BODY = {"model": "m", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -28,11 +28,7 @@ def test_keys_and_header_limits_on_a_real_server(tmp_path: Path) -> None:
         f'[tenants.team]\nkeys = ["{hash_key(KEY)}"]\n',
         encoding="utf-8",
     )
-    stub = ManagedProcess(
-        "stub",
-        [sys.executable, str(ROOT / "bench" / "stub_upstream.py"), "--port", str(stub_port)],
-        f"http://127.0.0.1:{stub_port}/healthz",
-    )
+    stub = stub_upstream(stub_port)
     gateway = ManagedProcess(
         "gateway",
         [sys.executable, "-m", "prefixgate", "serve", "--config", str(config)],

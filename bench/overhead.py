@@ -68,7 +68,7 @@ from rich.table import Table
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
-DEFAULT_CORPUS = REPO_ROOT.parent / "shared" / "corpus" / "claude-code-2.1.197.jsonl"
+DEFAULT_CORPUS = REPO_ROOT / "corpus" / "claude-code-2.1.197.jsonl"
 CORPUS_ENV = "PREFIXGATE_CORPUS"
 HOST = "127.0.0.1"
 

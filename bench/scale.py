@@ -48,7 +48,7 @@ from prefixgate.replay import CaptureRecord, load_capture, replay_one
 from prefixgate.runtime.local import LocalRuntime, default_spec
 from prefixgate.store.sqlite import read_records
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 SOURCES = ("claude-code-2.1.197.jsonl", "claude-code-2.1.197-interactive.jsonl")
 
 

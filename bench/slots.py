@@ -42,7 +42,7 @@ from prefixgate.demo import ManagedProcess, free_port, gateway_command, replay_w
 from prefixgate.replay import CaptureRecord, load_capture
 from prefixgate.runtime.local import LocalRuntime, default_spec
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 CONFIGS: dict[str, dict[str, Any]] = {
     "1 slot, no RAM cache": {"slots": 1, "cache_ram_mib": 0, "pin": False},
     "1 slot, RAM cache": {"slots": 1, "cache_ram_mib": None, "pin": False},

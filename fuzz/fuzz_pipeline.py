@@ -28,9 +28,9 @@ LINE = "x-anthropic-billing-header: cc_version=2.1.197.3ab; cc_entrypoint=cli;"
 
 
 def default_corpus() -> Path:
-    """The recorded requests: ``$PREFIXGATE_CORPUS_DIR``, else ``<repo>/../shared/corpus``."""
+    """The recorded requests: ``$PREFIXGATE_CORPUS_DIR``, else ``<repo>/corpus``."""
     configured = os.environ.get(CORPUS_ENV)
-    return Path(configured) if configured else REPO_ROOT.parent / "shared" / "corpus"
+    return Path(configured) if configured else REPO_ROOT / "corpus"
 
 
 # ---------------------------------------------------------------------- seeds

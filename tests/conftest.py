@@ -1,6 +1,6 @@
 """Shared fixtures: the recorded Claude Code corpus.
 
-The corpus lives next to the checkout (``<repo>/../shared/corpus``) unless
+The corpus ships in the repository (``<repo>/corpus``) unless
 ``PREFIXGATE_CORPUS_DIR`` names another folder. Tests that need it fail, with a
 message saying where it was looked for, when it is missing: they never skip.
 """
@@ -49,10 +49,10 @@ class CorpusRecord:
 
 
 def corpus_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """Where the corpus is: ``$PREFIXGATE_CORPUS_DIR``, else ``<repo>/../shared/corpus``."""
+    """Where the corpus is: ``$PREFIXGATE_CORPUS_DIR``, else ``<repo>/corpus``."""
     env = os.environ if environ is None else environ
     configured = env.get(CORPUS_ENV)
-    return Path(configured) if configured else REPO_ROOT.parent / "shared" / "corpus"
+    return Path(configured) if configured else REPO_ROOT / "corpus"
 
 
 def load_corpus(directory: Path) -> dict[str, list[CorpusRecord]]:

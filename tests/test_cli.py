@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 
 from prefixgate.cli import main
 
-CORPUS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+CORPUS_DIR = Path(__file__).resolve().parents[1] / "corpus"
 SDK = CORPUS_DIR / "claude-code-2.1.197.jsonl"
 CCH = CORPUS_DIR / "claude-code-2.1.197-cch-per-request.jsonl"
 HEX64 = re.compile(r"^[0-9a-f]{64}$")

@@ -21,7 +21,7 @@ from prefixgate.demo import (
 )
 from prefixgate.replay import load_capture
 
-CORPUS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+CORPUS_DIR = Path(__file__).resolve().parents[1] / "corpus"
 
 
 def test_find_corpus_prefers_argument_then_environment_then_checkout(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from prefixgate.replay import (
     summarize,
 )
 
-CORPUS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+CORPUS_DIR = Path(__file__).resolve().parents[1] / "corpus"
 CORPUS = CORPUS_DIR / "claude-code-2.1.197.jsonl"
 CCH_CORPUS = CORPUS_DIR / "claude-code-2.1.197-cch-per-request.jsonl"
 

@@ -25,7 +25,7 @@ from prefixgate.core.pipeline import RewriteOptions, rewrite
 from prefixgate.core.sse import SSEDecoder, encode_event
 from prefixgate.store.audit import AuditRecord, JsonlAudit, MemoryAudit
 
-CORPUS_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
+CORPUS_DIR = Path(__file__).resolve().parents[2] / "corpus"
 CORPUS_FILES = {
     "sdk": "claude-code-2.1.197.jsonl",
     "cch": "claude-code-2.1.197-cch-per-request.jsonl",

@@ -28,8 +28,12 @@ def rec(n: int = 0, **changes: Any) -> AuditRecord:
     return dataclasses.replace(base, **changes)
 
 
-def test_request_id_is_the_last_field_and_round_trips() -> None:
-    assert [f.name for f in dataclasses.fields(AuditRecord)][-1] == "request_id"
+def test_new_fields_come_last_and_round_trip() -> None:
+    names = [f.name for f in dataclasses.fields(AuditRecord)]
+    assert names[-2:] == ["request_id", "attribution_headers"]
+    headers = {"x-anthropic-billing-header": {"form": "kv", "fields": {"cc_entrypoint": "cli"}}}
+    with_headers = rec(2, attribution_headers=headers)
+    assert AuditRecord.from_dict(json.loads(with_headers.to_json())) == with_headers
     assert rec().request_id is None
     full = rec(1, request_id="9f" * 16)
     assert AuditRecord.from_dict(json.loads(full.to_json())) == full

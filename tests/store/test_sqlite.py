@@ -134,7 +134,7 @@ def test_is_an_audit_sink(sink: SqliteAudit) -> None:
 def test_new_database_has_latest_schema_wal_and_id(sink: SqliteAudit, db: Path) -> None:
     with raw(db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_version() == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_version() == 4
         assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
         indexes = {
             row[0]: row[1]
@@ -214,8 +214,10 @@ def make_old_db(path: Path) -> None:
 
 def test_migrates_forward_and_keeps_old_rows(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_old_db(db)
-    monkeypatch.setattr(store, "MIGRATIONS", [(1, OLD_V1), (2, V2), (3, store._V2), (4, store._V3)])
-    assert schema_version() == 4
+    monkeypatch.setattr(
+        store, "MIGRATIONS", [(1, OLD_V1), (2, V2), (3, store._V2), (4, store._V3), (5, store._V4)]
+    )
+    assert schema_version() == 5
     with SqliteAudit(db) as audit:
         audit.record(rec(5, agent="main"))
         audit.flush(10)
@@ -237,7 +239,7 @@ def test_migrates_forward_and_keeps_old_rows(db: Path, monkeypatch: pytest.Monke
     ]
     assert got[0].kind == "message"
     with raw(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
     assert set(columns(db)) == {"id", *(f.name for f in dataclasses.fields(AuditRecord))}
 
 
@@ -278,14 +280,14 @@ def test_version_2_database_gains_request_id_and_its_unique_index(db: Path) -> N
         audit.record(rec(4))
         audit.record(rec(3, request_id="r1", expected_cached_tokens=7))
     with raw(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_version()
         index = conn.execute(
             "SELECT sql FROM sqlite_master WHERE name = 'requests_request_id'"
         ).fetchone()[0]
         ids = [row[0] for row in conn.execute("SELECT id FROM requests ORDER BY id")]
     assert "UNIQUE" in index
     assert ids == [1, 2, 3, 4]
-    assert columns(db)[-1] == "request_id"
+    assert "request_id" in columns(db)
     first, second, third, fourth = read_records(db)
     assert (first.time, first.replica, first.request_id) == (1.0, "http://a", None)
     assert (second.status, second.request_id) == (500, None)
@@ -296,7 +298,11 @@ def test_version_2_database_gains_request_id_and_its_unique_index(db: Path) -> N
 
 
 def test_migrates_from_empty_through_every_step(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store, "MIGRATIONS", [(1, OLD_V1), (2, V2), (3, store._V2), (4, store._V3)])
+    monkeypatch.setattr(
+        store,
+        "MIGRATIONS",
+        [(1, OLD_V1), (2, V2), (3, store._V2), (4, store._V3), (5, store._V4)],
+    )
     with SqliteAudit(db) as audit:
         audit.record(FULL)
     assert read_records(db) == [dataclasses.replace(FULL, request_body=None, response_text=None)]
@@ -319,7 +325,7 @@ def test_refuses_newer_schema(db: Path) -> None:
         pass
     with raw(db) as conn:
         conn.execute("PRAGMA user_version = 7")
-    with pytest.raises(SchemaTooNewError, match=r"version 7 .*versions 1 to 3"):
+    with pytest.raises(SchemaTooNewError, match=r"version 7 .*versions 1 to 4"):
         SqliteAudit(db)
     with pytest.raises(SchemaTooNewError, match="version 7"):
         read_records(db)

@@ -24,6 +24,7 @@ from prefixgate.config import Settings, UpstreamConfig
 from prefixgate.core.auth import Tenant
 from prefixgate.core.errors import PayloadTooLarge, PrefixgateError
 from prefixgate.core.fold import MessageSummary
+from prefixgate.core.headers import HeaderRewrite
 from prefixgate.core.pipeline import Rewrite
 from prefixgate.core.usage import CacheUsage
 from prefixgate.store.audit import AuditRecord
@@ -75,6 +76,7 @@ class Exchange:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     upstream: UpstreamConfig | None = None
     rewrite: Rewrite | None = None
+    headers: HeaderRewrite = field(default_factory=HeaderRewrite)  # attribution headers
     seen: Observation | None = None
     ttfb: float | None = None
     raw: bytes | None = None
@@ -115,6 +117,7 @@ class Exchange:
             status=status,
             attribution=dict(rw.attribution.fields) if rw and rw.attribution else None,
             attribution_found=bool(rw and rw.attribution),
+            attribution_headers=self.headers.record(),
             key=rw.key.hex if rw else None,
             segments=rw.segments.summary() if rw else {},
             stream=bool(rw and rw.stream),

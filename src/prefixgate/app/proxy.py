@@ -43,8 +43,10 @@ from prefixgate.core.errors import (
     UpstreamUnavailable,
 )
 from prefixgate.core.fold import MessageSummary, summarize_message
+from prefixgate.core.headers import HeaderRewrite, rewrite_headers
 from prefixgate.core.identity import Identity
 from prefixgate.core.pipeline import Rewrite, RewriteOptions, parse_request, rewrite_parsed
+from prefixgate.core.policy import Policy
 from prefixgate.core.side import LOCAL_PROBE
 from prefixgate.core.usage import CacheUsage, cache_usage, from_anthropic
 from prefixgate.store.capture import CaptureLog
@@ -118,7 +120,8 @@ class Proxy:
         if config.kind == "openai":
             return await self._openai(config).models(config, request)
         path = "/v1/models" + (f"?{request.url.query}" if request.url.query else "")
-        headers = forward_headers(request.headers, config)
+        found = attribution_headers(request, config, config.policy)
+        headers = forward_headers(request.headers, config, found.add, drop=found.drop)
         response = await self._upstream(config).open(path, b"", headers, method="GET")
         try:
             content = await response.aread()
@@ -156,6 +159,7 @@ class Proxy:
             self.capture.append(request.method, request.url, request.headers, raw)
         rw = self._rewrite(ex, raw, require_max_tokens)
         assert ex.upstream is not None
+        ex.headers = attribution_headers(request, ex.upstream, rw.policy)
         who = self.observer.identify(request.headers, request.url.path, rw, ex.tenant)
         local = ex.upstream.side_requests == "local"
         if who.kind == "count_tokens" and (local or ex.upstream.kind == "openai"):
@@ -215,7 +219,8 @@ class Proxy:
         assert ex.upstream is not None
         if ex.upstream.kind == "openai":
             return await self._openai(ex.upstream).messages(request, ex, rw)
-        headers = forward_headers(request.headers, ex.upstream, rw.upstream_headers)
+        extra = {**ex.headers.add, **rw.upstream_headers}  # the body's block wins
+        headers = forward_headers(request.headers, ex.upstream, extra, drop=ex.headers.drop)
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         response = await self._upstream(ex.upstream).open(path, rw.body, headers)
         ex.ttfb = time.perf_counter()
@@ -307,6 +312,18 @@ class Proxy:
         if ex.seen is not None and not ex.answered:
             ex.answered = True
             self.observer.answered(ex.seen)
+
+
+def attribution_headers(
+    request: Request, upstream: UpstreamConfig, policy: Policy
+) -> HeaderRewrite:
+    """The attribution headers of ``request`` and what ``policy`` does with them."""
+    return rewrite_headers(
+        request.headers.items(),
+        policy,
+        normalize_keep=upstream.normalize_keep,
+        metadata_header=upstream.metadata_header,
+    )
 
 
 def _setter(future: asyncio.Future[None]) -> Callable[[], None]:

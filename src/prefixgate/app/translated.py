@@ -113,7 +113,11 @@ class OpenAIForward:
             session = f"{ex.tenant}:{session}"
         translated = to_openai(rw.parsed, request_options(ex.upstream, rw, session))
         body = json.dumps(translated.body, ensure_ascii=False, separators=(",", ":")).encode()
-        headers = openai_headers(request.headers, ex.upstream, rw.upstream_headers)
+        # Client headers never reach an OpenAI server (user-agent and accept aside):
+        # the attribution headers are gone under every policy, and only what the
+        # policy adds (a normalized value, the metadata header) is sent.
+        extra = {**ex.headers.add, **rw.upstream_headers}
+        headers = openai_headers(request.headers, ex.upstream, extra)
         response = await OpenAIUpstream(ex.upstream, self._client).chat(body, headers)
         ex.ttfb = time.perf_counter()
         if response.headers.get("content-type", "").startswith("text/event-stream"):

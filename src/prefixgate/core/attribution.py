@@ -22,15 +22,24 @@ Detection is deliberately narrow:
   never before whitespace (``...=1; and prose`` is prose, not a header).
 
 Anything else, including the same text quoted later in the prompt, in a user
-message or in a tool result, is not an attribution block. Everything here is a
-pure function of its arguments.
+message or in a tool result, is not an attribution block.
+
+The same fields also travel as HTTP request headers: ``x-anthropic-billing-header``
+itself (its value in the same ``key=value;`` or JSON grammar, with or without the
+``x-anthropic-billing-header:`` prefix) and the header a gateway in front of us
+wrote with ``preserve_as_metadata`` (``x-prefixgate-attribution`` unless
+configured otherwise). ``detect_headers`` finds them by name; a header of one of
+those names is attribution metadata whatever its value, and ``form`` says how its
+value parsed (``kv``, ``json`` or ``unparsed``, then with no fields).
+
+Everything here is a pure function of its arguments.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -174,3 +183,67 @@ def render_fields(fields: Mapping[str, Any]) -> str:
         text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
         parts.append(f"{key}={text};")
     return " ".join(parts)
+
+
+HeaderForm = Literal["kv", "json", "unparsed"]
+
+
+@dataclass(frozen=True)
+class HeaderAttribution:
+    """Attribution metadata found in one HTTP request header.
+
+    ``name`` is the header's name in lower case, ``value`` its value as sent.
+    """
+
+    name: str
+    value: str
+    form: HeaderForm
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_attribution(self) -> Attribution:
+        """The header as a block would be, for the policies' pure functions."""
+        line = f"{HEADER_NAME}: {render_fields(self.fields)}"
+        return Attribution(
+            header=line,
+            removed=line,
+            form="json" if self.form == "json" else "kv",
+            fields=self.fields,
+            location="block",
+        )
+
+    def record(self) -> dict[str, Any]:
+        """What the audit record keeps of it: the form and the fields, never the raw value."""
+        return {"form": self.form, "fields": dict(self.fields)}
+
+
+def parse_header_value(value: str) -> tuple[HeaderForm, Mapping[str, Any]]:
+    """Parse an attribution header's value: ``(form, fields)``.
+
+    The whole value (surrounding whitespace aside) must be one header in the
+    block's grammar, optionally still prefixed ``x-anthropic-billing-header:``;
+    anything else is ``("unparsed", {})``.
+    """
+    text = value.strip()
+    if not _PREFIX.match(text):
+        text = f"{HEADER_NAME}: {text}"
+    found = parse_header(text)
+    if found is None or not found.whole_block:
+        return "unparsed", {}
+    return found.form, found.fields
+
+
+def detect_headers(
+    headers: Iterable[tuple[str, str]], names: Iterable[str] = (HEADER_NAME,)
+) -> tuple[HeaderAttribution, ...]:
+    """Every header among ``headers`` whose name is one of ``names`` (case-insensitive).
+
+    In the order they came; a name sent twice gives two entries.
+    """
+    wanted = {name.lower() for name in names}
+    out = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower in wanted:
+            form, fields = parse_header_value(value)
+            out.append(HeaderAttribution(lower, value, form, fields))
+    return tuple(out)

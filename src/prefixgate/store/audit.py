@@ -97,6 +97,8 @@ class AuditRecord:
     response_text: str | None = None
     replica: str | None = None  # the replica's URL, when the upstream has several
     request_id: str | None = None  # hex, as in the x-prefixgate-request-id header
+    # attribution metadata that came as request headers: {name: {"form", "fields"}}
+    attribution_headers: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

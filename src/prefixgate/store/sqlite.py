@@ -30,7 +30,7 @@ Design:
   this code is refused (``SchemaTooNewError``), never used as is.
 
 Columns mirror ``AuditRecord`` field for field: scalars as INTEGER/REAL/TEXT,
-``attribution`` and ``segments`` as JSON text, ``stream`` and
+``attribution``, ``attribution_headers`` and ``segments`` as JSON text, ``stream`` and
 ``attribution_found`` as 0/1, plus ``id INTEGER PRIMARY KEY`` (the order
 records were first written in). ``request_body`` and ``response_text`` are stored
 (as anything but NULL) only with ``capture_bodies=True``.
@@ -122,10 +122,13 @@ _V3: Final = (
     "CREATE UNIQUE INDEX requests_request_id ON requests (request_id)",
 )
 
+_V4: Final = ("ALTER TABLE requests ADD COLUMN attribution_headers TEXT",)
+
 MIGRATIONS: list[tuple[int, Sequence[str]]] = [
     (1, _V1),
     (2, _V2),
     (3, _V3),
+    (4, _V4),
 ]
 
 _FIELDS: Final = tuple(f.name for f in fields(AuditRecord))
@@ -136,7 +139,7 @@ _INSERT: Final = (
     " ON CONFLICT (request_id) DO UPDATE SET "
     + ", ".join(f'"{name}" = excluded."{name}"' for name in _FIELDS if name != "request_id")
 )
-_JSON_FIELDS: Final = frozenset({"attribution", "segments"})
+_JSON_FIELDS: Final = frozenset({"attribution", "segments", "attribution_headers"})
 _BOOL_FIELDS: Final = frozenset({"stream", "attribution_found"})
 _BODY_FIELDS: Final = frozenset({"request_body", "response_text"})
 

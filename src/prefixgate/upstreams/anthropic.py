@@ -9,7 +9,7 @@ error statuses into the gateway's typed errors.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import httpx
 
@@ -62,13 +62,15 @@ def forward_headers(
     client_headers: Mapping[str, str],
     upstream: UpstreamConfig,
     extra: Mapping[str, str] | None = None,
+    drop: Iterable[str] = (),
 ) -> dict[str, str]:
     """The headers sent upstream: the client's, less dropped ones, plus our own.
 
     Headers named in the client's ``Connection`` header are hop-by-hop too
-    (RFC 9110 section 7.6.1) and are dropped with the fixed list.
+    (RFC 9110 section 7.6.1) and are dropped with the fixed list, and so are
+    the (lower-case) names in ``drop`` (attribution headers the policy removes).
     """
-    dropped = DROPPED_REQUEST_HEADERS | _connection_options(client_headers)
+    dropped = DROPPED_REQUEST_HEADERS | _connection_options(client_headers) | set(drop)
     out = {k: v for k, v in client_headers.items() if k.lower() not in dropped}
     check_header_values(out)
     if upstream.api_key:

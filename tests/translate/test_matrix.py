@@ -218,6 +218,48 @@ def check_context_management() -> None:
     assert "context_management" not in out.body and "context_management" in out.dropped
 
 
+def check_deferred_tools() -> None:
+    schema = {"type": "object"}
+    tools = [
+        {"name": "Read", "input_schema": schema},
+        {"name": "DeferredToolPlaceholder", "input_schema": schema, "defer_loading": True},
+        {"name": "CronCreate", "input_schema": schema, "defer_loading": True},
+        {"name": "WebFetch", "input_schema": schema, "defer_loading": True},
+    ]
+    before = sent(tools=tools)
+    assert [t["function"]["name"] for t in before["tools"]] == ["Read"]
+    load = [
+        {"role": "user", "content": "fetch"},
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "t1", "name": "ToolSearch", "input": {"query": "x"}}
+        ]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "t1",
+             "content": [{"type": "tool_reference", "tool_name": "WebFetch"}]}
+        ]},
+    ]  # fmt: skip
+    after = sent(tools=tools, messages=load)
+    assert [t["function"]["name"] for t in after["tools"]] == ["Read", "WebFetch"]
+
+
+def check_tool_reference() -> None:
+    result = {"type": "tool_result", "tool_use_id": "t1",
+              "content": [{"type": "tool_reference", "tool_name": "WebFetch"}]}  # fmt: skip
+    messages = [
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "t1", "name": "ToolSearch", "input": {}}]},
+        {"role": "user", "content": [result, {"type": "text", "text": "Tool loaded."}]},
+    ]  # fmt: skip
+    out = sent(messages=messages)["messages"]
+    assert out[1] == {"role": "tool", "tool_call_id": "t1", "content": "[tool loaded: WebFetch]"}
+
+
+def check_unknown_fields() -> None:
+    out = to_openai(body(safeguards={"x": 1}, a_field_from_a_later_client=True))
+    assert "safeguards" not in out.body and "a_field_from_a_later_client" not in out.body
+    assert {"safeguards", "a_field_from_a_later_client"} <= set(out.dropped)
+
+
 def check_count_tokens() -> None:
     pass  # the gateway answers it: tests/app/test_translated.py and tests/e2e
 
@@ -274,7 +316,16 @@ FEATURES = [
             "answered by prefixgate: the upstream's `/tokenize` or an estimate",
             check_count_tokens),
     Feature("server tools (`web_search_...`)", AS_SENT, "dropped", check_server_tools),
+    Feature("deferred tools (`defer_loading: true`)", AS_SENT,
+            "functions only once loaded (a `tool_reference` in the messages names them), "
+            "after the other tools in load order; `DeferredToolPlaceholder` never",
+            check_deferred_tools),
+    Feature("ToolSearch results (`tool_reference`)", AS_SENT,
+            "the text `[tool loaded: NAME]` where the reference stands", check_tool_reference),
     Feature("`context_management`", AS_SENT, "dropped", check_context_management),
+    Feature("`safeguards` and other top-level fields not listed here", AS_SENT,
+            "dropped (never sent: OpenAI servers refuse unknown arguments)",
+            check_unknown_fields),
 ]  # fmt: skip
 
 

@@ -20,6 +20,7 @@ from prefixgate.translate.request import (
     TOOL_IMAGE_NOTE,
     OpenAIRequest,
     OpenAIRequestOptions,
+    loaded_tools,
     to_openai,
 )
 
@@ -786,7 +787,7 @@ def recorded(corpus_directory: Path) -> list[list[Recorded]]:
             [
                 Recorded(
                     f"{path.name}[{i}]",
-                    row["headers"]["X-Claude-Code-Session-Id"],
+                    session_header(row["headers"]),
                     json.loads(row["body"]),
                     rewrite(row["body"].encode("utf-8")).parsed,
                 )
@@ -794,6 +795,28 @@ def recorded(corpus_directory: Path) -> list[list[Recorded]]:
             ]
         )
     return out
+
+
+def system_text(content: Any) -> str:
+    """A system message's text: the string, or its text blocks joined with a blank line."""
+    if isinstance(content, str):
+        return content
+    return "\n\n".join(block["text"] for block in content)
+
+
+def session_header(headers: dict[str, str]) -> str:
+    """Claude Code's session id header (recorded in either case)."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    return lower["x-claude-code-session-id"]
+
+
+def sent_tools(body: dict[str, Any]) -> list[str]:
+    """The tools a translation sends: the others in order, then loaded deferred ones."""
+    loaded = loaded_tools(body["messages"])
+    tools = body.get("tools", [])
+    deferred = {t["name"] for t in tools if t.get("defer_loading") is True}
+    plain = [t["name"] for t in tools if t["name"] not in deferred]
+    return plain + [name for name in loaded if name in deferred]
 
 
 def every(recorded: list[list[Recorded]]) -> Iterator[Recorded]:
@@ -811,7 +834,8 @@ def test_every_corpus_request_translates(
             assert result.body["model"] == body["model"]
             assert result.body["user"] == record.session
             assert "cache_control" not in dumped(result.body["messages"]), record.label
-            assert len(result.body.get("tools", [])) == len(body["tools"]), record.label
+            functions = [t["function"]["name"] for t in result.body.get("tools", [])]
+            assert functions == [openai_name(n) for n in sent_tools(body)], record.label
             openai_request_validator(result.body)
         count += 1
     assert count >= 42
@@ -901,9 +925,10 @@ def test_corpus_system_message_keeps_its_index(recorded: list[list[Recorded]]) -
             continue
         translated = to_openai(record.body).body["messages"]
         assert translated[0]["role"] == "system"
-        assert translated[2] == {"role": "system", "content": messages[1]["content"]}
+        content = system_text(messages[1]["content"])  # 2.1.332: [text block] on a first turn
+        assert translated[2] == {"role": "system", "content": content}
         as_user = to_openai(record.body, OpenAIRequestOptions(system_messages="user"))
-        assert as_user.body["messages"][2] == {"role": "user", "content": messages[1]["content"]}
+        assert as_user.body["messages"][2] == {"role": "user", "content": content}
         seen += 1
     assert seen >= 30
 
@@ -953,3 +978,185 @@ def test_a_request_using_every_feature_is_valid_for_the_openai_sdk(
     for stream in (True, False):
         out = translate({**body, "stream": stream}, user="s", prompt_cache_key="k").body
         openai_request_validator(out)
+
+
+# -- Claude Code 2.1.332: deferred tools, ToolSearch, new top-level fields ---------------
+
+CURRENT_CORPUS = "claude-code-2.1.332*.jsonl"
+PLACEHOLDER = "DeferredToolPlaceholder"
+
+
+def deferred(name: str) -> dict[str, Any]:
+    return {"name": name, "description": f"{name} tool", "input_schema": SCHEMA,
+            "defer_loading": True}  # fmt: skip
+
+
+def plain_tool(name: str) -> dict[str, Any]:
+    return {"name": name, "description": f"{name} tool", "input_schema": SCHEMA}
+
+
+def reference(name: str) -> dict[str, Any]:
+    return {"type": "tool_reference", "tool_name": name}
+
+
+def function_names(result: OpenAIRequest) -> list[str]:
+    return [t["function"]["name"] for t in result.body.get("tools", [])]
+
+
+def test_deferred_tools_are_sent_only_once_loaded_after_the_others_in_load_order() -> None:
+    tools = [plain_tool("Bash"), deferred("CronCreate"), plain_tool("Read"),
+             deferred(PLACEHOLDER), deferred("WebFetch"), deferred("mcp__fs__read")]  # fmt: skip
+    nothing = translate(request(user("hi"), tools=tools))
+    assert function_names(nothing) == ["Bash", "Read"]
+    assert {"deferred:CronCreate", f"deferred:{PLACEHOLDER}", "deferred:WebFetch"} <= set(
+        nothing.dropped
+    )
+    assert not [d for d in nothing.dropped if d.startswith("tools.")]  # defer_loading is read
+    loads = [
+        user("load two"),
+        assistant([tool_use("t1", "ToolSearch", query="select:mcp__fs__read")]),
+        user([tool_result("t1", [reference("mcp__fs__read")]), text("Tool loaded.")]),
+        assistant([tool_use("t2", "ToolSearch", query="select:WebFetch")]),
+        user([tool_result("t2", [reference("WebFetch")])]),
+    ]
+    result = translate(request(*loads, tools=tools))
+    assert function_names(result) == ["Bash", "Read", "mcp__fs__read", "WebFetch"]
+    function = {"name": "mcp__fs__read", "description": "mcp__fs__read tool", "parameters": SCHEMA}
+    assert result.body["tools"][2]["function"] == function
+    assert "deferred:WebFetch" not in result.dropped and f"deferred:{PLACEHOLDER}" in result.dropped
+
+
+def test_a_tool_reference_becomes_text_where_it_stands() -> None:
+    body = request(
+        assistant([tool_use("t1", "ToolSearch", query="select:WebFetch,WebSearch")]),
+        user([tool_result("t1", [reference("WebFetch"), reference("WebSearch")]),
+              text("Tool loaded.")]),
+        user([reference("Grep"), text("go")]),
+        tools=[deferred("WebFetch")],
+    )  # fmt: skip
+    out = messages_of(body)
+    assert out[1] == {
+        "role": "tool",
+        "tool_call_id": "t1",
+        "content": "[tool loaded: WebFetch]\n[tool loaded: WebSearch]",
+    }
+    assert out[2] == {"role": "user", "content": "Tool loaded."}
+    assert out[3]["content"] == [
+        {"type": "text", "text": "[tool loaded: Grep]"},
+        {"type": "text", "text": "go"},
+    ]
+    assert not [d for d in translate(body).dropped if d.startswith("block:")]
+
+
+def test_loaded_tools_reads_references_only_in_their_places() -> None:
+    messages = [
+        user([tool_result("a", [reference("B"), reference("A"), text("x")])]),
+        user([reference("C"), tool_result("b", "reference(D) as text"), reference("B")]),
+        assistant([text("tool_reference"), {"type": "tool_reference", "tool_name": "E"}]),
+        user("plain"),
+        {"role": "system", "content": [reference("F")]},
+    ]
+    assert loaded_tools(messages) == ["B", "A", "C"]
+    assert loaded_tools(None) == loaded_tools([1, {"content": [2]}]) == []
+
+
+def test_a_tool_reference_without_a_name_names_the_path() -> None:
+    body = request(user([tool_result("t", [{"type": "tool_reference"}])]))
+    with pytest.raises(InvalidRequest, match=r"messages\[0\]\.content\[0\]\.content\[0\]"):
+        translate(body)
+
+
+def test_unknown_top_level_fields_are_never_sent_and_are_named() -> None:
+    fields = {"safeguards": {"mode": "x"}, "context_management": {"edits": []},
+              "container": "c", "mcp_servers": [], "some_future_field": 1}  # fmt: skip
+    result = translate(request(user("hi"), **fields))
+    assert not set(fields) & set(result.body)
+    assert set(fields) <= set(result.dropped)
+
+
+def with_tool_load(body: dict[str, Any], tool: dict[str, Any]) -> list[dict[str, Any]]:
+    """``body`` and the two requests Claude Code 2.1.332 sends after loading ``tool``.
+
+    What the client does (observed): the ToolSearch call, then a request whose
+    ``tools`` gain the loaded definition (built-in tools in alphabetical order,
+    ``defer_loading: true``) and whose last user turn carries the tool_reference.
+    """
+    call = assistant([tool_use("toolu_ts", "ToolSearch", query=f"select:{tool['name']}")])
+    tools = list(body["tools"])
+    at = next(
+        (i for i, t in enumerate(tools) if t["name"] > tool["name"] and not t.get("defer_loading")),
+        len(tools),
+    )
+    tools.insert(at, tool)
+    loaded = {
+        **body,
+        "tools": tools,
+        "messages": [
+            *body["messages"],
+            call,
+            user([tool_result("toolu_ts", [reference(tool["name"])]), text("Tool loaded.")]),
+        ],
+    }
+    called = {
+        **loaded,
+        "messages": [
+            *loaded["messages"],
+            assistant([tool_use("toolu_wf", tool["name"], url="https://example.com")]),
+            user([tool_result("toolu_wf", "page text")]),
+        ],
+    }
+    return [body, loaded, called]
+
+
+@pytest.fixture(scope="module")
+def current(corpus_directory: Path) -> list[dict[str, Any]]:
+    """The main-agent requests of the recorded current client (bodies, stripped)."""
+    files = sorted(corpus_directory.glob(CURRENT_CORPUS))
+    assert files, f"no {CURRENT_CORPUS} in {corpus_directory}: record it (corpus/README.md)"
+    bodies = []
+    for path in files:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            if "/v1/messages" in row["path"] and "count_tokens" not in row["path"]:
+                bodies.append(rewrite(row["body"].encode("utf-8")).parsed)
+    return bodies
+
+
+def test_current_client_requests_translate(
+    current: list[dict[str, Any]], openai_request_validator: Any
+) -> None:
+    with_system_message = 0
+    for body in current:
+        result = to_openai(body)
+        openai_request_validator(result.body)
+        assert function_names(result) == [openai_name(n) for n in sent_tools(body)]
+        assert PLACEHOLDER not in function_names(result)
+        assert "safeguards" not in result.body and "context_management" not in result.body
+        for i, message in enumerate(body["messages"]):
+            if message["role"] == "system":  # the environment section, kept at its place
+                with_system_message += 1
+                translated = [m for m in result.body["messages"] if m["role"] == "system"]
+                assert {"role": "system", "content": system_text(message["content"])} in translated
+                assert i == 1
+    assert with_system_message >= 1
+
+
+def test_current_client_tool_load_keeps_the_messages_and_appends_the_tool(
+    current: list[dict[str, Any]], openai_request_validator: Any
+) -> None:
+    main = next(b for b in current if any(t["name"] == "ToolSearch" for t in b.get("tools", [])))
+    web_fetch = deferred("WebFetch")
+    before, loaded, called = (to_openai(b) for b in with_tool_load(main, web_fetch))
+    for result in (before, loaded, called):
+        openai_request_validator(result.body)
+    assert PLACEHOLDER not in function_names(before) and "WebFetch" not in function_names(before)
+    assert function_names(loaded) == [*function_names(before), "WebFetch"]
+    assert function_names(called) == function_names(loaded)
+    # The conversation only grows: every earlier message is sent as it was.
+    assert_prefix(before, loaded)
+    assert_prefix(loaded, called)
+    tool_message = loaded.body["messages"][-2]
+    assert tool_message == {"role": "tool", "tool_call_id": "toolu_ts",
+                            "content": "[tool loaded: WebFetch]"}  # fmt: skip
+    call = called.body["messages"][-2]["tool_calls"][0]
+    assert call["function"]["name"] == "WebFetch"

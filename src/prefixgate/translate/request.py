@@ -34,6 +34,24 @@ The choices made where the formats do not line up:
   base64 data a ``file`` part, a URL a text part ``"[document: URL]"`` (title on
   the first line) since chat completions cannot fetch it; ``content`` documents
   become their text and image parts.
+- Deferred tools (``defer_loading: true``, Claude Code's ``DeferredToolPlaceholder``
+  and every tool it loads through ToolSearch) are sent as functions only once
+  *loaded*: a tool is loaded in a request when a ``tool_reference`` naming it
+  appears anywhere in that request's messages (in a ``tool_result``'s content,
+  where ToolSearch puts it, or as a block of its own), which is what Anthropic's
+  API does with them. Loaded deferred tools come after the other tools, in the
+  order the conversation first referenced them, so a later load appends to the
+  function list instead of moving tools that were there (the client inserts a
+  loaded built-in tool in alphabetical order). A deferred tool not loaded is left
+  out and named ``"deferred:NAME"`` in ``dropped``.
+- A ``tool_reference`` item becomes the text ``"[tool loaded: NAME]"`` where it
+  stands (in the tool message, or in the user message for a block of its own):
+  the model reads which tool it may now call; its definition is in ``tools``.
+- Top-level fields: the ones chat completions has an equivalent for are
+  translated; every other one (``safeguards``, ``context_management``,
+  ``container``, ``mcp_servers``, and any field a later client adds) is never
+  sent, since OpenAI servers refuse arguments they do not know, and is named in
+  ``dropped``.
 - Blocks, tools and fields without an OpenAI equivalent are left out and named
   in ``OpenAIRequest.dropped``: ``"block:TYPE"``, ``"tool:TYPE"``, ``"FIELD"`` or
   ``"FIELD.KEY"``, ``"cache_control"``.
@@ -57,6 +75,7 @@ SYSTEM_MESSAGES = ("system", "user")
 EFFORTS = ("low", "medium", "high")
 TOOL_IMAGE_NOTE = "[image in the next user message]"
 TOOL_ERROR_PREFIX = "[tool error] "
+TOOL_REFERENCE_TEXT = "[tool loaded: {name}]"
 
 # Top-level fields read by the translation; every other one is reported as dropped.
 _KNOWN = frozenset(
@@ -77,7 +96,9 @@ _KNOWN = frozenset(
         "metadata",
     }
 )
-_TOOL_KEYS = frozenset({"name", "description", "input_schema", "type", "cache_control"})
+_TOOL_KEYS = frozenset(
+    {"name", "description", "input_schema", "type", "cache_control", "defer_loading"}
+)
 
 Json = dict[str, Any]
 
@@ -146,7 +167,7 @@ def to_openai(
         out["stream"] = stream
         if stream and options.include_usage:
             out["stream_options"] = {"include_usage": True}
-    tools = _tools(body.get("tools"), ctx)
+    tools = _tools(body.get("tools"), loaded_tools(body.get("messages")), ctx)
     if tools:
         out["tools"] = tools
     _tool_choice(body.get("tool_choice"), ctx, out)
@@ -193,13 +214,40 @@ def _sampling(body: Mapping[str, Any], out: Json) -> None:
         out["stop"] = list(stop)
 
 
-def _tools(tools: object, ctx: _Context) -> list[Json]:
-    """Client tools as functions, in order; server tools (no input_schema) are dropped."""
+def loaded_tools(messages: object) -> list[str]:
+    """The tool names ``tool_reference`` items name in ``messages``, in first-seen order.
+
+    Looked for in user messages: as blocks of their own and inside the content of
+    ``tool_result`` blocks. Anything malformed is skipped (the translation reports it).
+    """
+    names: dict[str, None] = {}
+    for message in messages if isinstance(messages, list) else []:
+        if not isinstance(message, dict) or message.get("role") != "user":
+            continue
+        content = message.get("content")
+        for block in content if isinstance(content, list) else []:
+            if not isinstance(block, dict):
+                continue
+            inner = block.get("content") if block.get("type") == "tool_result" else [block]
+            for item in inner if isinstance(inner, list) else []:
+                if isinstance(item, dict) and item.get("type") == "tool_reference":
+                    name = item.get("tool_name")
+                    if isinstance(name, str) and name:
+                        names.setdefault(name, None)
+    return list(names)
+
+
+def _tools(tools: object, loaded: list[str], ctx: _Context) -> list[Json]:
+    """Client tools as functions, in order; server tools (no input_schema) are dropped.
+
+    Deferred tools follow the others, only when ``loaded``, in the order loaded.
+    """
     if tools is None:
         return []
     if not isinstance(tools, list):
         raise InvalidRequest("tools: must be a list")
     out: list[Json] = []
+    deferred: dict[str, Json] = {}
     for i, tool in enumerate(tools):
         path = f"tools[{i}]"
         if not isinstance(tool, dict):
@@ -227,7 +275,13 @@ def _tools(tools: object, ctx: _Context) -> list[Json]:
             "description": description,
             "parameters": copy.deepcopy(schema),
         }
-        out.append({"type": "function", "function": function})
+        if tool.get("defer_loading") is True:
+            deferred.setdefault(name, {"type": "function", "function": function})
+        else:
+            out.append({"type": "function", "function": function})
+    out += [deferred[name] for name in loaded if name in deferred]
+    for name in deferred.keys() - set(loaded):
+        ctx.drop(f"deferred:{name}")
     return out
 
 
@@ -424,8 +478,15 @@ def _part(kind: str, block: Json, path: str, ctx: _Context) -> list[Json]:
         return _image(block, path, ctx)
     if kind == "document":
         return _document(block, path, ctx)
+    if kind == "tool_reference":
+        return [{"type": "text", "text": _tool_reference(block, path)}]
     ctx.drop(f"block:{kind}")
     return []
+
+
+def _tool_reference(block: Json, path: str) -> str:
+    """``{"type": "tool_reference", "tool_name": N}`` -> the text a chat model reads."""
+    return TOOL_REFERENCE_TEXT.format(name=_string(block.get("tool_name"), f"{path}.tool_name"))
 
 
 def _source(block: Json, path: str) -> tuple[Json, str]:
@@ -501,6 +562,8 @@ def _nested(
             if found and note is not None:
                 texts.append(note)
             images.extend(found)
+        elif kind == "tool_reference":
+            texts.append(_tool_reference(inner, where))
         else:
             ctx.drop(f"block:{kind}")
     return texts, images

@@ -1160,3 +1160,15 @@ def test_current_client_tool_load_keeps_the_messages_and_appends_the_tool(
                             "content": "[tool loaded: WebFetch]"}  # fmt: skip
     call = called.body["messages"][-2]["tool_calls"][0]
     assert call["function"]["name"] == "WebFetch"
+
+
+def test_tools_the_tool_load_step_expanded_are_loaded_without_references() -> None:
+    """core/toolload.py replaces references by definitions and says which it loaded."""
+    tools = [plain_tool("Read"), deferred(PLACEHOLDER), deferred("WebFetch")]
+    expanded = user([tool_result("t1", [text('<functions><function>{"name": "WebFetch"}'
+                                             "</function></functions>")])])  # fmt: skip
+    body = request(assistant([tool_use("t1", "ToolSearch", query="q")]), expanded, tools=tools)
+    assert function_names(translate(body)) == ["Read"]
+    told = translate(body, loaded_tools=("WebFetch",))
+    assert function_names(told) == ["Read", "WebFetch"]
+    assert f"deferred:{PLACEHOLDER}" in told.dropped

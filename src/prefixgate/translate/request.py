@@ -39,11 +39,14 @@ The choices made where the formats do not line up:
   *loaded*: a tool is loaded in a request when a ``tool_reference`` naming it
   appears anywhere in that request's messages (in a ``tool_result``'s content,
   where ToolSearch puts it, or as a block of its own), which is what Anthropic's
-  API does with them. Loaded deferred tools come after the other tools, in the
-  order the conversation first referenced them, so a later load appends to the
-  function list instead of moving tools that were there (the client inserts a
-  loaded built-in tool in alphabetical order). A deferred tool not loaded is left
-  out and named ``"deferred:NAME"`` in ``dropped``.
+  API does with them, or when ``OpenAIRequestOptions.loaded_tools`` names it (the
+  gateway's tool-load step, which replaces the references by the definitions
+  before translation, says which tools it expanded). Loaded deferred tools come
+  after the other tools, in the order the conversation first referenced them,
+  so a later load appends to the function list instead of moving tools that
+  were there (the client inserts a loaded built-in tool in alphabetical order).
+  A deferred tool not loaded is left out and named ``"deferred:NAME"`` in
+  ``dropped``.
 - A ``tool_reference`` item becomes the text ``"[tool loaded: NAME]"`` where it
   stands (in the tool message, or in the user message for a block of its own):
   the model reads which tool it may now call; its definition is in ``tools``.
@@ -112,6 +115,7 @@ class OpenAIRequestOptions:
     prompt_cache_key: str | None = None
     include_usage: bool = True
     reasoning: bool = True
+    loaded_tools: tuple[str, ...] = ()  # deferred tools loaded beyond the references seen
 
     def __post_init__(self) -> None:
         if self.system_messages not in SYSTEM_MESSAGES:
@@ -167,7 +171,8 @@ def to_openai(
         out["stream"] = stream
         if stream and options.include_usage:
             out["stream_options"] = {"include_usage": True}
-    tools = _tools(body.get("tools"), loaded_tools(body.get("messages")), ctx)
+    loaded = list(dict.fromkeys([*loaded_tools(body.get("messages")), *options.loaded_tools]))
+    tools = _tools(body.get("tools"), loaded, ctx)
     if tools:
         out["tools"] = tools
     _tool_choice(body.get("tool_choice"), ctx, out)

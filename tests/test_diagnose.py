@@ -24,10 +24,10 @@ HEX64 = re.compile(r"^[0-9a-f]{64}$")
 STRIP_CAUSES = [
     "none",
     "none",
-    "system_prompt_changed",
+    "environment_changed",  # --continue re-renders the model line
     "none",
-    "system_prompt_changed",
-    "system_prompt_changed",
+    "environment_changed",  # against the upstream's last request, the --continue one
+    "system_prompt_changed",  # the subagent's own prompt
     "none",
     "none",
     "mcp_tools_changed",
@@ -69,11 +69,11 @@ def test_strip_causes_by_index(plain: list[CaptureRecord]) -> None:
 
 def test_strip_names_the_segments_and_details(plain: list[CaptureRecord]) -> None:
     results = diagnose(plain, Policy.STRIP)
-    assert results[2].changed_segment == "system[1]"
+    assert results[2].changed_segment == "environment"
     assert results[2].detail is not None
-    assert re.match(r"system\[1\] line \d+: ", results[2].detail)
+    assert results[2].detail.startswith("the model line differs: ")
     assert "You are powered by the model named" in results[2].detail
-    assert results[4].changed_segment == "system[1]"
+    assert results[4].changed_segment == "environment"
     assert (results[5].agent, results[5].changed_segment) == ("sub", "system[1]")
     assert results[6].agent == "sub"
     assert results[8].detail == "added mcp__projfs__list_dir, mcp__projfs__read_text"
@@ -150,10 +150,14 @@ def test_expected_tokens_follow_the_shared_prefix(plain: list[CaptureRecord]) ->
     results = diagnose(plain, Policy.STRIP)
     # the second request shares the whole first one
     assert results[1].expected_cached_tokens == results[0].prompt_tokens
-    # after a system prompt change only the identity block before it is shared
-    identity = json.loads(plain[2].body)["system"][1]["text"]
+    # after the model line changed only the system text before the environment is shared
+    system = json.loads(plain[2].body)["system"]
+    identity, main_text = system[1]["text"], system[2]["text"]
     assert identity.startswith("You are a Claude agent")
-    assert results[2].expected_cached_tokens == -(-len(identity) // 4)
+    before_environment = main_text[: main_text.index("# Environment")]
+    assert results[2].expected_cached_tokens == -(-len(identity) // 4) + -(
+        -len(before_environment) // 4
+    )
 
 
 # -- diagnose: odd records -------------------------------------------------------
@@ -250,7 +254,7 @@ def test_cli_json_one_object_per_request(corpus_directory: Path) -> None:
         assert row["index"] == i
         assert HEX64.match(row["key"])
     assert [row["cause"] for row in out] == STRIP_CAUSES
-    assert out[2]["changed_segment"] == "system[1]"
+    assert out[2]["changed_segment"] == "environment"
     assert out[5]["agent"] == "sub"
     assert out[0]["session"] == "15389b44-ba54-41b7-8793-6b90cec761f6"
 
@@ -273,7 +277,7 @@ def test_cli_table(corpus_directory: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "policy strip" in result.stdout
     text = " ".join(result.stdout.split())  # the details wrap at the terminal width
-    assert "#2 system_prompt_changed: system[1] line" in text
+    assert "#2 environment_changed: the model line differs" in text
     assert "#8 mcp_tools_changed: added mcp__projfs__list_dir, mcp__projfs__read_text" in text
     assert "#12 mcp_tools_changed: removed" in text
     assert "#3 " not in text  # only requests with a cause get a line

@@ -15,6 +15,7 @@ from rich.console import Console
 
 from prefixgate.core.sse import encode_event
 from prefixgate.replay import (
+    LABELS,
     CaptureRecord,
     Column,
     ReplayResult,
@@ -144,13 +145,15 @@ def test_summarize_totals_a_run() -> None:
 
 # -- miss_reason --------------------------------------------------------------------
 
+# The words are the gateway's miss causes (core/misses.py), named by the piece that differs.
 DIRECT = [
-    "cold", "ok", "env-changed", "ok", "new-session", "subagent", "ok",
-    "ok", "new-session", "ok", "ok", "ok", "new-session", "ok",
+    "cold", "none", "environment_changed", "none", "attribution_changed",
+    "attribution_changed", "none", "none", "attribution_changed", "none", "none", "none",
+    "attribution_changed", "none",
 ]  # fmt: skip
 STRIPPED = [
-    "cold", "ok", "env-changed", "ok", "ok", "subagent", "ok",
-    "ok", "env-changed", "ok", "ok", "ok", "ok", "ok",
+    "cold", "none", "environment_changed", "none", "none", "system_prompt_changed", "none",
+    "none", "mcp_tools_changed", "none", "none", "none", "none", "none",
 ]  # fmt: skip
 
 
@@ -167,26 +170,37 @@ def test_miss_reason_from_the_bodies(
 
 def test_miss_reason_uses_the_tokens(records: list[CaptureRecord]) -> None:
     history, current = records[:3], records[3]  # 3 continues 2's conversation
-    assert miss_reason(history, current, result(3, 19500, 19100)) == "ok"
-    assert miss_reason(history, current, result(3, 19500, 25)) == "evicted"
+    assert miss_reason(history, current, result(3, 19500, 19100)) == "none"
+    # the request before it is its own session's: nobody came in between
+    assert miss_reason(history, current, result(3, 19500, 25)) == "upstream_dropped"
     assert miss_reason(history, current, result(3, None, None, error="boom")) == "error"
-    assert miss_reason(history, current, result(3, 19500, None)) == "ok"
+    assert miss_reason(history, current, result(3, 19500, None)) == "none"
+    # request 7 continues 4's conversation after a subagent used the upstream
+    assert miss_reason(records[:7], records[7], result(7, 19500, 25)) == (
+        "evicted_by_other_session"
+    )
+
+
+def test_every_label_is_a_cause_or_cold_or_error(records: list[CaptureRecord]) -> None:
+    for removed in (False, True):
+        for i, record in enumerate(records):
+            assert miss_reason(records[:i], record, attribution_removed=removed) in LABELS
 
 
 def test_a_neutralised_block_is_not_blamed() -> None:
     cch = load_capture(CCH_CORPUS)[:2]
     first = cch[:1]
-    assert miss_reason(first, cch[1]) == "attribution"
-    assert miss_reason(first, cch[1], result(1, 19100, 18990)) == "ok"
-    assert miss_reason(first, cch[1], result(1, 19100, 12)) == "attribution"
+    assert miss_reason(first, cch[1]) == "attribution_changed"
+    assert miss_reason(first, cch[1], result(1, 19100, 18990)) == "none"
+    assert miss_reason(first, cch[1], result(1, 19100, 12)) == "attribution_changed"
 
 
 def test_miss_reasons_labels_a_whole_run(records: list[CaptureRecord]) -> None:
     chosen = [records[0], records[1], records[12]]
     direct = [result(0, 19600, 0), result(1, 19700, 19599), result(12, 19650, 25)]
     through = [result(0, 19580, 0), result(1, 19680, 19579), result(12, 19630, 18002)]
-    assert miss_reasons(chosen, direct) == ["cold", "ok", "new-session"]
-    assert miss_reasons(chosen, through, attribution_removed=True) == ["cold", "ok", "ok"]
+    assert miss_reasons(chosen, direct) == ["cold", "none", "attribution_changed"]
+    assert miss_reasons(chosen, through, attribution_removed=True) == ["cold", "none", "none"]
 
 
 # -- replay against a mock transport ---------------------------------------------------
@@ -327,7 +341,7 @@ def test_render_report_shows_rows_totals_and_ratio(records: list[CaptureRecord])
     )
     text = console.export_text()
     assert "18,002 / 9.0" in text and "25 / 59.0" in text
-    assert "new-session" in text and "94df3dbb" in text
+    assert "attribution_changed" in text and "94df3dbb" in text
     assert "33.3% / 120.0" in text and "63.8% / 70.0" in text
     assert "total time 0.58x of direct" in text
     assert "3 failed" in text

@@ -32,10 +32,10 @@ from prefixgate.replay import (
     CaptureRecord,
     Column,
     ReplayResult,
-    body_segments,
     load_capture,
     render_report,
     replay,
+    view_of,
 )
 from prefixgate.store.audit import AuditRecord
 from prefixgate.store.sqlite import read_records
@@ -81,9 +81,10 @@ def find_corpus(
     return next((p.resolve() for p in found), None)
 
 
-def _head(record: CaptureRecord, *, attribution_removed: bool) -> tuple[tuple[str, bytes], ...]:
-    segments = body_segments(record.body, attribution_removed)
-    return tuple(s for s in segments if s[0] != "messages")
+def _head(record: CaptureRecord, *, attribution_removed: bool) -> tuple[tuple[str, str], ...]:
+    """The pieces before the conversation (``core/prompt.py``), by name and digest."""
+    view = view_of(record.body, attribution_removed)
+    return tuple((p.name, p.digest) for p in view.pieces if p.head and p.section != "messages")
 
 
 def default_slice(records: Sequence[CaptureRecord]) -> list[CaptureRecord]:

@@ -6,7 +6,8 @@ The demo and the benchmark share this engine:
 ``prepare_body``   set ``max_tokens`` in a recorded body, every other byte kept
 ``replay``         send records in order, time them, read the usage they report
 ``summarize``      totals over one run (pure)
-``miss_reason``    one word on why a request could or could not reuse a prefix (pure)
+``miss_reason``    why a request could or could not reuse a prefix, in the words of
+                   the gateway's miss causes (pure)
 ``render_report``  a rich table, one column set per run
 
 Only ``replay`` does I/O, through an ``httpx.AsyncClient`` the caller injects.
@@ -30,8 +31,11 @@ from rich.table import Table
 from rich.text import Text
 
 from prefixgate.core.attribution import detect
-from prefixgate.core.canonical import canonical_json
 from prefixgate.core.fold import MessageSummary, StreamFold, summarize_message
+from prefixgate.core.misses import CAUSES
+from prefixgate.core.pipeline import prompt_parts
+from prefixgate.core.policy import Policy
+from prefixgate.core.prompt import Piece, PromptView, common_pieces, first_change, prompt_view
 from prefixgate.core.sse import SSEDecoder
 from prefixgate.upstreams.anthropic import HOP_BY_HOP_HEADERS
 
@@ -40,7 +44,6 @@ __all__ = [
     "Column",
     "ReplayResult",
     "Summary",
-    "body_segments",
     "forward_headers",
     "load_capture",
     "miss_reason",
@@ -52,9 +55,15 @@ __all__ = [
     "request_url",
     "select",
     "summarize",
+    "view_of",
 ]
 
 SESSION_HEADER = "x-claude-code-session-id"
+# Labels of the bench's "why" column: a cause of ``core/misses.py``, or one of these two.
+HIT = "none"
+COLD = "cold"  # nothing was sent before it
+ERROR = "error"  # the request failed
+LABELS = (COLD, ERROR, *CAUSES)
 _MESSAGES_PATH = "/v1/messages"
 
 
@@ -351,122 +360,70 @@ def summarize(results: Sequence[ReplayResult]) -> Summary:
     )
 
 
-Segments = tuple[tuple[str, bytes], ...]
-
-
 @functools.lru_cache(maxsize=512)
-def body_segments(body: bytes, attribution_removed: bool = False) -> Segments:
-    """The body as ordered ``(kind, canonical bytes)`` segments, the way a
-    prompt is laid out: attribution, system blocks, tools, messages.
-
-    ``cache_control`` markers are left out (they move every turn but are not
-    part of the prompt); the attribution segment is left out when the
-    upstream never saw it.
-    """
-    parsed = json.loads(body)
-    segments: list[tuple[str, bytes]] = []
-    system = _system_blocks(parsed)
+def view_of(body: bytes, attribution_removed: bool = False) -> PromptView:
+    """The prompt model of a recorded body (``core/prompt.py``), as the upstream
+    sees it: with the attribution block when it was forwarded, without it when
+    ``attribution_removed``."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        return PromptView(model="", pieces=())
     found = detect(parsed)
-    if found is not None and system:
-        first = system[0]
-        rest = str(first.get("text", ""))[len(found.removed) :]
-        if not attribution_removed:
-            segments.append(("attribution", found.removed.encode("utf-8")))
-        system = ([{**first, "text": rest}] if rest else []) + system[1:]
-    segments += [("system", _canon(block)) for block in system]
-    segments += [("tools", _canon(tool)) for tool in parsed.get("tools") or []]
-    segments += [("messages", _canon(_flat(m))) for m in parsed.get("messages") or []]
-    return tuple(segments)
+    policy = Policy.STRIP if attribution_removed else Policy.PASSTHROUGH
+    return prompt_view(*prompt_parts(parsed, found, policy))
 
 
-def _system_blocks(body: Mapping[str, Any]) -> list[dict[str, Any]]:
-    system = body.get("system")
-    if isinstance(system, str):
-        return [{"type": "text", "text": system}]
-    if isinstance(system, list):
-        return [b if isinstance(b, dict) else {"value": b} for b in system]
-    return []
+def _bare(view: PromptView) -> tuple[Piece, ...]:
+    return tuple(p for p in view.pieces if p.section != "attribution")
 
 
-def _flat(message: Any) -> Any:
-    """A message whose content is one text block, as a plain string: clients
-    flatten older turns that way, and the prompt text stays the same."""
-    if not isinstance(message, dict):
-        return message
-    content = _without_cache_control(message.get("content"))
-    if isinstance(content, list) and len(content) == 1:
-        block = content[0]
-        if isinstance(block, dict) and block.keys() == {"type", "text"} and block["type"] == "text":
-            return {**message, "content": block["text"]}
-    return message
+def _best_match(history: Sequence[CaptureRecord], view: PromptView, removed: bool) -> int:
+    """Index in ``history`` of the request sharing the longest prefix with
+    ``view``; ties go to the longest prefix past the attribution, then to the
+    latest."""
+    bare = _bare(view)
+
+    def rank(i: int) -> tuple[int, int, int]:
+        other = view_of(history[i].body, removed)
+        return (common_pieces(other, view), _common_count(_bare(other), bare), i)
+
+    return max(range(len(history)), key=rank)
 
 
-def _canon(value: Any) -> bytes:
-    return canonical_json(_without_cache_control(value))
-
-
-def _without_cache_control(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_cache_control(v) for k, v in value.items() if k != "cache_control"}
-    if isinstance(value, list):
-        return [_without_cache_control(v) for v in value]
-    return value
-
-
-def _common(a: Segments, b: Segments) -> int:
+def _common_count(a: Sequence[Piece], b: Sequence[Piece]) -> int:
     count = 0
     for left, right in zip(a, b, strict=False):
-        if left != right:
+        if (left.name, left.digest) != (right.name, right.digest):
             break
         count += 1
     return count
 
 
-def _best_match(history: Sequence[CaptureRecord], segs: Segments, removed: bool) -> int:
-    """Index in ``history`` of the request sharing the longest prefix with
-    ``segs``; ties go to the longest prefix past the attribution, then to the
-    latest."""
-    bare = _bare(segs)
-
-    def rank(i: int) -> tuple[int, int, int]:
-        other = body_segments(history[i].body, removed)
-        return (_common(other, segs), _common(_bare(other), bare), i)
-
-    return max(range(len(history)), key=rank)
-
-
-def _bare(segs: Segments) -> Segments:
-    """``segs`` without the attribution segment."""
-    return tuple(s for s in segs if s[0] != "attribution")
-
-
-_FIRST_OF_AGENT = {"sub": "subagent", "side": "side", "main": "cold"}
+def _size(pieces: Sequence[Piece]) -> int:
+    return sum(len(p.text) for p in pieces)
 
 
 def _structural(
     history: Sequence[CaptureRecord], record: CaptureRecord, removed: bool
 ) -> tuple[str, float]:
-    """A label from the bodies alone, and the share of the prompt (in bytes)
-    that a cache holding the best-matching earlier request could serve."""
-    segs = body_segments(record.body, removed)
+    """A cause from the bodies alone (``core/misses.py`` words), and the share
+    of the prompt (in characters) that a cache holding the best-matching
+    earlier request could serve."""
+    view = view_of(record.body, removed)
     if not history:
-        return "cold", 0.0
-    best = history[_best_match(history, segs, removed)]
-    prev = body_segments(best.body, removed)
-    common = _common(prev, segs)
-    shared = sum(len(v) for _, v in segs[:common]) / max(1, sum(len(v) for _, v in segs))
-    if common >= min(len(prev), len(segs)):
-        return "ok", shared
-    kind = segs[common][0]
-    if kind == "messages":
-        first_message = sum(1 for k, _ in segs if k != "messages")
-        new_conversation = best.session != record.session or common == first_message
-        return ("ok" if new_conversation else "edited"), shared
-    if record.agent != best.agent:
-        return _FIRST_OF_AGENT[record.agent], shared
-    if kind == "attribution":
-        return ("new-session" if best.session != record.session else "attribution"), shared
-    return "env-changed", shared
+        return COLD, 0.0
+    best = history[_best_match(history, view, removed)]
+    before = view_of(best.body, removed)
+    common = common_pieces(before, view)
+    shared = _size(view.pieces[:common]) / max(1, _size(view.pieces))
+    other = best.session != record.session or best.agent != record.agent
+    change = first_change(before, view, across_sessions=best.session != record.session)
+    if change is None or (other and change.section == "messages"):
+        return HIT, shared
+    return change.cause, shared
 
 
 def miss_reason(
@@ -476,31 +433,38 @@ def miss_reason(
     *,
     attribution_removed: bool = False,
 ) -> str:
-    """One word on why ``record`` could or could not reuse a cached prefix.
+    """Why ``record`` could or could not reuse a cached prefix, as a cause of
+    ``core/misses.py`` (the words the gateway, ``diagnose`` and ``report`` use).
 
     ``history`` holds the requests sent before ``record``, in order. From the
-    bodies: ``cold`` (no earlier request with this agent's prompt), ``ok`` (an earlier request,
-    or its system + tools for a new conversation, is a prefix of this one),
-    ``new-session`` / ``attribution`` (only the attribution block breaks the
-    prefix, in another / the same session), ``subagent`` / ``side`` (another
-    agent's prompt), ``env-changed`` (system prompt or tools differ),
-    ``edited`` (earlier messages of the same conversation changed). With
-    ``result``: ``error``, and ``evicted`` when the bodies say ``ok`` but less
-    than half of the reusable share came from cache. Set
-    ``attribution_removed`` for runs where the upstream never saw the block.
+    bodies, against the earlier request sharing the longest prefix: ``cold``
+    (nothing was sent before), ``none`` (it extends that request, or shares
+    all of its head for a new conversation), or the piece where it stops
+    extending it (``attribution_changed``, ``system_prompt_changed``,
+    ``environment_changed``, ``deferred_tools_changed``, ``tool_loaded``,
+    ``messages_rewritten``, ...). With ``result``: ``error``, and
+    ``evicted_by_other_session`` (another session or agent came in between) or
+    ``upstream_dropped`` when the bodies say ``none`` but less than half of
+    the reusable share came from cache. Set ``attribution_removed`` for runs
+    where the upstream never saw the block.
     """
     if result is not None and result.error is not None:
-        return "error"
+        return ERROR
     label, shared = _structural(history, record, attribution_removed)
     share = _cached_share(result)
     if share is None:
         return label
-    if label in ("new-session", "attribution"):
+    if label == "attribution_changed":
         # Some upstreams neutralise (part of) the block: trust the tokens.
         blind, blind_shared = _structural(history, record, True)
         if blind_shared > 0 and share >= 0.5 * blind_shared:
             label, shared = blind, blind_shared
-    return "evicted" if label == "ok" and share < 0.5 * shared else label
+    if label == HIT and share < 0.5 * shared:
+        last = history[-1]
+        if (last.session, last.agent) != (record.session, record.agent):
+            return "evicted_by_other_session"
+        return "upstream_dropped"
+    return label
 
 
 def _cached_share(result: ReplayResult | None) -> float | None:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from prefixgate.core.attribution import HEADER_NAME
 from prefixgate.core.cachekey import ADAPTER_VERSION, PromptCacheKey, build_key
-from prefixgate.core.canonical import digest
+from prefixgate.core.canonical import chain, digest
 from prefixgate.core.pipeline import RewriteOptions, rewrite
 from prefixgate.core.policy import Policy
 from prefixgate.core.segments import split, without_cache_control
@@ -54,9 +54,12 @@ def test_build_key_carries_every_field() -> None:
         "system_hash": seg.system,
         "tool_schema_hash": seg.tools_hash,
         "mcp_descriptor_hash": seg.mcp_tools_hash,
+        "deferred_tools_hash": chain([]),
         "project_context_hash": seg.project_context,
+        "environment_hash": chain([]),
     }
     assert key.hex == digest(asdict(key))
+    assert build_key(seg.view, provider="p", model="m", tenant="t", policy="strip") == key
     assert len(key.hex) == 64
 
 
@@ -71,7 +74,9 @@ def test_build_key_carries_every_field() -> None:
         "system_hash",
         "tool_schema_hash",
         "mcp_descriptor_hash",
+        "deferred_tools_hash",
         "project_context_hash",
+        "environment_hash",
     ],
 )
 def test_every_key_field_moves_the_hex(field: str) -> None:
@@ -140,9 +145,11 @@ def test_plain_corpus_key_differences_are_named_precisely(plain_records: list[An
     def differing(a: PromptCacheKey, b: PromptCacheKey) -> set[str]:
         return {f for f, v in asdict(a).items() if asdict(b)[f] != v}
 
-    assert differing(main, cont) == {"system_hash", "tool_schema_hash"}
+    # --continue re-renders the model line, in the environment section of the system block
+    assert differing(main, cont) == {"environment_hash", "tool_schema_hash"}
     assert differing(main, mcp) == {"mcp_descriptor_hash"}
-    assert differing(main, sub) == {"system_hash", "tool_schema_hash"}
+    # the subagent's system prompt has no environment section of its own
+    assert differing(main, sub) == {"system_hash", "tool_schema_hash", "environment_hash"}
     assert len({k.project_context_hash for k in ks}) == 1
     assert main.mcp_descriptor_hash == sub.mcp_descriptor_hash == cont.mcp_descriptor_hash
     mcp_names = [name for name, _ in rewrite(plain_records[8].raw).segments.mcp_tools]

@@ -114,6 +114,7 @@ def test_pieces_in_prompt_order() -> None:
     assert names(v) == [
         "system[0]",
         "system[1]",
+        "environment",  # cut out of the block it sits in (the 2.1.197 layout)
         "tools:Bash",
         "tools:Read",
         f"mcp_tools:{MCP}",
@@ -122,8 +123,7 @@ def test_pieces_in_prompt_order() -> None:
         "messages[1]",
         "messages[2]",
     ]
-    sections = [p.section for p in v.pieces]
-    assert sections == sorted(sections, key=SECTIONS.index)
+    assert {p.section for p in v.pieces} <= set(SECTIONS)
     assert v.names("tools") == ["tools:Bash", "tools:Read"]
     assert v.names("mcp_tools") == [f"mcp_tools:{MCP}"]
     assert v.names("attribution") == []
@@ -133,7 +133,9 @@ def test_each_piece_holds_its_text_and_the_digest_of_it() -> None:
     v = view(request())
     by_name = {p.name: p for p in v.pieces}
     assert by_name["system[0]"].text == IDENTITY
-    assert by_name["system[1]"].text == INSTRUCTIONS  # cache_control left out
+    # cache_control left out; the environment is a piece of its own
+    assert by_name["system[1]"].text + by_name["environment"].text == INSTRUCTIONS
+    assert by_name["environment"].text.startswith("# Environment\n")
     assert by_name["project_context"].text == CONTEXT
     assert json.loads(by_name["tools:Bash"].text) == tool("Bash")
     assert json.loads(by_name["messages[0]"].text) == {"role": "user", "content": "hello"}
@@ -188,7 +190,7 @@ def test_a_system_block_with_more_than_text_is_its_json() -> None:
 def test_no_tools_and_no_context() -> None:
     body = request(tools=None, messages=[{"role": "user", "content": "hi"}])
     v = prompt_view(body, None)
-    assert names(v) == ["system[0]", "system[1]", "system[2]", "messages[0]"]
+    assert names(v) == ["system[0]", "system[1]", "system[2]", "environment", "messages[0]"]
 
 
 def test_a_tool_without_a_name_is_named_question_mark() -> None:
@@ -211,7 +213,10 @@ def test_project_context_only_from_the_head_of_the_first_user_message() -> None:
         messages=[{"role": "user", "content": [reminder, {"type": "text", "text": "  " + CONTEXT}]}]
     )
     context = [p for p in prompt_view(two, None).pieces if p.section == "project_context"]
-    assert [p.text for p in context] == [CONTEXT + "\n" + "  " + CONTEXT]
+    assert [(p.name, p.text) for p in context] == [
+        ("project_context", CONTEXT),
+        ("project_context#2", "  " + CONTEXT),
+    ]
 
 
 def test_cache_control_markers_are_not_prompt_text() -> None:
@@ -465,17 +470,17 @@ def test_the_corpus_model_line_change(plain_records: list[Any]) -> None:
     before, after = plain_records[1].body, plain_records[2].body
     found = first_change(view(before), view(after))
     assert found is not None
+    # the model line sits in the environment section of the corpus' system[2]
     assert (found.segment, found.section, found.cause) == (
-        "system[1]",
-        "system",
-        "system_prompt_changed",
+        "environment",
+        "environment",
+        "environment_changed",
     )
-    # system[1] of the view is the corpus' system[2]: the block goes, the rest stays
     old_lines = before["system"][2]["text"].splitlines()
     new_lines = after["system"][2]["text"].splitlines()
     line = next(n for n, (a, b) in enumerate(zip(old_lines, new_lines, strict=False), 1) if a != b)
     assert "You are powered by the model named" in new_lines[line - 1]
-    assert found.detail.startswith(f"system[1] line {line}: ")
+    assert found.detail.startswith("the model line differs: ")
     assert json.dumps(new_lines[line - 1].strip()) in found.detail
     assert "(was " in found.detail
 
@@ -485,22 +490,27 @@ def test_the_first_differing_line_is_named() -> None:
     after["system"][2]["text"] = INSTRUCTIONS.replace("Opus 4.8", "Sonnet 5")
     found = change(request(), after)
     assert found == Change(
-        "system[1]",
-        "system",
-        "system_prompt_changed",
-        'system[1] line 3: "- You are powered by the model named Sonnet 5." '
+        "environment",
+        "environment",
+        "environment_changed",
+        'the model line differs: "- You are powered by the model named Sonnet 5." '
         '(was "- You are powered by the model named Opus 4.8.")',
+    )
+    rule = request()
+    rule["system"][2]["text"] = "You are an interactive agent.\nBe terse.\n" + INSTRUCTIONS[30:]
+    assert change(request(), rule) == Change(
+        "system[1]", "system", "system_prompt_changed", 'system[1] line 2 added: "Be terse."'
     )
 
 
 def test_added_removed_and_whitespace_lines() -> None:
     more = request()
-    more["system"][2]["text"] = INSTRUCTIONS + "\nNew rule."
-    assert change(request(), more).detail == 'system[1] line 5 added: "New rule."'
-    assert change(more, request()).detail == 'system[1] line 5 removed: "New rule."'
+    more["system"][1]["text"] = IDENTITY + "\nNew rule."
+    assert change(request(), more).detail == 'system[0] line 2 added: "New rule."'
+    assert change(more, request()).detail == 'system[0] line 2 removed: "New rule."'
     trailing = request()
-    trailing["system"][2]["text"] = INSTRUCTIONS + "\n"
-    assert change(request(), trailing).detail == "system[1] whitespace changed"
+    trailing["system"][1]["text"] = IDENTITY + "\n"
+    assert change(request(), trailing).detail == "system[0] whitespace changed"
 
 
 def test_a_long_line_is_shortened() -> None:
@@ -583,11 +593,18 @@ def test_the_corpus_conversation(plain_records: list[Any]) -> None:
     shorter = first_change(second, first)
     assert shorter is not None and shorter.cause == "messages_rewritten"
     assert shorter.detail == "conversation is shorter than before (4 -> 2 messages)"
-    edited = plain_records[1].body
-    edited["messages"][1]["content"] = "a different answer"
+    edited = copy.deepcopy(plain_records[1].body)
+    edited["messages"][2]["content"] = "a different answer"
     rewritten = first_change(second, view(edited))
     assert rewritten is not None
-    assert (rewritten.segment, rewritten.cause) == ("messages[1]", "messages_rewritten")
+    assert (rewritten.segment, rewritten.cause) == ("messages[2]", "messages_rewritten")
+    # messages[1] is the role "system" message before the first answer: part of the system prompt
+    skills = copy.deepcopy(plain_records[1].body)
+    skills["messages"][1]["content"] += "\n- another-skill: does more"
+    found = first_change(second, view(skills))
+    assert found is not None
+    assert (found.segment, found.cause) == ("messages[1]", "system_prompt_changed")
+    assert "another-skill" in found.detail
 
 
 def test_every_section_has_a_cause() -> None:

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from prefixgate.core.canonical import canonical_json, chain, digest
+from prefixgate.core.prompt import prompt_view
 from prefixgate.core.segments import Segments, split, without_cache_control
 
 EPHEMERAL = {"type": "ephemeral"}
@@ -104,27 +105,22 @@ def test_a_schema_property_named_cache_control_still_counts() -> None:
 def test_split_in_prompt_order() -> None:
     b = body()
     seg = split(b, None)
+    assert seg.view == prompt_view(b, None)  # a view over the one prompt model
     assert seg.attribution is None
-    assert seg.system_blocks == (
-        digest({"type": "text", "text": "identity"}),
-        digest({"type": "text", "text": "main prompt"}),
-    )
+    assert seg.system_blocks == (digest("identity"), digest("main prompt"))
     assert [name for name, _ in seg.tools] == ["Bash", "Read"]
     assert [name for name, _ in seg.mcp_tools] == [
         "mcp__projfs__list_dir",
         "mcp__projfs__read_text",
     ]
-    assert seg.tools[0][1] == digest(b["tools"][0])
-    assert seg.mcp_tools[1][1] == digest(b["tools"][3])
-    assert seg.project_context == digest([REMINDER])
-    first_without_context = {
-        "role": "user",
-        "content": [{"type": "text", "text": "question"}],
-    }
+    assert seg.tools[0][1] == digest(canonical_json(b["tools"][0]).decode())
+    assert seg.mcp_tools[1][1] == digest(canonical_json(b["tools"][3]).decode())
+    assert seg.project_context == chain([digest(REMINDER)])
+    first_without_context = {"role": "user", "content": "question"}  # one text block: a string
     assert seg.messages == (
-        digest(first_without_context),
-        digest({"role": "assistant", "content": "answer"}),
-        digest({"role": "user", "content": "next"}),
+        digest(canonical_json(first_without_context).decode()),
+        digest(canonical_json({"role": "assistant", "content": "answer"}).decode()),
+        digest(canonical_json({"role": "user", "content": "next"}).decode()),
     )
     assert seg.system == chain(list(seg.system_blocks))
     assert seg.tools_hash == chain([f"Bash:{seg.tools[0][1]}", f"Read:{seg.tools[1][1]}"])
@@ -134,7 +130,9 @@ def test_split_in_prompt_order() -> None:
         "system": seg.system,
         "tools": seg.tools_hash,
         "mcp_tools": seg.mcp_tools_hash,
+        "deferred_tools": chain([]),
         "project_context": seg.project_context,
+        "environment": chain([]),
     }
 
 
@@ -169,23 +167,26 @@ def test_cache_control_never_changes_a_digest() -> None:
 
 
 def test_project_context_only_from_the_first_user_message() -> None:
+    none = chain([])
     no_context = body(messages=[{"role": "user", "content": [{"type": "text", "text": "q"}]}])
-    assert split(no_context, None).project_context == digest([])
+    assert split(no_context, None).project_context == none
     string_first = body(messages=[{"role": "user", "content": REMINDER}])
-    assert split(string_first, None).project_context == digest([])
+    assert split(string_first, None).project_context == none
     assistant_first = body(
         messages=[{"role": "assistant", "content": [{"type": "text", "text": REMINDER}]}]
     )
-    assert split(assistant_first, None).project_context == digest([])
+    assert split(assistant_first, None).project_context == none
     later = body()
     later["messages"][2] = {"role": "user", "content": [{"type": "text", "text": REMINDER + "x"}]}
-    assert split(later, None).project_context == digest([REMINDER])
+    assert split(later, None).project_context == chain([digest(REMINDER)])
     indented = body()
     indented["messages"][0]["content"][0]["text"] = "\n  " + REMINDER
-    assert split(indented, None).project_context == digest(["\n  " + REMINDER])
+    assert split(indented, None).project_context == chain([digest("\n  " + REMINDER)])
     two = body()
     two["messages"][0]["content"].insert(1, {"type": "text", "text": "<system-reminder>b"})
-    assert split(two, None).project_context == digest([REMINDER, "<system-reminder>b"])
+    assert split(two, None).project_context == chain(
+        [digest(REMINDER), digest("<system-reminder>b")]
+    )
 
 
 def test_odd_shapes_do_not_crash() -> None:
@@ -196,7 +197,7 @@ def test_odd_shapes_do_not_crash() -> None:
     assert seg.current_turn == chain([])
     assert seg.conversation == chain([])
     unnamed = split({"tools": [{"description": "x"}, "str"], "messages": []}, None)
-    assert [name for name, _ in unnamed.tools] == ["", ""]
+    assert [name for name, _ in unnamed.tools] == ["?", "?"]
 
 
 def test_segments_is_frozen_and_comparable() -> None:

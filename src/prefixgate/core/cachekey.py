@@ -1,10 +1,16 @@
 """The stable prefix cache key.
 
-A key names the part of a prompt that should be served from cache across
-requests: provider, model, renderer, tenant, policy and the hashes of the
-system prompt, built-in tools, MCP tools and project context. Nothing volatile
-enters it: no request, session or trace ids, no ``metadata.user_id``, no
-attribution fingerprint, no current message or latest tool result, no clock.
+A key names what a runtime can keep across requests and across sessions of
+the same project: provider, model, renderer, tenant, policy and the digests of
+the system prompt, built-in tools, MCP tools (defined, or listed as deferred),
+the deferred-tool list, the project context and the environment (working
+directory, OS, model line). All of them come from the one prompt model
+(``core/prompt.py``).
+
+Nothing volatile enters it: no request, session or trace ids, no
+``metadata.user_id``, no attribution fingerprint, no date, no git status (a
+snapshot that moves with every commit), no tool loaded through ToolSearch
+(one conversation's choice), no message and no current turn, no clock.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from prefixgate.core.canonical import digest
+from prefixgate.core.prompt import PromptView
 from prefixgate.core.segments import Segments
 
 ADAPTER_VERSION = "anthropic-messages/1"
@@ -27,7 +34,9 @@ class PromptCacheKey:
     system_hash: str
     tool_schema_hash: str
     mcp_descriptor_hash: str
+    deferred_tools_hash: str
     project_context_hash: str
+    environment_hash: str
 
     @property
     def hex(self) -> str:
@@ -35,7 +44,7 @@ class PromptCacheKey:
 
 
 def build_key(
-    segments: Segments,
+    prompt: PromptView | Segments,
     *,
     provider: str,
     model: str,
@@ -43,14 +52,18 @@ def build_key(
     policy: str,
     adapter_version: str = ADAPTER_VERSION,
 ) -> PromptCacheKey:
+    view = prompt.view if isinstance(prompt, Segments) else prompt
+    parts = view.summary()
     return PromptCacheKey(
         provider=provider,
         model=model,
         adapter_version=adapter_version,
         tenant=tenant,
         policy=policy,
-        system_hash=segments.system,
-        tool_schema_hash=segments.tools_hash,
-        mcp_descriptor_hash=segments.mcp_tools_hash,
-        project_context_hash=segments.project_context,
+        system_hash=parts["system"],
+        tool_schema_hash=parts["tools"],
+        mcp_descriptor_hash=parts["mcp_tools"],
+        deferred_tools_hash=parts["deferred_tools"],
+        project_context_hash=parts["project_context"],
+        environment_hash=parts["environment"],
     )

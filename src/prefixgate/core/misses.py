@@ -10,8 +10,11 @@ see ``core/prompt.py``), converted to tokens. The cause, first match wins:
 
 ``model_changed`` ... ``messages_rewritten``
     the prompt stops extending the session's previous request at that
-    section (for a session's first request: at that section of the
-    upstream's last request; a different conversation there is no change)
+    piece (for a session's first request: at that piece of the upstream's
+    last request; a different conversation there is no change): the
+    attribution block, a system block, a built-in or MCP tool, a tool
+    loaded through ToolSearch, the deferred-tool list, the project context,
+    the git status, the environment, the date, an earlier message
 ``evicted_by_other_session``
     the prefix was unchanged but the upstream served less than expected, and
     another session or agent used it in between
@@ -39,11 +42,47 @@ CAUSES = (
     "system_prompt_changed",
     "tools_changed",
     "mcp_tools_changed",
+    "tool_loaded",
+    "deferred_tools_changed",
     "project_context_changed",
+    "git_status_changed",
+    "environment_changed",
+    "date_changed",
     "messages_rewritten",
     "evicted_by_other_session",
     "upstream_dropped",
 )
+# Each cause the way a person would act on it (``report``, the dashboard, the bench).
+CAUSE_WORDS = {
+    "none": "no miss",
+    "model_changed": "another model than the session's previous request: each switch "
+    "starts the prefix again; keep one model per session",
+    "attribution_changed": "the attribution block differs: use policy strip or normalize "
+    "for this upstream",
+    "system_prompt_changed": "the system prompt differs (settings, output style, agent types, "
+    "skills or another client version): expected once after such a change",
+    "tools_changed": "a built-in tool was added, removed or redefined (a client upgrade or "
+    "permission settings): expected once after the change",
+    "mcp_tools_changed": "an MCP tool definition changed: keep the MCP server's version "
+    "fixed within a project",
+    "tool_loaded": "ToolSearch loaded a tool definition into tools[], ahead of the "
+    "conversation: turn on the tool-load policy for this upstream",
+    "deferred_tools_changed": "the deferred tool list differs: an MCP server was added or "
+    "removed between these sessions; expected once after changing the MCP configuration",
+    "project_context_changed": "the project context differs (CLAUDE.md, memory): expected "
+    "once after editing them",
+    "git_status_changed": "the git status snapshot differs (a commit or an edit between "
+    "sessions): expected, Claude Code takes it when a session starts",
+    "environment_changed": "the environment differs: the working directory differs, or the "
+    "OS or the model line; start sessions of a project from the same directory",
+    "date_changed": "a new day: the date line changed; expected once a day",
+    "messages_rewritten": "an earlier turn was edited, rewound or compacted: expected after "
+    "/compact, /rewind or an edit",
+    "evicted_by_other_session": "another session or agent used the upstream in between and "
+    "pushed this prefix out: give the runtime more slots or cache memory, or more replicas",
+    "upstream_dropped": "the prefix was unchanged and nobody came in between, but the upstream "
+    "served less: check its cache settings (context size, slot reuse, --swa-full)",
+}
 # Less than this much below expected is noise (template tokens, a retokenised
 # boundary), not a miss.
 TOLERANCE_TOKENS = 64
@@ -101,7 +140,10 @@ def compare(
     if upstream_prev is not None:
         prev_owner, prev_view = upstream_prev
         other = prev_owner.session != owner.session or side
-        upstream_change = _in_place(first_change(prev_view, view), new_conversation=other)
+        across = prev_owner.session != owner.session
+        upstream_change = _in_place(
+            first_change(prev_view, view, across_sessions=across), new_conversation=other
+        )
         if prev_owner != owner and session_prev is not None:
             interloper = prev_owner.describe(owner.tenant)
     if session_prev is not None:

@@ -17,6 +17,7 @@ from prefixgate.cli import main
 CORPUS_DIR = Path(__file__).resolve().parents[1] / "corpus"
 SDK = CORPUS_DIR / "claude-code-2.1.197.jsonl"
 CCH = CORPUS_DIR / "claude-code-2.1.197-cch-per-request.jsonl"
+CURRENT = CORPUS_DIR / "claude-code-2.1.332.jsonl"
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 PLAIN = b'{"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}'
 
@@ -137,11 +138,38 @@ def key_of(tmp_path: Path, path: Path, index: int) -> dict[str, Any]:
 
 def test_key_output_shape(tmp_path: Path) -> None:
     out = key_of(tmp_path, SDK, 0)
-    assert set(out) == {"key", "segments", "attribution"}
+    assert set(out) == {"key", "segments", "attribution", "pieces"}
     assert HEX64.match(out["key"])
-    assert set(out["segments"]) == {"system", "tools", "mcp_tools", "project_context"}
+    assert set(out["segments"]) == {
+        "system",
+        "tools",
+        "mcp_tools",
+        "deferred_tools",
+        "project_context",
+        "environment",
+    }
     assert all(HEX64.match(v) for v in out["segments"].values())
     assert out["attribution"] == {"cc_version": "2.1.197.56c", "cc_entrypoint": "sdk-cli"}
+    names = [p["name"] for p in out["pieces"]]
+    assert names[:3] == ["system[0]", "system[1]", "environment"]
+    assert {"git_status", "project_context", "date", "messages[0]", "messages[1]"} <= set(names)
+    assert all(HEX64.match(p["digest"]) for p in out["pieces"])
+    in_key = {p["section"] for p in out["pieces"] if p["in_key"]}
+    assert in_key == {"system", "tools", "environment", "project_context"}
+
+
+@pytest.mark.skipif(not CURRENT.is_file(), reason="the 2.1.332 corpus is not in this checkout")
+def test_key_names_every_piece_of_a_current_request(tmp_path: Path) -> None:
+    out = key_of(tmp_path, CURRENT, 0)
+    by_section: dict[str, list[str]] = {}
+    for piece in out["pieces"]:
+        by_section.setdefault(piece["section"], []).append(piece["name"])
+    assert by_section["git_status"] == ["git_status"]
+    assert by_section["deferred_tools"] == ["deferred_tools"]
+    assert by_section["date"] == ["date"]
+    assert "environment#2" in by_section["environment"]  # the one in messages[1]
+    assert "tools:ToolSearch" in by_section["tools"]
+    assert not any(p["in_key"] for p in out["pieces"] if p["section"] in ("date", "git_status"))
 
 
 def test_key_of_a_body_without_a_block_has_null_attribution(tmp_path: Path) -> None:

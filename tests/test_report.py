@@ -8,8 +8,10 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from prefixgate.core.misses import CAUSE_WORDS, CAUSES
 from prefixgate.report import (
     build_report,
+    cause_words,
     format_duration,
     render_report,
     report_json,
@@ -231,7 +233,31 @@ def test_render_report_shows_sessions_causes_and_totals() -> None:
     )
     assert "system[0]" in cause and "cch=abc12 -> cch=def34" in cause
     assert "2025-06-15 15:06:50" in cause
+    assert "attribution_changed: the attribution block differs: use policy strip" in text
     assert "Total: 2 requests" in text and "(estimate)" in text
+
+
+@pytest.mark.parametrize(
+    ("cause", "words"),
+    [
+        ("deferred_tools_changed", "an MCP server was added or removed between these sessions"),
+        ("environment_changed", "the working directory differs"),
+        ("date_changed", "a new day"),
+        ("tool_loaded", "ToolSearch loaded a tool definition"),
+        ("git_status_changed", "the git status snapshot differs"),
+        ("evicted_by_other_session", "another session or agent used the upstream"),
+    ],
+)
+def test_each_cause_is_worded_the_way_a_person_would_fix_it(cause: str, words: str) -> None:
+    report = build_report([rec(cause=cause, changed_segment="x", cause_detail="d")])
+    assert report.causes[0].words.startswith(words) or words in report.causes[0].words
+    assert f"{cause}: " in show(render_report(report))
+    assert report_json(report)["causes"][0]["words"] == report.causes[0].words
+
+
+def test_every_cause_has_words() -> None:
+    assert set(CAUSE_WORDS) == set(CAUSES)
+    assert cause_words("something_new") == "an unknown cause"
 
 
 def test_render_report_shows_record_text_literally() -> None:

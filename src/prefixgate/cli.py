@@ -5,7 +5,8 @@ app, and prints. Contracts other tools rely on:
 
 * ``rewrite [--policy P] [--explain] [FILE|-]`` prints the body that would be
   forwarded, as JSON on stdout; ``--explain`` writes what was found to stderr.
-* ``key [FILE|-]`` prints ``{"key", "segments", "attribution"}`` as one JSON object.
+* ``key [FILE|-]`` prints ``{"key", "segments", "attribution", "pieces"}`` as one
+  JSON object; ``pieces`` names every prompt piece in render order with its digest.
 * ``diagnose CAPTURE --json`` prints one JSON object per request with at least
   ``index``, ``session``, ``agent``, ``key``, ``changed_segment``, ``cause``.
 * ``report --json`` prints the report's numbers as one JSON object.
@@ -32,6 +33,7 @@ from prefixgate.core.auth import hash_key, new_key
 from prefixgate.core.errors import PrefixgateError
 from prefixgate.core.pipeline import Rewrite, RewriteOptions, rewrite
 from prefixgate.core.policy import Policy
+from prefixgate.core.prompt import KEY_SECTIONS
 from prefixgate.core.routing import ROUTING_POLICIES
 
 POLICIES = [p.value for p in Policy]
@@ -106,12 +108,24 @@ def _explain(result: Rewrite) -> str:
 @click.option("--policy", type=click.Choice(POLICIES), default="strip", show_default=True)
 @click.argument("source", default="-")
 def key_cmd(policy: str, source: str) -> None:
-    """Print the stable prefix cache key and segment hashes of the request in SOURCE."""
+    """Print the stable prefix cache key, its inputs and every prompt piece of SOURCE.
+
+    ``pieces`` lists the prompt in render order (name, section, digest, and
+    whether the piece enters the key)."""
     result = _run_rewrite(source, Policy.parse(policy))
     out: dict[str, Any] = {
         "key": result.key.hex,
         "segments": result.segments.summary(),
         "attribution": dict(result.attribution.fields) if result.attribution else None,
+        "pieces": [
+            {
+                "name": p.name,
+                "section": p.section,
+                "digest": p.digest,
+                "in_key": p.head and p.section in KEY_SECTIONS,
+            }
+            for p in result.view.pieces
+        ],
     }
     click.echo(json.dumps(out, ensure_ascii=False))
 

@@ -37,6 +37,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from prefixgate.core.misses import CAUSE_WORDS
 from prefixgate.store.audit import AuditRecord
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "SessionRow",
     "Totals",
     "build_report",
+    "cause_words",
     "format_agents",
     "format_count",
     "format_duration",
@@ -122,6 +124,16 @@ class CauseRow:
     cause: str
     count: int
     example: CauseExample
+
+    @property
+    def words(self) -> str:
+        """The cause the way a person would act on it."""
+        return cause_words(self.cause)
+
+
+def cause_words(cause: str) -> str:
+    """What ``cause`` means and what to do about it (``core/misses.py``'s words)."""
+    return CAUSE_WORDS.get(cause, "an unknown cause")
 
 
 @dataclass(frozen=True)
@@ -264,7 +276,7 @@ def report_json(report: Report) -> dict[str, Any]:
             }
             for row in report.sessions
         ],
-        "causes": [asdict(row) for row in report.causes],
+        "causes": [asdict(row) | {"words": row.words} for row in report.causes],
         "prefill_rates": [asdict(rate) for rate in report.prefill_rates],
     }
 
@@ -315,8 +327,17 @@ def format_agents(agents: Sequence[tuple[str, int]]) -> str:
 
 
 def render_report(report: Report) -> RenderableType:
-    """ "Sessions" and "Miss causes" tables, then a totals line."""
-    return Group(_sessions_table(report), _causes_table(report), _totals_line(report.totals))
+    """ "Sessions" and "Miss causes" tables, what to do about each cause, then a totals line."""
+    return Group(
+        _sessions_table(report),
+        _causes_table(report),
+        *_cause_words(report),
+        _totals_line(report.totals),
+    )
+
+
+def _cause_words(report: Report) -> list[Text]:
+    return [Text(f"{row.cause}: {row.words}") for row in report.causes]
 
 
 def _table(title: str) -> Table:

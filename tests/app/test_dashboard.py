@@ -138,6 +138,9 @@ def test_causes_table_counts_with_bars_and_examples() -> None:
     assert "system[0]" in rows[0] and "cch=abc12 -&gt; cch=def34" in rows[0]
     assert 'class="bar"' in rows[0]
     assert 'data-cause="upstream_dropped"' in rows[1]
+    # each cause worded the way a person would act on it
+    assert '<td class="words">the attribution block differs: use policy strip' in rows[0]
+    assert "check its cache settings" in rows[1]
 
 
 def test_latest_requests_newest_first_and_limited() -> None:

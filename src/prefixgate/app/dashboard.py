@@ -314,7 +314,7 @@ def _causes(report: Report) -> str:
     rows = "".join(_cause_row(row, top) for row in report.causes)
     return (
         '<table id="causes"><thead><tr><th>cause</th><th>requests</th>'
-        f"<th>latest example</th></tr></thead><tbody>{rows}</tbody></table>"
+        f"<th>what to do</th><th>latest example</th></tr></thead><tbody>{rows}</tbody></table>"
     )
 
 
@@ -331,6 +331,7 @@ def _cause_row(row: CauseRow, top: int) -> str:
         f'<tr data-cause="{_e(row.cause)}" data-count="{row.count}">'
         f'<td class="miss">{_e(row.cause)}</td>'
         f'<td><span class="bar" style="width:{width:.0f}px"></span> {row.count:,}</td>'
+        f'<td class="words">{_e(row.words)}</td>'
         f'<td class="detail">{example}{detail}</td></tr>'
     )
 

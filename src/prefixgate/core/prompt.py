@@ -364,20 +364,47 @@ def first_change(
         return None
     old = before.pieces[i]
     new = after.pieces[i] if i < len(after.pieces) else None
-    if new is not None and "messages" not in (old.section, new.section):
-        return _change(before, after, old, new, across_sessions)
-    head_before = [p for p in before.pieces if p.head and p.section != "messages"]
-    head_after = [p for p in after.pieces if p.head and p.section != "messages"]
+    # What belongs to one conversation: its messages, and (seen from another
+    # session) the tools it loaded through ToolSearch.
+    own = {"messages", "tool_loaded"} if across_sessions else {"messages"}
+    if new is not None and not {old.section, new.section} & own:
+        return _also(before, after, _change(before, after, old, new, across_sessions))
+    head_before = [p for p in before.pieces if p.head and p.section not in own]
+    head_after = [p for p in after.pieces if p.head and p.section not in own]
     j = _common(head_before, head_after)
     if j < len(head_before) or j < len(head_after):
         old_head = head_before[j] if j < len(head_before) else None
         new_head = head_after[j] if j < len(head_after) else None
-        return _change(before, after, old_head, new_head, across_sessions)
+        return _also(before, after, _change(before, after, old_head, new_head, across_sessions))
     if new is None:
         n_old, n_new = before.message_count, after.message_count
         detail = f"conversation is shorter than before ({n_old} -> {n_new} messages)"
         return Change(old.name, old.section, "messages_rewritten", detail)
+    if "tool_loaded" in (old.section, new.section) and across_sessions:
+        loaded = ", ".join(before.tool_names("tool_loaded")) or "-"
+        detail = f"another conversation: it had loaded {loaded} through ToolSearch"
+        return Change(old.name, "messages", "messages_rewritten", detail)
     return _change(before, after, old, new, across_sessions)
+
+
+def _also(before: PromptView, after: PromptView, change: Change) -> Change:
+    """``change``, naming a changed working directory too when that is not the change."""
+    if change.section == "environment":
+        return change
+    old, new = _working_directory(before), _working_directory(after)
+    if old is None or new is None or old == new:
+        return change
+    detail = f"{change.detail}; the working directory differs too: {old} -> {new}"
+    return Change(change.segment, change.section, change.cause, detail)
+
+
+def _working_directory(view: PromptView) -> str | None:
+    marker = "Primary working directory:"
+    for piece in view.section("environment", head_only=True):
+        for line in piece.text.splitlines():
+            if marker in line:
+                return _value(line, marker)
+    return None
 
 
 def _change(

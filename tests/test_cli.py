@@ -158,7 +158,6 @@ def test_key_output_shape(tmp_path: Path) -> None:
     assert in_key == {"system", "tools", "environment", "project_context"}
 
 
-@pytest.mark.skipif(not CURRENT.is_file(), reason="the 2.1.332 corpus is not in this checkout")
 def test_key_names_every_piece_of_a_current_request(tmp_path: Path) -> None:
     out = key_of(tmp_path, CURRENT, 0)
     by_section: dict[str, list[str]] = {}

@@ -12,8 +12,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from prefixgate.cli import main
+from prefixgate.core.attribution import detect
+from prefixgate.core.pipeline import prompt_parts
 from prefixgate.core.policy import Policy
-from prefixgate.core.prompt import prompt_view
+from prefixgate.core.prompt import first_change, prompt_view
 from prefixgate.diagnose import Diagnosis, diagnose, estimate_tokens
 from prefixgate.replay import CaptureRecord, load_capture
 
@@ -363,3 +365,63 @@ async def test_keys_and_predicted_causes_equal_the_gateway_s(plain: list[Capture
     assert [r.session for r in live] == [d.session for d in offline]
     assert [r.changed_segment for r in live] == [d.changed_segment for d in offline]
     assert [r.cause for r in live] == STRIP_CAUSES
+
+
+# -- the 2.1.332 corpus ----------------------------------------------------------
+
+CURRENT = "claude-code-2.1.332.jsonl"
+CURRENT_CAUSES = {
+    5: ("system_prompt_changed", "system[1]"),  # the subagent's own prompt
+    8: ("deferred_tools_changed", "deferred_tools"),  # a session with an MCP server
+    10: ("tool_loaded", "tool_loaded:mcp__projfs__count_lines"),
+    12: ("deferred_tools_changed", "deferred_tools"),  # the MCP server gone again
+    13: ("tool_loaded", "tool_loaded:WebFetch"),
+    14: ("environment_changed", "environment#2"),  # started in proj/src
+    15: ("system_prompt_changed", "system[1]"),  # another project: its memory path
+}
+
+
+def test_current_corpus_names_the_piece_of_every_change(corpus_directory: Path) -> None:
+    results = diagnose(load_capture(corpus_directory / CURRENT), Policy.STRIP)
+    found = {d.index: (d.cause, d.changed_segment) for d in results if d.cause != "none"}
+    assert found == CURRENT_CAUSES
+    by_index = {d.index: d for d in results}
+    assert by_index[8].detail == (
+        "an MCP server was added between these sessions: "
+        "mcp__projfs__count_lines, mcp__projfs__list_files"
+    )
+    assert by_index[12].detail is not None
+    assert by_index[12].detail.startswith("an MCP server was removed between these sessions")
+    assert by_index[10].detail is not None and "ToolSearch loaded mcp__projfs__count_lines" in (
+        by_index[10].detail
+    )
+    assert by_index[14].detail == (
+        "the working directory differs: /home/dev/proj -> /home/dev/proj/src"
+    )
+    assert by_index[15].detail is not None
+    assert "the working directory differs too: /home/dev/proj/src -> /home/dev/other" in (
+        by_index[15].detail
+    )
+
+
+def test_every_current_request_that_is_no_plain_append_is_named(corpus_directory: Path) -> None:
+    records = load_capture(corpus_directory / CURRENT)
+    results = diagnose(records, Policy.STRIP)
+    views = {
+        r.index: prompt_view(*_parts(r))  # the same walk as the gateway's
+        for r in records
+    }
+    previous: dict[str, int] = {}
+    for record, d in zip(records, results, strict=True):
+        mine = previous.get(f"{d.session}/{d.agent}")
+        if mine is not None:
+            appends = first_change(views[mine], views[record.index]) is None
+            assert appends == (d.cause == "none"), record.index
+        if d.cause != "none":
+            assert d.changed_segment and d.detail, record.index
+        previous[f"{d.session}/{d.agent}"] = record.index
+
+
+def _parts(record: CaptureRecord) -> tuple[Any, Any]:
+    body = json.loads(record.body)
+    return prompt_parts(body, detect(body), Policy.STRIP)

@@ -345,3 +345,19 @@ def test_render_report_shows_rows_totals_and_ratio(records: list[CaptureRecord])
     assert "33.3% / 120.0" in text and "63.8% / 70.0" in text
     assert "total time 0.58x of direct" in text
     assert "3 failed" in text
+
+
+def test_current_corpus_labels_are_the_gateways_causes(corpus_directory: Path) -> None:
+    records = load_capture(corpus_directory / "claude-code-2.1.332.jsonl")
+    stripped = [
+        miss_reason(records[:i], record, attribution_removed=True)
+        for i, record in enumerate(records)
+    ]
+    assert stripped == [
+        "cold", "none", "none", "none", "none", "system_prompt_changed", "none", "none",
+        "deferred_tools_changed", "none", "tool_loaded", "none", "deferred_tools_changed",
+        "tool_loaded", "environment_changed", "system_prompt_changed",
+    ]  # fmt: skip
+    direct = [miss_reason(records[:i], record) for i, record in enumerate(records)]
+    # forwarded, each new conversation's block differs first
+    assert {direct[i] for i in (3, 4, 9, 12)} == {"attribution_changed"}

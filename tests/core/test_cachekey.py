@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +19,7 @@ from prefixgate.core.canonical import chain, digest
 from prefixgate.core.pipeline import RewriteOptions, rewrite
 from prefixgate.core.policy import Policy
 from prefixgate.core.segments import split, without_cache_control
+from prefixgate.replay import CaptureRecord, load_capture
 
 # Each example builds and rewrites several whole requests: fewer examples suffice,
 # fewest for the properties that change one part.
@@ -443,3 +446,93 @@ def test_a_different_system_prompt_changes_the_system_hash(body: dict[str, Any],
     k1, k2 = key_of(body), key_of(changed)
     assert k1.system_hash != k2.system_hash
     assert replace(k2, system_hash=k1.system_hash) == k1
+
+
+# ----------------------------------------------------------- the 2.1.332 corpus
+
+CURRENT = "claude-code-2.1.332.jsonl"
+REMOTE = "claude-code-2.1.332-remote-host.jsonl"
+
+
+def capture_keys(path: Path) -> list[tuple[CaptureRecord, PromptCacheKey]]:
+    records = load_capture(path)
+    return [(r, rewrite(r.body, RewriteOptions(require_max_tokens=False)).key) for r in records]
+
+
+def test_current_key_is_stable_per_project_and_moves_with_mcp_and_cwd(
+    corpus_directory: Path,
+) -> None:
+    pairs = capture_keys(corpus_directory / CURRENT)
+    by_session: dict[tuple[str, str], set[str]] = {}
+    for record, key in pairs:
+        by_session.setdefault((record.session, record.agent), set()).add(key.hex)
+    # every turn of a conversation has one key, ToolSearch loads included
+    assert all(len(keys) == 1 for keys in by_session.values()), by_session
+    by_kind: dict[tuple[str, bool], dict[str, PromptCacheKey]] = {}
+    sessions: dict[tuple[str, bool], set[str]] = {}
+    for record, key in pairs:
+        if record.agent == "main":
+            kind = (cwd_of(record), any(n.startswith("mcp__") for n in deferred(record)))
+            by_kind.setdefault(kind, {})[key.hex] = key
+            sessions.setdefault(kind, set()).add(record.session)
+    assert set(by_kind) == {
+        ("/home/dev/proj", False),
+        ("/home/dev/proj", True),  # an MCP server configured
+        ("/home/dev/proj/src", False),
+        ("/home/dev/other", False),
+    }
+    # one key per kind: sessions of the project share it whatever their prompts
+    assert all(len(keys) == 1 for keys in by_kind.values())
+    assert len(sessions[("/home/dev/proj", False)]) >= 3
+    (plain,) = by_kind[("/home/dev/proj", False)].values()
+    (mcp,) = by_kind[("/home/dev/proj", True)].values()
+    (sub_directory,) = by_kind[("/home/dev/proj/src", False)].values()
+    (other,) = by_kind[("/home/dev/other", False)].values()
+    # an MCP server added moves it through the deferred list and the MCP digest
+    assert differing(plain, mcp) == {"deferred_tools_hash", "mcp_descriptor_hash"}
+    assert differing(plain, sub_directory) == {"environment_hash"}
+    # another project: its memory path sits in the system prompt too
+    assert differing(plain, other) == {"environment_hash", "system_hash"}
+
+
+def test_a_non_loopback_base_url_gives_the_same_key(corpus_directory: Path) -> None:
+    local = {k.hex for r, k in capture_keys(corpus_directory / CURRENT) if r.agent == "main"}
+    remote = {k.hex for _, k in capture_keys(corpus_directory / REMOTE)}
+    assert len(remote) == 1 and remote <= local
+
+
+def test_the_date_and_the_git_status_never_move_the_key(corpus_directory: Path) -> None:
+    record = load_capture(corpus_directory / CURRENT)[0]
+    body = json.loads(record.body)
+    base = rewrite(record.body, RewriteOptions(require_max_tokens=False)).key
+    other_day = copy.deepcopy(body)
+    system_message = other_day["messages"][1]
+    text = (
+        system_message["content"]
+        if isinstance(system_message["content"], str)
+        else (system_message["content"][0]["text"])
+    )
+    assert "Today's date is " in text
+    replaced = re.sub(r"Today's date is [0-9-]+", "Today's date is 2030-01-01", text)
+    system_message["content"] = replaced
+    git = copy.deepcopy(body)
+    reminder = git["messages"][0]["content"][0]
+    assert "gitStatus" in reminder["text"]
+    reminder["text"] = reminder["text"].replace("(clean)", "M README.md")
+    for changed in (other_day, git):
+        key = rewrite(json.dumps(changed).encode(), RewriteOptions(require_max_tokens=False)).key
+        assert key == base
+
+
+def differing(a: PromptCacheKey, b: PromptCacheKey) -> set[str]:
+    return {f for f, v in asdict(a).items() if asdict(b)[f] != v}
+
+
+def cwd_of(record: CaptureRecord) -> str:
+    found = re.search(r"Primary working directory: ([^\s\\]+)", record.body.decode())
+    assert found is not None
+    return found.group(1)
+
+
+def deferred(record: CaptureRecord) -> list[str]:
+    return rewrite(record.body, RewriteOptions(require_max_tokens=False)).view.deferred_names

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from prefixgate.core.misses import (
+    CAUSE_WORDS,
     CAUSES,
     TOLERANCE_TOKENS,
     CacheTracker,
@@ -340,3 +341,63 @@ def test_a_session_evicted_by_another_then_dropped_by_the_upstream() -> None:
     assert served.cause == "none"
     changed = judge(tracker, ALICE, view("hi", system=system + "!"), 0)
     assert (changed.cause, changed.changed_segment) == ("system_prompt_changed", "system[0]")
+
+
+# -- the new pieces, between sessions -------------------------------------------
+
+
+def deferred_view(prompt: str, names: tuple[str, ...], cwd: str = "/home/dev/proj") -> PromptView:
+    """A 2.1.332-shaped request: environment and deferred tools in messages[1]."""
+    listed = "".join(f"{n}\n" for n in names)
+    text = (
+        f"# Environment\n - Primary working directory: {cwd}\n\n"
+        f"The following deferred tools are now available via ToolSearch:\n{listed}\n"
+        "Today's date is 2026-12-06."
+    )
+    body = {
+        "model": "m",
+        "system": "You are Claude Code.",
+        "tools": [{"name": "ToolSearch"}],
+        "messages": [{"role": "user", "content": prompt}, {"role": "system", "content": text}],
+    }
+    return prompt_view(body, None)
+
+
+def test_an_mcp_server_added_between_sessions_is_named_against_the_upstream() -> None:
+    before = deferred_view("first", ("WebFetch",))
+    after = deferred_view("second", ("WebFetch", "mcp__projfs__read_note", "mcp__projfs__ls"))
+    cmp = compared(after, upstream_prev=(BOB, before))
+    assert cmp.predicted_cause == "deferred_tools_changed"
+    assert cmp.change is not None and cmp.change.segment == "deferred_tools"
+    judged = verdict(cmp, None, None)
+    assert judged.detail == (
+        "an MCP server was added between these sessions: mcp__projfs__read_note, "
+        "mcp__projfs__ls (vs the last request on the upstream)"
+    )
+    # the same change within one session is no "between these sessions"
+    same = compared(deferred_view("first", after.deferred_names), session_prev=before)
+    assert same.change is not None and "between" not in same.change.detail
+
+
+def test_another_working_directory_between_sessions() -> None:
+    before = deferred_view("first", ("WebFetch",))
+    after = deferred_view("second", ("WebFetch",), cwd="/home/dev/other")
+    cmp = compared(after, upstream_prev=(BOB, before))
+    assert cmp.change is not None
+    assert (cmp.change.cause, cmp.change.detail) == (
+        "environment_changed",
+        "the working directory differs: /home/dev/proj -> /home/dev/other",
+    )
+
+
+def test_another_conversation_of_the_same_project_is_no_change() -> None:
+    before = deferred_view("first", ("WebFetch",))
+    cmp = compared(deferred_view("second", ("WebFetch",)), upstream_prev=(BOB, before))
+    assert cmp.change is None
+    # what it can reuse: the system prompt and the tools, up to the other first prompt
+    assert cmp.upstream_common == 2
+
+
+def test_every_cause_has_words() -> None:
+    assert set(CAUSE_WORDS) == set(CAUSES)
+    assert all(CAUSE_WORDS[c] for c in CAUSES)

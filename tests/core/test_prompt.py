@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,9 +20,11 @@ from prefixgate.core.prompt import (
     Change,
     PromptView,
     common_pieces,
+    cut_named,
     first_change,
     prompt_view,
 )
+from prefixgate.replay import CaptureRecord, load_capture
 
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -694,3 +697,263 @@ def test_one_text_block_always_equals_string_content(text: str, role: str) -> No
         body_of(None, [], [{"role": role, "content": [{"type": "text", "text": text}]}]), None
     )
     assert flat == block
+
+
+# -- the 2.1.332 layout ----------------------------------------------------------
+
+ENVIRONMENT_332 = (
+    "# Environment\n"
+    "You have been invoked in the following environment: \n"
+    " - Primary working directory: /home/dev/proj\n"
+    " - Is a git repository: true\n"
+    " - Platform: linux\n"
+    "\n"
+    "You are powered by the model named Opus 5.5. The exact model ID is claude-opus-5-5.\n"
+    "\n"
+)
+DEFERRED_INTRO = (
+    "The following deferred tools are now available via ToolSearch. Their schemas are NOT "
+    'loaded. Use ToolSearch with query "select:<name>[,<name>...]" to load them:\n'
+)
+AGENTS = "Available agent types for the Agent tool:\n- Explore: searches.\n\n"
+GIT = (
+    "<system-reminder>\nAs you answer the user's questions, you can use the following context:\n"
+    "# gitStatus\nCurrent branch: master\n\nStatus:\n(clean)\n</system-reminder>"
+)
+COMMITS = "<system-reminder>\nEnd git commit messages with: Co-Authored-By: x\n</system-reminder>\n"
+
+
+def system_message(
+    cwd: str = "/home/dev/proj",
+    deferred: tuple[str, ...] = ("CronCreate", "WebFetch"),
+    date: str = "2026-12-06",
+    as_list: bool = True,
+) -> dict[str, Any]:
+    text = (
+        ENVIRONMENT_332.replace("/home/dev/proj", cwd)
+        + DEFERRED_INTRO
+        + "".join(f"{name}\n" for name in deferred)
+        + "\n"
+        + AGENTS
+        + f"Today's date is {date}."
+    )
+    content: Any = [{"type": "text", "text": text, "cache_control": EPHEMERAL}] if as_list else text
+    return {"role": "system", "content": content}
+
+
+def request_332(
+    prompt: str = "say hi", turns: int = 0, *, loaded: tuple[dict[str, Any], ...] = (), **kw: Any
+) -> dict[str, Any]:
+    """A body in the 2.1.332 layout: context and git status in messages[0], the
+    environment, deferred tools and date in the role "system" message at messages[1]."""
+    git = kw.pop("git", GIT)
+    messages: list[dict[str, Any]] = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": git},
+                {"type": "text", "text": COMMITS},
+                {"type": "text", "text": prompt},
+            ],
+        },
+        system_message(**kw),
+    ]
+    for n in range(turns):
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": f"a{n}"}]})
+        messages.append({"role": "user", "content": f"q{n}"})
+    placeholder = {**tool("DeferredToolPlaceholder"), "defer_loading": True}
+    return {
+        "model": "claude-opus-5-5",
+        "max_tokens": 64,
+        "system": [
+            {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.332.0b8;"},
+            {"type": "text", "text": IDENTITY, "cache_control": EPHEMERAL},
+            {"type": "text", "text": "You are an agent.", "cache_control": EPHEMERAL},
+        ],
+        "tools": [tool("Bash"), tool("ToolSearch"), *loaded, placeholder, tool("Write")],
+        "messages": messages,
+    }
+
+
+def test_the_332_layout_in_render_order() -> None:
+    v = view(request_332(turns=1))
+    assert [(p.section, p.name) for p in v.pieces] == [
+        ("system", "system[0]"),
+        ("system", "system[1]"),
+        ("tools", "tools:Bash"),
+        ("tools", "tools:ToolSearch"),
+        ("tools", "tools:DeferredToolPlaceholder"),  # defer_loading, but no loaded tool
+        ("tools", "tools:Write"),
+        ("git_status", "git_status"),
+        ("project_context", "project_context"),
+        ("messages", "messages[0]"),
+        ("environment", "environment"),
+        ("deferred_tools", "deferred_tools"),
+        ("system", "messages[1]"),  # agent types: the system prompt before the first answer
+        ("date", "date"),
+        ("messages", "messages[2]"),
+        ("messages", "messages[3]"),
+    ]
+    assert v.deferred_names == ["CronCreate", "WebFetch"]
+    by_name = {p.name: p for p in v.pieces}
+    assert by_name["date"].text == "Today's date is 2026-12-06."
+    assert by_name["environment"].text == ENVIRONMENT_332
+    assert by_name["git_status"].text == GIT
+    assert by_name["messages[0]"].text == '{"content":"say hi","role":"user"}'
+    assert [p.head for p in v.pieces].count(False) == 2  # the turns after the first answer
+    assert v.current_turn() == by_name["messages[3]"]
+    assert v.message_count == 4
+
+
+def test_the_pieces_of_a_text_join_back_to_it() -> None:
+    text = system_message(as_list=False)["content"]
+    v = prompt_view(request_332(), None)
+    first, last = v.names("environment")[0], "date"
+    names = [p.name for p in v.pieces]
+    joined = "".join(p.text for p in v.pieces[names.index(first) : names.index(last) + 1])
+    assert joined == text
+
+
+def test_the_system_message_as_a_list_or_a_string_is_the_same_prompt() -> None:
+    first, later = view(request_332(as_list=True)), view(request_332(as_list=False))
+    assert first == later
+    assert first_change(first, view(request_332(turns=1, as_list=False))) is None
+
+
+def test_a_tool_loaded_through_toolsearch() -> None:
+    webfetch = {**tool("WebFetch"), "defer_loading": True}
+    mcp = {**tool("mcp__projfs__read_note"), "defer_loading": True}
+    before = request_332(turns=1)
+    after = request_332(turns=2, loaded=(webfetch, mcp))
+    v = view(after)
+    assert v.tool_names("tool_loaded") == ["WebFetch", "mcp__projfs__read_note"]
+    assert v.tool_names("tools") == ["Bash", "ToolSearch", "DeferredToolPlaceholder", "Write"]
+    found = change(before, after)
+    assert (found.segment, found.section, found.cause) == (
+        "tool_loaded:WebFetch",
+        "tool_loaded",
+        "tool_loaded",
+    )
+    assert found.detail == (
+        "ToolSearch loaded WebFetch, mcp__projfs__read_note: its definition now sits in tools[]"
+    )
+    # seen from another session, a tool the other conversation loaded is its own business
+    other = first_change(view(after), view(request_332("other")), across_sessions=True)
+    assert other is not None and other.section == "messages"
+
+
+@pytest.mark.parametrize(
+    ("kw", "section", "detail"),
+    [
+        (
+            {"cwd": "/home/dev/other"},
+            "environment",
+            "the working directory differs: /home/dev/proj -> /home/dev/other",
+        ),
+        (
+            {"date": "2026-12-07"},
+            "date",
+            "a new day: 2026-12-06 -> 2026-12-07 (expected once a day)",
+        ),
+        (
+            {"deferred": ("CronCreate", "WebFetch", "mcp__projfs__read_note", "mcp__projfs__ls")},
+            "deferred_tools",
+            "an MCP server was added: mcp__projfs__read_note, mcp__projfs__ls",
+        ),
+        (
+            {"deferred": ("CronCreate",)},
+            "deferred_tools",
+            "deferred tools removed: WebFetch",
+        ),
+        (
+            {"git": GIT.replace("(clean)", "M app.py")},
+            "git_status",
+            'the git status differs: line 7: "M app.py" (was "(clean)")',
+        ),
+    ],
+)
+def test_each_new_piece_names_what_changed(kw: dict[str, Any], section: str, detail: str) -> None:
+    before, after = request_332(turns=1), request_332(turns=1, **kw)
+    found = change(before, after)
+    assert (found.section, found.cause, found.detail) == (
+        section,
+        CAUSE_OF_SECTION[section],
+        detail,
+    )
+    # a new conversation (another first prompt) still names the piece
+    other = first_change(view(before), view(request_332("other", **kw)), across_sessions=True)
+    assert other is not None and other.section == section
+
+
+def test_across_sessions_an_added_mcp_server_says_so() -> None:
+    names = ("CronCreate", "WebFetch", "mcp__projfs__read_note", "mcp__projfs__ls")
+    found = first_change(
+        view(request_332()), view(request_332("other", deferred=names)), across_sessions=True
+    )
+    assert found is not None
+    assert found.detail == (
+        "an MCP server was added between these sessions: mcp__projfs__read_note, mcp__projfs__ls"
+    )
+
+
+def test_the_model_line_in_the_environment() -> None:
+    after = request_332()
+    text = after["messages"][1]["content"][0]["text"]
+    after["messages"][1]["content"][0]["text"] = text.replace("Opus 5.5", "Opus 5.6")
+    found = change(request_332(), after)
+    assert found.cause == "environment_changed"
+    assert found.detail.startswith('the model line differs: "You are powered by the model named')
+
+
+def test_the_2_1_197_date_sits_in_the_project_context() -> None:
+    context = "<system-reminder>\n# claudeMd\nTabs.\n# currentDate\nToday's date is 2026-11-21.\n"
+    body = request(messages=[{"role": "user", "content": [{"type": "text", "text": context}]}])
+    v = prompt_view(body, None)
+    assert [(p.section, p.text) for p in v.pieces if p.section in ("project_context", "date")] == [
+        ("project_context", "<system-reminder>\n# claudeMd\nTabs.\n"),
+        ("date", "# currentDate\nToday's date is 2026-11-21.\n"),
+    ]
+    later = copy.deepcopy(body)
+    later["messages"][0]["content"][0]["text"] = context.replace("21", "22")
+    found = first_change(v, prompt_view(later, None))
+    assert found is not None and found.cause == "date_changed"
+    assert found.detail == "a new day: 2026-11-21 -> 2026-11-22 (expected once a day)"
+
+
+def test_cut_named_gives_the_text_back() -> None:
+    text = "intro\n" + ENVIRONMENT_332 + "# Other\nrest\ngitStatus: clean\n"
+    parts = cut_named(text)
+    assert "".join(part for _, part in parts) == text
+    assert [kind for kind, _ in parts] == [None, "environment", None, "git_status"]
+    assert cut_named("") == [(None, "")]
+
+
+# -- the recorded 2.1.332 corpus --------------------------------------------------
+
+CURRENT = "claude-code-2.1.332.jsonl"
+
+
+@pytest.fixture(scope="module")
+def current(corpus_directory: Path) -> list[CaptureRecord]:
+    return load_capture(corpus_directory / CURRENT)
+
+
+def test_every_current_request_has_the_new_pieces(current: list[CaptureRecord]) -> None:
+    for record in current:
+        v = view(json.loads(record.body))
+        sections = {p.section for p in v.pieces if p.head}
+        if record.agent == "main":
+            assert {"environment", "deferred_tools", "date", "git_status"} <= sections
+            assert "Primary working directory: /home/dev/" in v.section("environment")[-1].text
+        assert "mcp_tools" not in sections  # 2.1.332 lists MCP tools as deferred
+
+
+def test_current_turns_of_a_conversation_only_append(current: list[CaptureRecord]) -> None:
+    views = [view(json.loads(r.body)) for r in current]
+    for i in range(1, len(current)):
+        same = (current[i].session, current[i].agent) == (
+            current[i - 1].session,
+            current[i - 1].agent,
+        )
+        if same and views[i].tool_names("tool_loaded") == views[i - 1].tool_names("tool_loaded"):
+            assert first_change(views[i - 1], views[i]) is None, i

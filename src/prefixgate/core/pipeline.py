@@ -1,11 +1,13 @@
 """The rewrite pipeline: client bytes in, the bytes to forward and what was learnt out.
 
-    parse -> detect attribution -> apply policy -> serialise -> segment -> key
+    parse -> detect attribution -> apply policy -> serialise -> tool loads -> segment -> key
 
 Pure: no sockets, no clock, no environment. The forwarded bytes are the
 client's own bytes whenever the policy changed nothing; when it did, only the
 ``system`` value is re-encoded and spliced back in place, so every other byte
 (key order, escapes, number formats, whitespace) stays as the client sent it.
+The tool-load step (``core/toolload.py``) splices the same way: only the
+``tools`` array and the ToolSearch results it rewrites are re-encoded.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from prefixgate.core.policy import (
 )
 from prefixgate.core.prompt import PromptView, prompt_view
 from prefixgate.core.segments import Segments, split
+from prefixgate.core.toolload import ToolLoadResult, ToolLoads, apply_tool_loads
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class RewriteOptions:
     tenant: str = "default"
     require_max_tokens: bool = True
     adapter_version: str = ADAPTER_VERSION  # how the prompt is rendered for the upstream
+    tool_loads: ToolLoads = ToolLoads.INLINE  # where ToolSearch-loaded definitions go
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class Rewrite:
     key: PromptCacheKey
     view: PromptView
     upstream_headers: Mapping[str, str] = field(default_factory=dict)
+    tool_loads: ToolLoadResult | None = None  # what the tool-load step did
 
     @property
     def model(self) -> str:
@@ -84,6 +89,10 @@ def rewrite_parsed(
         metadata_header=options.metadata_header,
     )
     out = splice_system(raw, body, result.body) if result.changed else raw
+    loads = apply_tool_loads(out, result.body, options.tool_loads)
+    out = loads.body
+    if loads.changed:  # the prompt pieces are those the upstream receives
+        body = {**body, "tools": loads.parsed["tools"], "messages": loads.parsed["messages"]}
     stripped, kept = prompt_parts(body, found, result.policy)
     segments = split(stripped, kept)
     key = build_key(
@@ -96,7 +105,7 @@ def rewrite_parsed(
     )
     return Rewrite(
         body=out,
-        parsed=result.body,
+        parsed=loads.parsed,
         attribution=found,
         policy=options.policy,
         changed=result.changed,
@@ -104,6 +113,7 @@ def rewrite_parsed(
         key=key,
         view=prompt_view(stripped, kept),
         upstream_headers=result.upstream_headers,
+        tool_loads=loads,
     )
 
 

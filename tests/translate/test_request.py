@@ -1132,12 +1132,11 @@ def test_current_client_requests_translate(
         assert function_names(result) == [openai_name(n) for n in sent_tools(body)]
         assert PLACEHOLDER not in function_names(result)
         assert "safeguards" not in result.body and "context_management" not in result.body
-        for i, message in enumerate(body["messages"]):
-            if message["role"] == "system":  # the environment section, kept at its place
-                with_system_message += 1
-                translated = [m for m in result.body["messages"] if m["role"] == "system"]
-                assert {"role": "system", "content": system_text(message["content"])} in translated
-                assert i == 1
+        # role: "system" messages (the environment section, later reminders) stay in place
+        expected = [system_text(m["content"]) for m in body["messages"] if m["role"] == "system"]
+        got = [m["content"] for m in result.body["messages"][1:] if m["role"] == "system"]
+        assert got == expected
+        with_system_message += bool(expected)
     assert with_system_message >= 1
 
 
@@ -1172,3 +1171,27 @@ def test_tools_the_tool_load_step_expanded_are_loaded_without_references() -> No
     told = translate(body, loaded_tools=("WebFetch",))
     assert function_names(told) == ["Read", "WebFetch"]
     assert f"deferred:{PLACEHOLDER}" in told.dropped
+
+
+def test_current_client_recorded_tool_loads(corpus_directory: Path) -> None:
+    """Recorded ToolSearch loads, as the client sent them: the loaded tools become functions."""
+    seen = 0
+    for path in sorted(corpus_directory.glob(CURRENT_CORPUS)):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            body = json.loads(json.loads(line)["body"])
+            loaded = loaded_tools(body["messages"])
+            if not loaded:
+                continue
+            seen += 1
+            result = to_openai(body)
+            deferred_names = [t["name"] for t in body["tools"] if t.get("defer_loading")]
+            assert set(loaded) <= set(deferred_names)
+            names = function_names(result)
+            assert names[-len(loaded) :] == [openai_name(n) for n in loaded]
+            assert PLACEHOLDER not in names
+            tool_texts = " ".join(
+                m["content"] for m in result.body["messages"] if m["role"] == "tool"
+            )
+            for name in loaded:
+                assert f"[tool loaded: {name}]" in tool_texts
+    assert seen >= 1, f"no recorded ToolSearch load in {CURRENT_CORPUS}"

@@ -30,7 +30,7 @@ from prefixgate.core.policy import (
     normalized_line,
 )
 from prefixgate.core.prompt import PromptView, prompt_view
-from prefixgate.core.segments import Segments, split
+from prefixgate.core.segments import Segments
 from prefixgate.core.toolload import ToolLoadResult, ToolLoads, apply_tool_loads
 
 
@@ -94,9 +94,9 @@ def rewrite_parsed(
     if loads.changed:  # the prompt pieces are those the upstream receives
         body = {**body, "tools": loads.parsed["tools"], "messages": loads.parsed["messages"]}
     stripped, kept = prompt_parts(body, found, result.policy)
-    segments = split(stripped, kept)
+    view = prompt_view(stripped, kept)  # the one walk over the prompt
     key = build_key(
-        segments,
+        view,
         provider=options.provider,
         model=str(body["model"]),
         tenant=options.tenant,
@@ -109,9 +109,9 @@ def rewrite_parsed(
         attribution=found,
         policy=options.policy,
         changed=result.changed,
-        segments=segments,
+        segments=Segments(view),
         key=key,
-        view=prompt_view(stripped, kept),
+        view=view,
         upstream_headers=result.upstream_headers,
         tool_loads=loads,
     )

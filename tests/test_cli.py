@@ -90,6 +90,21 @@ def test_rewrite_explain_describes_the_block_on_stderr(tmp_path: Path) -> None:
     assert key is not None and HEX64.match(key.group(1))
 
 
+def test_rewrite_explain_names_the_tools_loaded_and_moved(tmp_path: Path) -> None:
+    loads = [i for i, r in enumerate(corpus(CURRENT)) if '"tool_reference"' in r["body"]]
+    assert loads, "the 2.1.332 corpus records a ToolSearch load"
+    source = str(write_record(tmp_path, CURRENT, loads[0]))
+    result = run("rewrite", "--explain", source)
+    assert result.exit_code == 0, result.output
+    assert "tool loads inline: definitions placed where referenced: " in result.stderr
+    assert "moved to the end of tools[]" in result.stderr
+    assert b'"tool_reference"' not in result.stdout_bytes
+    kept = run("rewrite", "--tool-loads", "as_sent", "--explain", source)
+    assert kept.exit_code == 0, kept.output
+    assert "tool loads as_sent" in kept.stderr
+    assert b'"tool_reference"' in kept.stdout_bytes
+
+
 def test_rewrite_explain_without_a_block(tmp_path: Path) -> None:
     body = tmp_path / "plain.json"
     body.write_bytes(PLAIN)

@@ -20,6 +20,7 @@ from prefixgate.config import (
     upstream_from_table,
 )
 from prefixgate.core.policy import DEFAULT_NORMALIZE_KEEP, Policy
+from prefixgate.core.toolload import ToolLoads
 
 LOCAL = "http://127.0.0.1:8080"
 ANTHROPIC = "https://api.anthropic.com"
@@ -662,3 +663,38 @@ def test_the_audit_flag_beats_file_and_environment() -> None:
     assert build_settings(file, env, {"audit_path": "/from-flag.db"}).audit_path == "/from-flag.db"
     assert build_settings(file, env, {"audit_path": "memory"}).audit_path is None
     assert build_settings(file, env, {"audit_path": None}).audit_path == "/from-env.db"
+
+
+# -- tool_loads: where tools loaded through ToolSearch go
+
+
+def test_tool_loads_default_inline_for_local_and_as_sent_for_first_party() -> None:
+    s = build_settings(
+        {"upstreams": {"local": {"url": "http://127.0.0.1:8080"}, "anthropic": {"url": ANTHROPIC}}},
+        {},
+        {},
+    )
+    assert s.upstreams["local"].tool_loads is ToolLoads.INLINE
+    assert s.upstreams["anthropic"].tool_loads is ToolLoads.AS_SENT
+    third = upstream_from_table("or", {"url": "https://openrouter.ai/api", "kind": "openai"})
+    assert third.tool_loads is ToolLoads.INLINE
+
+
+@pytest.mark.parametrize("value", ["inline", "inline_only", "as_sent"])
+def test_tool_loads_is_set_per_upstream(value: str) -> None:
+    up = upstream_from_table("local", {"url": "http://127.0.0.1:8080", "tool_loads": value})
+    assert up.tool_loads is ToolLoads(value)
+    first = upstream_from_table("a", {"url": ANTHROPIC, "tool_loads": value})
+    assert first.tool_loads is ToolLoads(value)
+
+
+def test_tool_loads_rejects_an_unknown_value() -> None:
+    with pytest.raises(ConfigError, match=r"upstreams\.local\.tool_loads: expected one of"):
+        upstream_from_table("local", {"url": "http://127.0.0.1:8080", "tool_loads": "expand"})
+
+
+def test_tool_loads_default_for_an_upstream_given_as_a_flag() -> None:
+    s = build_settings({"upstreams": {"local": {"url": "http://127.0.0.1:8080"}}}, {}, {})
+    assert s.with_upstream("http://127.0.0.1:9").upstreams["default"].tool_loads is (
+        ToolLoads.INLINE
+    )

@@ -35,6 +35,7 @@ from prefixgate.core.pipeline import Rewrite, RewriteOptions, rewrite
 from prefixgate.core.policy import Policy
 from prefixgate.core.prompt import KEY_SECTIONS
 from prefixgate.core.routing import ROUTING_POLICIES
+from prefixgate.core.toolload import ToolLoads
 
 POLICIES = [p.value for p in Policy]
 LOG_LEVELS = ["critical", "error", "warning", "info", "debug", "trace"]
@@ -56,11 +57,10 @@ def _policy(value: str | None) -> Policy | None:
     return None if value is None else Policy.parse(value)
 
 
-def _run_rewrite(source: str, policy: Policy) -> Rewrite:
+def _run_rewrite(source: str, policy: Policy, tool_loads: ToolLoads = ToolLoads.INLINE) -> Rewrite:
+    options = RewriteOptions(policy=policy, provider="anthropic:default", tool_loads=tool_loads)
     try:
-        return rewrite(
-            read_request(source), RewriteOptions(policy=policy, provider="anthropic:default")
-        )
+        return rewrite(read_request(source), options)
     except PrefixgateError as exc:
         raise click.ClickException(f"{exc.error_type}: {exc.message}") from None
     except OSError as exc:
@@ -75,15 +75,24 @@ def main() -> None:
 
 @main.command("rewrite")
 @click.option("--policy", type=click.Choice(POLICIES), default="strip", show_default=True)
+@click.option(
+    "--tool-loads",
+    type=click.Choice([m.value for m in ToolLoads]),
+    default=ToolLoads.INLINE.value,
+    show_default=True,
+    help="Where tools loaded through ToolSearch go (docs/upstreams.md).",
+)
 @click.option("--explain", is_flag=True, help="Describe what was found and changed on stderr.")
 @click.argument("source", default="-")
-def rewrite_cmd(policy: str, explain: bool, source: str) -> None:
+def rewrite_cmd(policy: str, tool_loads: str, explain: bool, source: str) -> None:
     """Print the body prefixgate would forward for the request in SOURCE."""
-    result = _run_rewrite(source, Policy.parse(policy))
+    result = _run_rewrite(source, Policy.parse(policy), ToolLoads.parse(tool_loads))
     sys.stdout.buffer.write(result.body)
     sys.stdout.buffer.write(b"\n")
     if explain:
         click.echo(_explain(result), err=True)
+        if result.tool_loads is not None:
+            click.echo(result.tool_loads.describe(), err=True)
 
 
 def _explain(result: Rewrite) -> str:

@@ -45,6 +45,9 @@ it. Example file::
     # side_requests = "forward"    # local: answer count_tokens with the upstream's
                                    # tokenizer, never touching its slots
     policy = "strip"               # default: strip, passthrough when first_party
+    # tool_loads = "inline"        # inline | inline_only | as_sent: where tools loaded
+                                   # through ToolSearch go (default: inline, as_sent
+                                   # when first_party; see docs/upstreams.md)
     # connect_timeout = 10         # seconds; read_timeout = 600 (to the first byte)
     # stream_idle_timeout = 300    # longest silence inside a stream under way (504)
     # api_key_env = "LOCAL_KEY"    # or api_key = "..."; replaces client credentials
@@ -74,6 +77,7 @@ from prefixgate.core.auth import Tenant, is_digest
 from prefixgate.core.limits import Limits
 from prefixgate.core.policy import DEFAULT_NORMALIZE_KEEP, METADATA_HEADER, Policy
 from prefixgate.core.routing import ROUTING_POLICIES
+from prefixgate.core.toolload import ToolLoads
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
@@ -122,6 +126,7 @@ class UpstreamConfig:
     health_interval: float = 5.0
     pin_idle: float = 600.0
     side_requests: str = "forward"
+    tool_loads: ToolLoads = ToolLoads.INLINE  # first-party: AS_SENT (the API expands them)
     replica: str | None = None  # set on the copy that stands for one replica
 
     @property
@@ -250,6 +255,7 @@ def upstream_from_table(
         raise ConfigError(f"upstreams.{name}.kind: unknown kind {kind!r} ({UPSTREAM_KINDS})")
     first_party = bool(table.get("first_party", is_first_party(url)))
     default_policy = Policy.PASSTHROUGH if first_party else Policy.STRIP
+    default_loads = ToolLoads.AS_SENT if first_party else ToolLoads.INLINE
     return UpstreamConfig(
         name=name,
         url=url.rstrip("/"),
@@ -287,6 +293,13 @@ def upstream_from_table(
             f"upstreams.{name}.side_requests",
             table.get("side_requests", "forward"),
             SIDE_REQUESTS,
+        ),
+        tool_loads=ToolLoads(
+            _choice(
+                f"upstreams.{name}.tool_loads",
+                table.get("tool_loads", default_loads.value),
+                tuple(m.value for m in ToolLoads),
+            )
         ),
     )
 

@@ -258,6 +258,7 @@ class Proxy:
             adapter_version=translated.ADAPTER_VERSION
             if ex.upstream.kind == "openai"
             else ADAPTER_VERSION,
+            tool_loads=ex.upstream.tool_loads,
         )
         ex.rewrite = rewrite_parsed(raw, body, options)
         return ex.rewrite

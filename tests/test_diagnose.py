@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from prefixgate.cli import main
-from prefixgate.core.attribution import detect
-from prefixgate.core.pipeline import prompt_parts
+from prefixgate.core.pipeline import RewriteOptions, rewrite
 from prefixgate.core.policy import Policy
 from prefixgate.core.prompt import first_change, prompt_view
+from prefixgate.core.toolload import ToolLoads
 from prefixgate.diagnose import Diagnosis, diagnose, estimate_tokens
 from prefixgate.replay import CaptureRecord, load_capture
 
@@ -381,8 +381,16 @@ CURRENT_CAUSES = {
 }
 
 
-def test_current_corpus_names_the_piece_of_every_change(corpus_directory: Path) -> None:
+def test_current_corpus_tool_loads_inline_are_no_change(corpus_directory: Path) -> None:
+    # the default for local upstreams: each loaded definition stands where it was loaded
     results = diagnose(load_capture(corpus_directory / CURRENT), Policy.STRIP)
+    found = {d.index: (d.cause, d.changed_segment) for d in results if d.cause != "none"}
+    assert found == {i: c for i, c in CURRENT_CAUSES.items() if c[0] != "tool_loaded"}
+
+
+def test_current_corpus_names_the_piece_of_every_change(corpus_directory: Path) -> None:
+    records = load_capture(corpus_directory / CURRENT)
+    results = diagnose(records, Policy.STRIP, tool_loads=ToolLoads.AS_SENT)
     found = {d.index: (d.cause, d.changed_segment) for d in results if d.cause != "none"}
     assert found == CURRENT_CAUSES
     by_index = {d.index: d for d in results}
@@ -404,13 +412,14 @@ def test_current_corpus_names_the_piece_of_every_change(corpus_directory: Path) 
     )
 
 
-def test_every_current_request_that_is_no_plain_append_is_named(corpus_directory: Path) -> None:
+@pytest.mark.parametrize("tool_loads", list(ToolLoads))
+def test_every_current_request_that_is_no_plain_append_is_named(
+    corpus_directory: Path, tool_loads: ToolLoads
+) -> None:
     records = load_capture(corpus_directory / CURRENT)
-    results = diagnose(records, Policy.STRIP)
-    views = {
-        r.index: prompt_view(*_parts(r))  # the same walk as the gateway's
-        for r in records
-    }
+    results = diagnose(records, Policy.STRIP, tool_loads=tool_loads)
+    options = RewriteOptions(require_max_tokens=False, tool_loads=tool_loads)
+    views = {r.index: rewrite(r.body, options).view for r in records}
     previous: dict[str, int] = {}
     for record, d in zip(records, results, strict=True):
         mine = previous.get(f"{d.session}/{d.agent}")
@@ -420,8 +429,3 @@ def test_every_current_request_that_is_no_plain_append_is_named(corpus_directory
         if d.cause != "none":
             assert d.changed_segment and d.detail, record.index
         previous[f"{d.session}/{d.agent}"] = record.index
-
-
-def _parts(record: CaptureRecord) -> tuple[Any, Any]:
-    body = json.loads(record.body)
-    return prompt_parts(body, detect(body), Policy.STRIP)

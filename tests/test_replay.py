@@ -353,11 +353,13 @@ def test_current_corpus_labels_are_the_gateways_causes(corpus_directory: Path) -
         miss_reason(records[:i], record, attribution_removed=True)
         for i, record in enumerate(records)
     ]
+    # through prefixgate: block stripped, tool loads placed where they were loaded
     assert stripped == [
         "cold", "none", "none", "none", "none", "system_prompt_changed", "none", "none",
-        "deferred_tools_changed", "none", "tool_loaded", "none", "deferred_tools_changed",
-        "tool_loaded", "environment_changed", "system_prompt_changed",
+        "deferred_tools_changed", "none", "none", "none", "deferred_tools_changed",
+        "none", "environment_changed", "system_prompt_changed",
     ]  # fmt: skip
     direct = [miss_reason(records[:i], record) for i, record in enumerate(records)]
-    # forwarded, each new conversation's block differs first
+    # forwarded, each new conversation's block differs first, and each load moves tools[]
     assert {direct[i] for i in (3, 4, 9, 12)} == {"attribution_changed"}
+    assert direct[10] == direct[13] == "tool_loaded"

@@ -29,6 +29,7 @@ from prefixgate.core.misses import CacheTracker, Owner, expected_tokens
 from prefixgate.core.pipeline import RewriteOptions, rewrite
 from prefixgate.core.policy import Policy
 from prefixgate.core.prompt import PromptView
+from prefixgate.core.toolload import ToolLoads
 from prefixgate.replay import CaptureRecord
 
 UPSTREAM = "capture"
@@ -73,11 +74,21 @@ def diagnose(
     policy: Policy = Policy.STRIP,
     tenant: str = "default",
     provider: str = PROVIDER,
+    tool_loads: ToolLoads = ToolLoads.INLINE,
 ) -> list[Diagnosis]:
-    """One ``Diagnosis`` per record, in order, as the gateway would see them."""
+    """One ``Diagnosis`` per record, in order, as the gateway would see them.
+
+    ``tool_loads`` is the upstream's tool-load policy: with ``as_sent`` a tool
+    loaded through ToolSearch is a ``tool_loaded`` change ahead of the
+    conversation; with ``inline`` (the default for local upstreams) it is not.
+    """
     tracker, labeller = CacheTracker(), AgentLabeller()
     options = RewriteOptions(
-        policy=policy, tenant=tenant, provider=provider, require_max_tokens=False
+        policy=policy,
+        tenant=tenant,
+        provider=provider,
+        require_max_tokens=False,
+        tool_loads=tool_loads,
     )
     out = []
     for record in records:

@@ -31,9 +31,10 @@ from rich.table import Table
 from rich.text import Text
 
 from prefixgate.core.attribution import detect
+from prefixgate.core.errors import PrefixgateError
 from prefixgate.core.fold import MessageSummary, StreamFold, summarize_message
 from prefixgate.core.misses import CAUSES
-from prefixgate.core.pipeline import prompt_parts
+from prefixgate.core.pipeline import RewriteOptions, prompt_parts, rewrite
 from prefixgate.core.policy import Policy
 from prefixgate.core.prompt import Piece, PromptView, common_pieces, first_change, prompt_view
 from prefixgate.core.sse import SSEDecoder
@@ -363,17 +364,21 @@ def summarize(results: Sequence[ReplayResult]) -> Summary:
 @functools.lru_cache(maxsize=512)
 def view_of(body: bytes, attribution_removed: bool = False) -> PromptView:
     """The prompt model of a recorded body (``core/prompt.py``), as the upstream
-    sees it: with the attribution block when it was forwarded, without it when
-    ``attribution_removed``."""
+    sees it: forwarded as sent, or (``attribution_removed``) as prefixgate
+    forwards it to a local upstream by default: block stripped, tools loaded
+    through ToolSearch placed where they were loaded."""
     try:
         parsed = json.loads(body)
     except ValueError:
         parsed = None
     if not isinstance(parsed, dict):
         return PromptView(model="", pieces=())
-    found = detect(parsed)
-    policy = Policy.STRIP if attribution_removed else Policy.PASSTHROUGH
-    return prompt_view(*prompt_parts(parsed, found, policy))
+    if attribution_removed:
+        try:
+            return rewrite(body, RewriteOptions(require_max_tokens=False)).view
+        except PrefixgateError:  # a body the gateway refuses: as sent, less the block
+            return prompt_view(*prompt_parts(parsed, detect(parsed), Policy.STRIP))
+    return prompt_view(*prompt_parts(parsed, detect(parsed), Policy.PASSTHROUGH))
 
 
 def _bare(view: PromptView) -> tuple[Piece, ...]:

@@ -957,3 +957,32 @@ def test_current_turns_of_a_conversation_only_append(current: list[CaptureRecord
         )
         if same and views[i].tool_names("tool_loaded") == views[i - 1].tool_names("tool_loaded"):
             assert first_change(views[i - 1], views[i]) is None, i
+
+
+def test_a_loaded_definition_carried_inline_is_counted_where_it_was_loaded() -> None:
+    webfetch = {**tool("WebFetch"), "defer_loading": True}
+    body = request_332(turns=1, loaded=(webfetch,))
+    functions = (
+        '<functions>\n<function>{"description": "does things", "name": "WebFetch", '
+        '"parameters": {}}</function>\n</functions>'
+    )
+    result = {
+        "type": "tool_result",
+        "tool_use_id": "t1",
+        "content": [{"type": "text", "text": functions}],
+    }
+    body["messages"].append({"role": "user", "content": [result]})
+    v = prompt_view(body, None)
+    assert v.tool_names("tool_loaded") == []  # the tool-load policy inline put it there
+    assert first_change(prompt_view(request_332(turns=1), None), v) is None
+
+
+def test_another_sessions_load_that_reordered_the_tools_is_its_own_business() -> None:
+    loaded = {**tool("mcp__projfs__read_note"), "defer_loading": True}
+    other = request_332(turns=1, loaded=(loaded,))
+    bash, search, _, placeholder, write = other["tools"]
+    other["tools"] = [bash, search, write, placeholder, loaded]  # as 2.1.332 sends it
+    found = first_change(view(other), view(request_332("mine")), across_sessions=True)
+    assert found is not None and found.section == "messages"  # a new conversation: no change
+    within = first_change(view(request_332(turns=1)), view(other))
+    assert within is not None and within.cause == "tool_loaded"

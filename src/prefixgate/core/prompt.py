@@ -17,7 +17,9 @@ Sections, and where each one sits in the two layouts Claude Code has used:
 ``tools``            each built-in tool definition in ``tools[]``
 ``mcp_tools``        each ``mcp__<server>__<tool>`` definition in ``tools[]`` (2.1.197)
 ``tool_loaded``      a definition that arrived in ``tools[]`` through a ToolSearch
-                     load (``defer_loading: true``, other than ``DeferredToolPlaceholder``)
+                     load (``defer_loading: true``, other than ``DeferredToolPlaceholder``);
+                     none when the conversation carries the definition where it was
+                     loaded (tool-load policy ``inline``): a runtime renders it there
 ``deferred_tools``   the names of deferred tools (2.1.332: the paragraph after "The
                      following deferred tools are now available via ToolSearch" in
                      the ``role: "system"`` message); MCP tools are listed here
@@ -188,13 +190,17 @@ def prompt_view(body: Mapping[str, Any], attribution_text: str | None) -> Prompt
         else:
             out.cut(text, "system", f"system[{i}]")
     tools = body.get("tools")
+    messages = body.get("messages")
+    messages = messages if isinstance(messages, list) else []
+    inline = _inline_tools(messages)
     for tool in tools if isinstance(tools, list) else []:
         name = tool.get("name") if isinstance(tool, Mapping) else None
         name = name if isinstance(name, str) else "?"
         section = _tool_section(tool, name)
+        if section == "tool_loaded" and name in inline:
+            continue  # rendered where the conversation defines it (tool-load policy inline)
         out.add(section, f"{section}:{name}", _json(without_cache_control(tool)))
-    messages = body.get("messages")
-    for i, message in enumerate(messages if isinstance(messages, list) else []):
+    for i, message in enumerate(messages):
         if isinstance(message, Mapping) and message.get("role") == "assistant":
             out.head = False
         out.message(i, message)
@@ -367,6 +373,8 @@ def first_change(
     # What belongs to one conversation: its messages, and (seen from another
     # session) the tools it loaded through ToolSearch.
     own = {"messages", "tool_loaded"} if across_sessions else {"messages"}
+    if across_sessions and new is not None and _loads_only(before, after, old, new):
+        own |= {"tools", "mcp_tools"}  # the other conversation's load reordered tools[]
     if new is not None and not {old.section, new.section} & own:
         return _also(before, after, _change(before, after, old, new, across_sessions))
     head_before = [p for p in before.pieces if p.head and p.section not in own]
@@ -380,11 +388,26 @@ def first_change(
         n_old, n_new = before.message_count, after.message_count
         detail = f"conversation is shorter than before ({n_old} -> {n_new} messages)"
         return Change(old.name, old.section, "messages_rewritten", detail)
-    if "tool_loaded" in (old.section, new.section) and across_sessions:
+    if across_sessions and {old.section, new.section} & own & set(_TOOL_SECTIONS):
         loaded = ", ".join(before.tool_names("tool_loaded")) or "-"
         detail = f"another conversation: it had loaded {loaded} through ToolSearch"
         return Change(old.name, "messages", "messages_rewritten", detail)
     return _change(before, after, old, new, across_sessions)
+
+
+def _loads_only(before: PromptView, after: PromptView, old: Piece, new: Piece) -> bool:
+    """Whether ``before`` and ``after`` part in the tools only because one of them
+    loaded tools through ToolSearch (which can reorder ``tools[]``): the same
+    definitions otherwise."""
+    if not {old.section, new.section} & set(_TOOL_SECTIONS):
+        return False
+    if not before.section("tool_loaded") and not after.section("tool_loaded"):
+        return False
+
+    def defined(view: PromptView) -> set[tuple[str, str]]:
+        return {(p.name, p.digest) for p in view.pieces if p.section in ("tools", "mcp_tools")}
+
+    return defined(before) == defined(after)
 
 
 def _also(before: PromptView, after: PromptView, change: Change) -> Change:
@@ -638,6 +661,36 @@ def _texts(content: Any) -> list[str] | None:
         return None
     texts = [_plain_text(block) if isinstance(block, Mapping) else None for block in content]
     return None if any(t is None for t in texts) else [str(t) for t in texts]
+
+
+def _inline_tools(messages: Sequence[Any]) -> set[str]:
+    """Tools whose definitions a ToolSearch result carries in the conversation
+    (``<functions>`` lines, as the tool-load policy ``inline`` writes them)."""
+    names: set[str] = set()
+    for message in messages:
+        content = message.get("content") if isinstance(message, Mapping) else None
+        for block in content if isinstance(content, list) else []:
+            if not isinstance(block, Mapping) or block.get("type") != "tool_result":
+                continue
+            inner = block.get("content")
+            for item in inner if isinstance(inner, list) else []:
+                text = item.get("text") if isinstance(item, Mapping) else None
+                if isinstance(text, str) and text.startswith("<functions>"):
+                    names.update(_function_names(text))
+    return names
+
+
+def _function_names(text: str) -> list[str]:
+    names = []
+    for line in text.splitlines():
+        if line.startswith("<function>") and line.endswith("</function>"):
+            try:
+                value = json.loads(line[len("<function>") : -len("</function>")])
+            except ValueError:
+                continue
+            if isinstance(value, dict) and isinstance(value.get("name"), str):
+                names.append(value["name"])
+    return names
 
 
 def _tool_section(tool: Any, name: str) -> str:

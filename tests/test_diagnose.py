@@ -429,3 +429,16 @@ def test_every_current_request_that_is_no_plain_append_is_named(
         if d.cause != "none":
             assert d.changed_segment and d.detail, record.index
         previous[f"{d.session}/{d.agent}"] = record.index
+
+
+def test_cli_names_tool_loads_when_forwarded_as_sent(corpus_directory: Path) -> None:
+    capture = str(corpus_directory / CURRENT)
+    runner = CliRunner()
+    as_sent = runner.invoke(main, ["diagnose", "--tool-loads", "as_sent", "--json", capture])
+    assert as_sent.exit_code == 0, as_sent.output
+    causes = [json.loads(line)["cause"] for line in as_sent.stdout.splitlines()]
+    assert causes.count("tool_loaded") == 2
+    inline = runner.invoke(main, ["diagnose", "--json", capture])
+    assert [json.loads(line)["cause"] for line in inline.stdout.splitlines()].count(
+        "tool_loaded"
+    ) == 0

@@ -302,10 +302,17 @@ def parse_since(value: str, now: float) -> float:
 
 @main.command("diagnose")
 @click.option("--policy", type=click.Choice(POLICIES), default="strip", show_default=True)
+@click.option(
+    "--tool-loads",
+    type=click.Choice([m.value for m in ToolLoads]),
+    default=ToolLoads.INLINE.value,
+    show_default=True,
+    help="The upstream's tool-load policy; as_sent names every ToolSearch load.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per request.")
 @click.argument("capture", type=click.Path(exists=True, dir_okay=False))
-def diagnose_cmd(policy: str, as_json: bool, capture: str) -> None:
-    """Say, offline, which segment changed before each request of a CAPTURE file, and why."""
+def diagnose_cmd(policy: str, tool_loads: str, as_json: bool, capture: str) -> None:
+    """Say, offline, which prompt piece changed before each request of a CAPTURE file, and why."""
     from rich.console import Console
 
     from prefixgate.diagnose import diagnose, render_diagnosis
@@ -315,7 +322,7 @@ def diagnose_cmd(policy: str, as_json: bool, capture: str) -> None:
         records = load_capture(capture)
     except (ValueError, KeyError, UnicodeDecodeError) as exc:
         raise click.ClickException(f"{capture} is not a capture file: {exc}") from None
-    results = diagnose(records, Policy.parse(policy))
+    results = diagnose(records, Policy.parse(policy), tool_loads=ToolLoads.parse(tool_loads))
     if as_json:
         for result in results:
             click.echo(result.to_json())

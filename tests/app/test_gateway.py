@@ -387,6 +387,56 @@ async def test_a_body_without_attribution_is_forwarded_unchanged() -> None:
     assert rec.attribution is None
 
 
+def first_load(name: str) -> dict[str, Any]:
+    """The first 2.1.332 request whose ToolSearch result references ``name``."""
+    path = CORPUS_DIR / "claude-code-2.1.332.jsonl"
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record: dict[str, Any] = json.loads(line)
+        if f'"tool_reference","tool_name":"{name}"' in record["body"]:
+            return record
+    raise AssertionError(f"{path.name} records no load of {name}")
+
+
+@pytest.mark.parametrize(
+    ("tool_loads", "moved"), [(None, ["WebFetch"]), ("inline_only", ["WebFetch"])]
+)
+async def test_a_tool_load_is_forwarded_where_it_was_loaded_and_audited(
+    tool_loads: str | None, moved: list[str]
+) -> None:
+    upstream = Upstream()
+    table = {"tool_loads": tool_loads} if tool_loads else {}
+    app = create_app(make_settings(**table), transport=upstream.transport)
+    record = first_load("WebFetch")
+    async with running(app) as client:
+        response = await post_record(client, record)
+    assert response.status_code == 200
+    sent = json.loads(upstream.last.content)
+    names = [t["name"] for t in sent["tools"]]
+    assert ("WebFetch" in names) == (tool_loads is None)
+    if tool_loads is None:
+        assert names[-1] == "WebFetch"
+    assert '"tool_reference"' not in json.dumps(sent["messages"])
+    assert '\\"name\\": \\"WebFetch\\"' in json.dumps(sent["messages"])
+    (rec,) = audit_of(app)
+    assert rec.tool_loads == {
+        "mode": tool_loads or "inline",
+        "loaded": ["WebFetch"],
+        "moved": moved,
+    }
+
+
+async def test_a_tool_load_is_forwarded_as_sent_when_set() -> None:
+    upstream = Upstream()
+    app = create_app(make_settings(tool_loads="as_sent"), transport=upstream.transport)
+    record = first_load("WebFetch")
+    async with running(app) as client:
+        await post_record(client, record)
+    sent = json.loads(upstream.last.content)
+    assert sent["tools"] == json.loads(record["body"])["tools"]
+    (rec,) = audit_of(app)
+    assert rec.tool_loads is None
+
+
 async def test_a_non_stream_answer_is_relayed_and_audited() -> None:
     upstream = Upstream(
         lambda request: httpx.Response(

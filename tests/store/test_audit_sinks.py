@@ -30,7 +30,10 @@ def rec(n: int = 0, **changes: Any) -> AuditRecord:
 
 def test_new_fields_come_last_and_round_trip() -> None:
     names = [f.name for f in dataclasses.fields(AuditRecord)]
-    assert names[-2:] == ["request_id", "attribution_headers"]
+    assert names[-3:] == ["request_id", "attribution_headers", "tool_loads"]
+    loads = {"mode": "inline", "loaded": ["WebFetch"], "moved": ["WebFetch"]}
+    with_loads = rec(3, tool_loads=loads)
+    assert AuditRecord.from_dict(json.loads(with_loads.to_json())) == with_loads
     headers = {"x-anthropic-billing-header": {"form": "kv", "fields": {"cc_entrypoint": "cli"}}}
     with_headers = rec(2, attribution_headers=headers)
     assert AuditRecord.from_dict(json.loads(with_headers.to_json())) == with_headers

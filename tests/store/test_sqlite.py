@@ -134,7 +134,7 @@ def test_is_an_audit_sink(sink: SqliteAudit) -> None:
 def test_new_database_has_latest_schema_wal_and_id(sink: SqliteAudit, db: Path) -> None:
     with raw(db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_version() == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_version() == 5
         assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
         indexes = {
             row[0]: row[1]
@@ -215,9 +215,18 @@ def make_old_db(path: Path) -> None:
 def test_migrates_forward_and_keeps_old_rows(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_old_db(db)
     monkeypatch.setattr(
-        store, "MIGRATIONS", [(1, OLD_V1), (2, V2), (3, store._V2), (4, store._V3), (5, store._V4)]
+        store,
+        "MIGRATIONS",
+        [
+            (1, OLD_V1),
+            (2, V2),
+            (3, store._V2),
+            (4, store._V3),
+            (5, store._V4),
+            (6, store._V5),
+        ],
     )
-    assert schema_version() == 5
+    assert schema_version() == 6
     with SqliteAudit(db) as audit:
         audit.record(rec(5, agent="main"))
         audit.flush(10)
@@ -239,7 +248,7 @@ def test_migrates_forward_and_keeps_old_rows(db: Path, monkeypatch: pytest.Monke
     ]
     assert got[0].kind == "message"
     with raw(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 6
     assert set(columns(db)) == {"id", *(f.name for f in dataclasses.fields(AuditRecord))}
 
 
@@ -256,6 +265,22 @@ def test_version_1_database_gains_the_replica_column(db: Path) -> None:
     assert new.replica == "http://10.0.0.2:8080"
     with raw(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_version()
+
+
+def test_version_4_database_gains_the_tool_loads_column(db: Path) -> None:
+    with SqliteAudit(db) as audit:
+        audit.record(rec(1))
+    with raw(db) as conn:  # back to version 4: the column did not exist then
+        conn.execute("ALTER TABLE requests DROP COLUMN tool_loads")
+        conn.execute("PRAGMA user_version = 4")
+    loads = {"mode": "inline", "loaded": ["WebFetch"], "moved": ["WebFetch"]}
+    with SqliteAudit(db) as audit:
+        audit.record(rec(2, tool_loads=loads))
+    old, new = read_records(db)
+    assert old.tool_loads is None
+    assert new.tool_loads == loads
+    with raw(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_version() == 5
 
 
 def make_v2_db(path: Path) -> None:
@@ -301,7 +326,7 @@ def test_migrates_from_empty_through_every_step(db: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(
         store,
         "MIGRATIONS",
-        [(1, OLD_V1), (2, V2), (3, store._V2), (4, store._V3), (5, store._V4)],
+        [(1, OLD_V1), (2, V2), (3, store._V2), (4, store._V3), (5, store._V4), (6, store._V5)],
     )
     with SqliteAudit(db) as audit:
         audit.record(FULL)
@@ -325,7 +350,7 @@ def test_refuses_newer_schema(db: Path) -> None:
         pass
     with raw(db) as conn:
         conn.execute("PRAGMA user_version = 7")
-    with pytest.raises(SchemaTooNewError, match=r"version 7 .*versions 1 to 4"):
+    with pytest.raises(SchemaTooNewError, match=r"version 7 .*versions 1 to 5"):
         SqliteAudit(db)
     with pytest.raises(SchemaTooNewError, match="version 7"):
         read_records(db)

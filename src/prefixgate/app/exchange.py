@@ -118,6 +118,7 @@ class Exchange:
             attribution=dict(rw.attribution.fields) if rw and rw.attribution else None,
             attribution_found=bool(rw and rw.attribution),
             attribution_headers=self.headers.record(),
+            tool_loads=_tool_loads(rw),
             key=rw.key.hex if rw else None,
             segments=rw.segments.summary() if rw else {},
             stream=bool(rw and rw.stream),
@@ -141,3 +142,11 @@ def json_object(content: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return payload if isinstance(payload, dict) else None
+
+
+def _tool_loads(rw: Rewrite | None) -> dict[str, Any] | None:
+    """What the tool-load step did, for the audit record; None when it changed nothing."""
+    loads = rw.tool_loads if rw is not None else None
+    if loads is None or not loads.changed:
+        return None
+    return {"mode": loads.mode.value, "loaded": list(loads.loaded), "moved": list(loads.moved)}

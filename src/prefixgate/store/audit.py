@@ -99,6 +99,9 @@ class AuditRecord:
     request_id: str | None = None  # hex, as in the x-prefixgate-request-id header
     # attribution metadata that came as request headers: {name: {"form", "fields"}}
     attribution_headers: Mapping[str, Any] | None = None
+    # tools loaded through ToolSearch that the tool_loads step rewrote:
+    # {"mode", "loaded": [names placed where referenced], "moved": [names moved in tools[]]}
+    tool_loads: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

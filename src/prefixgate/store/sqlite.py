@@ -30,8 +30,8 @@ Design:
   this code is refused (``SchemaTooNewError``), never used as is.
 
 Columns mirror ``AuditRecord`` field for field: scalars as INTEGER/REAL/TEXT,
-``attribution``, ``attribution_headers`` and ``segments`` as JSON text, ``stream`` and
-``attribution_found`` as 0/1, plus ``id INTEGER PRIMARY KEY`` (the order
+``attribution``, ``attribution_headers``, ``tool_loads`` and ``segments`` as JSON
+text, ``stream`` and ``attribution_found`` as 0/1, plus ``id INTEGER PRIMARY KEY`` (the order
 records were first written in). ``request_body`` and ``response_text`` are stored
 (as anything but NULL) only with ``capture_bodies=True``.
 """
@@ -124,11 +124,14 @@ _V3: Final = (
 
 _V4: Final = ("ALTER TABLE requests ADD COLUMN attribution_headers TEXT",)
 
+_V5: Final = ("ALTER TABLE requests ADD COLUMN tool_loads TEXT",)
+
 MIGRATIONS: list[tuple[int, Sequence[str]]] = [
     (1, _V1),
     (2, _V2),
     (3, _V3),
     (4, _V4),
+    (5, _V5),
 ]
 
 _FIELDS: Final = tuple(f.name for f in fields(AuditRecord))
@@ -139,7 +142,7 @@ _INSERT: Final = (
     " ON CONFLICT (request_id) DO UPDATE SET "
     + ", ".join(f'"{name}" = excluded."{name}"' for name in _FIELDS if name != "request_id")
 )
-_JSON_FIELDS: Final = frozenset({"attribution", "segments", "attribution_headers"})
+_JSON_FIELDS: Final = frozenset({"attribution", "segments", "attribution_headers", "tool_loads"})
 _BOOL_FIELDS: Final = frozenset({"stream", "attribution_found"})
 _BODY_FIELDS: Final = frozenset({"request_body", "response_text"})
 

@@ -1,7 +1,7 @@
 """What a tool loaded through ToolSearch costs the prefix cache, per ``tool_loads`` setting.
 
     python bench/toolload.py [--corpus FILE ...] [--modes as_sent,inline,inline_only]
-                             [--upstream URL] [--out results.json]
+                             [--openai] [--upstream URL] [--out results.json]
 
 For every load in the recorded sessions (a request whose ToolSearch results
 reference a tool the session's previous request did not), the previous request
@@ -9,7 +9,9 @@ and the one after the load are rewritten by prefixgate's pipeline (attribution
 ``strip``, the given ``tool_loads``) and sent, one after the other, to the
 runtime with ``max_tokens: 1``. The table shows how many tokens of the request
 after the load the runtime served from its cache (``cache_read_input_tokens``)
-out of the previous request's prompt.
+out of the previous request's prompt. With ``--openai`` the rewritten bodies are
+translated as the ``openai`` upstream kind translates them and sent to the
+runtime's ``/v1/chat/completions`` (``prompt_tokens_details.cached_tokens``).
 
 The default upstream is the bundled runtime (llama-server, Gemma 3 270M, one
 slot, ``--swa-full``, the packaged chat template), started once. Results are
@@ -36,6 +38,7 @@ from rich.table import Table
 
 from prefixgate.core.pipeline import RewriteOptions, rewrite
 from prefixgate.core.toolload import REFERENCE_TYPE, ToolLoads
+from prefixgate.translate.request import OpenAIRequestOptions, to_openai
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS = ("claude-code-2.1.332*.jsonl",)
@@ -110,7 +113,8 @@ def find_loads(path: Path) -> list[Load]:
         body = json.loads(raw)
         if not body.get("tools"):
             continue  # side requests (titles, summaries) carry no tools
-        sessions.setdefault(session_of(record, body), []).append((raw, body))
+        agent = "sub" if "cc_is_subagent" in json.dumps(body.get("system")) else "main"
+        sessions.setdefault(f"{session_of(record, body)} {agent}", []).append((raw, body))
     loads = []
     for session, requests in sessions.items():
         for n in range(1, len(requests)):
@@ -122,41 +126,53 @@ def find_loads(path: Path) -> list[Load]:
     return loads
 
 
-def probe_body(raw: bytes, mode: ToolLoads) -> bytes:
+def probe_body(raw: bytes, mode: ToolLoads, openai: bool = False) -> bytes:
     """The body prefixgate forwards for ``raw`` under ``mode``, asking for one token."""
-    parsed = dict(rewrite(raw, RewriteOptions(tool_loads=mode)).parsed)
+    rw = rewrite(raw, RewriteOptions(tool_loads=mode))
+    parsed = dict(rw.parsed)
     parsed["max_tokens"] = 1
     parsed["stream"] = False
+    if openai:
+        loaded = rw.tool_loads.loaded if rw.tool_loads is not None else ()
+        parsed = to_openai(parsed, OpenAIRequestOptions(loaded_tools=loaded)).body
     return json.dumps(parsed, ensure_ascii=False).encode("utf-8")
 
 
-def send(client: httpx.Client, base: str, body: bytes) -> tuple[int, int]:
+def send(client: httpx.Client, base: str, body: bytes, openai: bool = False) -> tuple[int, int]:
     """(prompt tokens, tokens served from cache) for one request."""
+    path = "/v1/chat/completions" if openai else "/v1/messages"
     response = client.post(
-        f"{base}/v1/messages",
+        f"{base}{path}",
         content=body,
         headers={"content-type": "application/json", "anthropic-version": "2023-06-01"},
     )
     response.raise_for_status()
     usage = response.json()["usage"]
+    if openai:
+        details = usage.get("prompt_tokens_details") or {}
+        return int(usage["prompt_tokens"]), int(details.get("cached_tokens") or 0)
     cached = int(usage.get("cache_read_input_tokens") or 0)
     return int(usage.get("input_tokens") or 0) + cached, cached
 
 
-def measure(base: str, loads: Sequence[Load], modes: Sequence[ToolLoads]) -> list[Row]:
+def measure(
+    base: str, loads: Sequence[Load], modes: Sequence[ToolLoads], openai: bool = False
+) -> list[Row]:
     rows = []
     with httpx.Client(timeout=1800.0) as client:
         for load in loads:
             for mode in modes:
-                prompt_before, _ = send(client, base, probe_body(load.before, mode))
-                prompt_after, reused = send(client, base, probe_body(load.after, mode))
+                before = probe_body(load.before, mode, openai)
+                after = probe_body(load.after, mode, openai)
+                prompt_before, _ = send(client, base, before, openai)
+                prompt_after, reused = send(client, base, after, openai)
                 rows.append(
                     Row(
                         load.corpus,
                         load.session[:8],
                         load.index,
                         ",".join(load.tools),
-                        mode.value,
+                        mode.value + (" (openai)" if openai else ""),
                         prompt_before,
                         prompt_after,
                         reused,
@@ -204,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", action="append", help="capture file(s); default corpus/")
     parser.add_argument("--modes", default="as_sent,inline,inline_only")
+    parser.add_argument("--openai", action="store_true", help="translate, /v1/chat/completions")
     parser.add_argument("--upstream", help="an Anthropic-compatible runtime already running")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
@@ -218,11 +235,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     modes = [ToolLoads.parse(m) for m in args.modes.split(",")]
     if args.upstream:
-        rows = measure(args.upstream.rstrip("/"), loads, modes)
+        rows = measure(args.upstream.rstrip("/"), loads, modes, args.openai)
     else:
         with bundled_runtime() as base:
-            rows = measure(base, loads, modes)
-    Console().print(table(rows))
+            rows = measure(base, loads, modes, args.openai)
+    Console(width=160).print(table(rows))
     out = args.out or ROOT / "bench" / "results" / f"toolload-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(

@@ -98,7 +98,7 @@ def rewrite_cmd(policy: str, tool_loads: str, explain: bool, source: str) -> Non
 def _explain(result: Rewrite) -> str:
     found = result.attribution
     if found is None:
-        return f"policy {result.policy.value}: no attribution block found; body unchanged"
+        return f"policy {result.policy.value}: no attribution block found; nothing removed"
     fields = ", ".join(f"{k}={v}" for k, v in found.fields.items())
     action = "changed" if result.changed else "left unchanged"
     lines = [

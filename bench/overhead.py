@@ -591,10 +591,13 @@ def pipeline_stages(items: Sequence[Item], repeat: int) -> list[tuple[str, float
     """(step, ms per request averaged over the corpus, note) for the rewrite pipeline."""
     import hashlib
 
-    from prefixgate.core import canonical, pipeline, segments
+    from prefixgate.core import canonical, pipeline, prompt
     from prefixgate.core.attribution import detect
     from prefixgate.core.cachekey import build_key
     from prefixgate.core.policy import Policy, apply_policy
+
+    def segment(body: dict[str, Any], found: Any, result: Any) -> prompt.PromptView:
+        return prompt.prompt_view(*pipeline.prompt_parts(body, found, result.policy))
 
     bodies = [item.body for item in items]
     state: list[dict[str, Any]] = []
@@ -602,13 +605,15 @@ def pipeline_stages(items: Sequence[Item], repeat: int) -> list[tuple[str, float
         body = pipeline.parse_request(raw)
         found = detect(body)
         result = apply_policy(body, found, Policy.STRIP)
-        segs = pipeline.segment(body, found, result)
+        segs = segment(body, found, result)
         stripped = result.body
-        pieces = [*segments._system_blocks(stripped), *(stripped.get("tools") or [])]
+        system = stripped.get("system")
+        blocks = [system] if isinstance(system, str) else list(system or [])
+        pieces = [*blocks, *(stripped.get("tools") or [])]
         pieces += list(stripped.get("messages") or [])
-        clean = [segments.without_cache_control(p) for p in pieces]
-        tools = [segments.without_cache_control(t) for t in stripped.get("tools") or []]
-        messages = [segments.without_cache_control(m) for m in stripped.get("messages") or []]
+        clean = [prompt.without_cache_control(p) for p in pieces]
+        tools = [prompt.without_cache_control(t) for t in stripped.get("tools") or []]
+        messages = [prompt.without_cache_control(m) for m in stripped.get("messages") or []]
         state.append(
             {"raw": raw, "body": body, "found": found, "result": result, "segs": segs}
             | {"pieces": pieces, "clean": clean, "clean_tools": tools}
@@ -645,13 +650,13 @@ def pipeline_stages(items: Sequence[Item], repeat: int) -> list[tuple[str, float
             "",
         ),
         (
-            "  segment (split + digests)",
-            lambda s: pipeline.segment(s["body"], s["found"], s["result"]),
+            "  prompt_view (one walk + digests)",
+            lambda s: segment(s["body"], s["found"], s["result"]),
             "",
         ),
         (
             "    without_cache_control deep copies",
-            lambda s: [segments.without_cache_control(p) for p in s["pieces"]],
+            lambda s: [prompt.without_cache_control(p) for p in s["pieces"]],
             part,
         ),
         ("    canonical_json (sort_keys, UTF-8)", canonical_all, part),

@@ -156,8 +156,9 @@ def test_each_prefix_change_is_attributed_to_the_segment_diagnose_predicts(
 
 def test_the_corpus_misses_are_named(replayed: Replayed) -> None:
     rows = replayed.rows
-    assert rows[2].cause == "system_prompt_changed"
-    assert rows[2].cause_detail and "model named" in rows[2].cause_detail  # the model line
+    # --continue re-rendered the model line, in the environment section
+    assert (rows[2].cause, rows[2].changed_segment) == ("environment_changed", "environment")
+    assert rows[2].cause_detail and "the model line differs" in rows[2].cause_detail
     assert (rows[5].agent, rows[5].cause) == ("sub", "system_prompt_changed")  # subagent
     assert rows[8].cause == "mcp_tools_changed" and "added" in (rows[8].cause_detail or "")
     assert rows[12].cause == "mcp_tools_changed" and "removed" in (rows[12].cause_detail or "")

@@ -784,8 +784,9 @@ def test_the_332_layout_in_render_order() -> None:
         ("tools", "tools:ToolSearch"),
         ("tools", "tools:DeferredToolPlaceholder"),  # defer_loading, but no loaded tool
         ("tools", "tools:Write"),
+        ("project_context", "project_context"),  # the reminder's opening line
         ("git_status", "git_status"),
-        ("project_context", "project_context"),
+        ("project_context", "project_context#2"),
         ("messages", "messages[0]"),
         ("environment", "environment"),
         ("deferred_tools", "deferred_tools"),
@@ -798,7 +799,8 @@ def test_the_332_layout_in_render_order() -> None:
     by_name = {p.name: p for p in v.pieces}
     assert by_name["date"].text == "Today's date is 2026-12-06."
     assert by_name["environment"].text == ENVIRONMENT_332
-    assert by_name["git_status"].text == GIT
+    assert by_name["project_context"].text + by_name["git_status"].text == GIT
+    assert by_name["git_status"].text.startswith("# gitStatus\n")
     assert by_name["messages[0]"].text == '{"content":"say hi","role":"user"}'
     assert [p.head for p in v.pieces].count(False) == 2  # the turns after the first answer
     assert v.current_turn() == by_name["messages[3]"]
@@ -868,7 +870,7 @@ def test_a_tool_loaded_through_toolsearch() -> None:
         (
             {"git": GIT.replace("(clean)", "M app.py")},
             "git_status",
-            'the git status differs: line 7: "M app.py" (was "(clean)")',
+            'the git status differs: line 5: "M app.py" (was "(clean)")',
         ),
     ],
 )
@@ -918,6 +920,17 @@ def test_the_2_1_197_date_sits_in_the_project_context() -> None:
     found = first_change(v, prompt_view(later, None))
     assert found is not None and found.cause == "date_changed"
     assert found.detail == "a new day: 2026-11-21 -> 2026-11-22 (expected once a day)"
+
+
+def test_a_claude_md_beside_the_git_status_stays_project_context() -> None:
+    context = GIT.replace("# gitStatus", "# claudeMd\nUse tabs.\n# gitStatus")
+    v = prompt_view(request_332(git=context), None)
+    by_name = {p.name: p for p in v.pieces}
+    assert "Use tabs." in by_name["project_context"].text
+    assert "Use tabs." not in by_name["git_status"].text
+    edited = prompt_view(request_332(git=context.replace("tabs", "spaces")), None)
+    found = first_change(v, edited)
+    assert found is not None and found.cause == "project_context_changed"
 
 
 def test_cut_named_gives_the_text_back() -> None:

@@ -256,12 +256,8 @@ class _Pieces:
         content = message.get("content")
         if index == 0 and message.get("role") == "user" and isinstance(content, list):
             reminders = [b for b in content if _is_reminder(b)]
-            for block in reminders:
-                text = str(block["text"])
-                if _GIT_STATUS.search(text):
-                    self.add("git_status", "git_status", text)
-                else:
-                    self.cut(text, "project_context", "project_context")
+            for block in reminders:  # git status, date: cut out of the context they sit in
+                self.cut(str(block["text"]), "project_context", "project_context")
             if reminders:
                 message = {**message, "content": [b for b in content if not _is_reminder(b)]}
         self.add("messages", name, _json(_normal_message(message)))
@@ -282,7 +278,6 @@ _STOPS = re.compile(
     r"The following skills |Today's date is )",
     re.M,
 )
-_GIT_STATUS = re.compile(r"^(?:# gitStatus\b|gitStatus: )", re.M)
 _DATE = re.compile(r"Today's date is ([^\n]*?)\.?$", re.M)
 
 

@@ -25,6 +25,15 @@ INTERACTIVE = "claude-code-2.1.197-interactive.jsonl"
 CORPUS_FILES = (PLAIN, CCH_PER_REQUEST, INTERACTIVE)
 REQUESTS_PER_FILE = 14
 
+# The current client (package.json's claude-code-current), recorded by
+# ``bash scripts/record-corpus``; corpus/README.md lists what each request is.
+CURRENT_VERSION = "2.1.332"
+CURRENT_PLAIN = f"claude-code-{CURRENT_VERSION}.jsonl"
+CURRENT_INTERACTIVE = f"claude-code-{CURRENT_VERSION}-interactive.jsonl"
+CURRENT_REMOTE_HOST = f"claude-code-{CURRENT_VERSION}-remote-host.jsonl"
+CURRENT_REQUESTS = {CURRENT_PLAIN: 16, CURRENT_INTERACTIVE: 12, CURRENT_REMOTE_HOST: 2}
+CURRENT_FILES = tuple(CURRENT_REQUESTS)
+
 
 @dataclass(frozen=True)
 class CorpusRecord:
@@ -55,9 +64,13 @@ def corpus_dir(environ: Mapping[str, str] | None = None) -> Path:
     return Path(configured) if configured else REPO_ROOT / "corpus"
 
 
-def load_corpus(directory: Path) -> dict[str, list[CorpusRecord]]:
-    """Load every corpus file; fail the test (never skip) when one is missing."""
-    missing = [name for name in CORPUS_FILES if not (directory / name).is_file()]
+def load_corpus(
+    directory: Path, requests: Mapping[str, int] | None = None
+) -> dict[str, list[CorpusRecord]]:
+    """Load corpus files (``requests``: name -> how many requests it holds; default
+    the three 2.1.197 files); fail the test (never skip) when one is missing."""
+    expected = requests if requests is not None else dict.fromkeys(CORPUS_FILES, REQUESTS_PER_FILE)
+    missing = [name for name in expected if not (directory / name).is_file()]
     if missing:
         pytest.fail(
             f"corpus not found: {', '.join(missing)} missing from {directory} "
@@ -65,7 +78,7 @@ def load_corpus(directory: Path) -> dict[str, list[CorpusRecord]]:
             pytrace=False,
         )
     out: dict[str, list[CorpusRecord]] = {}
-    for name in CORPUS_FILES:
+    for name, count in expected.items():
         records = []
         with (directory / name).open("rb") as fh:
             for index, line in enumerate(fh):
@@ -80,10 +93,9 @@ def load_corpus(directory: Path) -> dict[str, list[CorpusRecord]]:
                         raw=row["body"].encode("utf-8"),
                     )
                 )
-        if len(records) != REQUESTS_PER_FILE:
+        if len(records) != count:
             pytest.fail(
-                f"corpus file {directory / name} holds {len(records)} requests, "
-                f"expected {REQUESTS_PER_FILE}",
+                f"corpus file {directory / name} holds {len(records)} requests, expected {count}",
                 pytrace=False,
             )
         out[name] = records
@@ -118,6 +130,18 @@ def interactive_records(corpus_records: dict[str, list[CorpusRecord]]) -> list[C
 def all_records(corpus_records: dict[str, list[CorpusRecord]]) -> list[CorpusRecord]:
     """All 42 recorded requests."""
     return [record for name in CORPUS_FILES for record in corpus_records[name]]
+
+
+@pytest.fixture(scope="session")
+def current_records() -> dict[str, list[CorpusRecord]]:
+    """The current client's recordings (``CURRENT_FILES``), by file name, in order."""
+    return load_corpus(corpus_dir(), CURRENT_REQUESTS)
+
+
+@pytest.fixture(scope="session")
+def current_plain_records(current_records: dict[str, list[CorpusRecord]]) -> list[CorpusRecord]:
+    """``claude-code-2.1.332.jsonl``: 8 ``claude -p`` sessions (see corpus/README.md)."""
+    return current_records[CURRENT_PLAIN]
 
 
 @pytest.fixture(scope="session")

@@ -413,17 +413,27 @@ def test_current_corpus_names_the_piece_of_every_change(corpus_directory: Path) 
 
 
 @pytest.mark.parametrize("tool_loads", list(ToolLoads))
-def test_every_current_request_that_is_no_plain_append_is_named(
-    corpus_directory: Path, tool_loads: ToolLoads
+@pytest.mark.parametrize(
+    "name",
+    [
+        CURRENT,
+        "claude-code-2.1.332-interactive.jsonl",
+        "claude-code-2.1.332-remote-host.jsonl",
+        PLAIN,
+        "claude-code-2.1.197-interactive.jsonl",
+    ],
+)
+def test_every_request_that_is_no_plain_append_is_named(
+    corpus_directory: Path, tool_loads: ToolLoads, name: str
 ) -> None:
-    records = load_capture(corpus_directory / CURRENT)
+    records = load_capture(corpus_directory / name)
     results = diagnose(records, Policy.STRIP, tool_loads=tool_loads)
     options = RewriteOptions(require_max_tokens=False, tool_loads=tool_loads)
     views = {r.index: rewrite(r.body, options).view for r in records}
     previous: dict[str, int] = {}
     for record, d in zip(records, results, strict=True):
         mine = previous.get(f"{d.session}/{d.agent}")
-        if mine is not None:
+        if mine is not None and d.agent != "side":  # each side request is a new conversation
             appends = first_change(views[mine], views[record.index]) is None
             assert appends == (d.cause == "none"), record.index
         if d.cause != "none":

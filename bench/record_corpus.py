@@ -602,6 +602,7 @@ class Layout:
 
     root: Path
     python: str
+    version: str  # the client's, for its onboarding record
 
     @property
     def home(self) -> Path:
@@ -661,7 +662,7 @@ class Layout:
         trusted = [self.proj, self.proj / "src", self.other]
         settings = {
             "hasCompletedOnboarding": True,
-            "lastOnboardingVersion": "2.1.332",
+            "lastOnboardingVersion": self.version,
             "numStartups": 1,
             "theme": "dark",
             "customApiKeyResponses": {"approved": [API_KEY[-20:]], "rejected": []},
@@ -913,7 +914,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     version = client_version(client)
     only = set(args.only or ["print", "interactive", "remote-host"])
     root = Path(tempfile.mkdtemp(prefix="prefixgate-corpus-")).resolve()
-    layout = Layout(root=root, python=sys.executable)
+    layout = Layout(root=root, python=sys.executable, version=version)
     layout.create()
     log = root / "record.log"
     print(f"recording Claude Code {version} ({client}) in {root}")

@@ -10,8 +10,11 @@ request the client sends. Everything listens on 127.0.0.1 and stops by itself.
 The sessions run in a throw-away git project inside a throw-away ``HOME``
 (``<tmp>/home``, with the project at ``<tmp>/home/proj`` and a second one at
 ``<tmp>/home/other``); the recordings are then rewritten so that ``<tmp>/home`` reads
-``/home/dev`` (also in the dashed form Claude Code uses for per-project folders),
-and nothing else in them changes. Every body is checked to parse afterwards.
+``/home/dev`` (also in the dashed form Claude Code uses for per-project folders)
+and the client's per-user temp folder ``/tmp/claude-<uid>/`` reads
+``/tmp/claude-1000/``; nothing else in them changes. Every body is checked to parse
+afterwards, and the output to hold no trace of the throw-away folder and no
+credential header.
 
 Three files come out (``VERSION`` is what ``claude --version`` says):
 

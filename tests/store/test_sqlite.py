@@ -77,6 +77,7 @@ FULL = AuditRecord(
     error="upstream said: «no»",
     request_body='{"messages":[{"role":"user","content":"héllo\\u0000"}]}',
     response_text="réponse\x00with nul",
+    attribution_headers={"x-anthropic-billing-header": {"form": "json", "fields": {"a": True}}},
 )
 
 SPARSE = AuditRecord(

@@ -772,14 +772,15 @@ def record_remote_host(
 
 @contextlib.contextmanager
 def hosts_alias(name: str) -> Iterator[None]:
-    """``127.0.0.1 name`` in /etc/hosts for the duration; the file is restored after."""
+    """``127.0.0.1 name`` in /etc/hosts for the duration; only that line is removed after."""
     hosts = Path("/etc/hosts")
+    line = f"127.0.0.1 {name}  # prefixgate record-corpus\n"
     before = hosts.read_text()
-    hosts.write_text(before + ("" if before.endswith("\n") else "\n") + f"127.0.0.1 {name}\n")
+    hosts.write_text(before + ("" if before.endswith("\n") or not before else "\n") + line)
     try:
         yield
     finally:
-        hosts.write_text(before)
+        hosts.write_text(hosts.read_text().replace(line, "", 1))
 
 
 # What the terminal UI shows once it takes input: its prompt character, or the hint

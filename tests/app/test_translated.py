@@ -369,3 +369,37 @@ async def test_every_corpus_request_is_taken_by_the_openai_sdk(
     assert len(sent) == len(all_records)
     for body in sent:
         assert "x-anthropic-billing-header" not in json.dumps(body)
+
+
+async def test_a_tool_loaded_through_tool_search_is_a_function(server: OpenAIServer) -> None:
+    """The tool-load step replaces the reference; the translation still sends the function."""
+    loaded = {
+        "name": "WebFetch",
+        "description": "Fetch a URL.",
+        "defer_loading": True,
+        "input_schema": {"type": "object", "properties": {"url": {"type": "string"}}},
+    }
+    placeholder = {
+        "name": "DeferredToolPlaceholder",
+        "description": "never call",
+        "defer_loading": True,
+        "input_schema": {"type": "object"},
+    }
+    body = request(tools=[TOOL, loaded, placeholder])
+    body["messages"] += [
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "t1", "name": "ToolSearch",
+             "input": {"query": "select:WebFetch"}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "t1",
+             "content": [{"type": "tool_reference", "tool_name": "WebFetch"}]},
+            {"type": "text", "text": "Tool loaded."}]},
+    ]  # fmt: skip
+    app = gateway(server)
+    async with running(app) as client:
+        response = await client.post("/v1/messages", json=body, headers=HEADERS)
+    assert response.status_code == 200, response.text
+    (sent,) = server.chat_bodies()
+    assert [t["function"]["name"] for t in sent["tools"]] == [TOOL["name"], "WebFetch"]
+    tool_message = next(m for m in sent["messages"] if m["role"] == "tool")
+    assert "WebFetch" in tool_message["content"] and "tool_reference" not in tool_message["content"]

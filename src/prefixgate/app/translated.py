@@ -48,11 +48,13 @@ def request_options(
 ) -> OpenAIRequestOptions:
     """What the translation needs to know about this upstream and request."""
     cache_key = {"session": session, "prefix": rw.key.hex, "off": None}[upstream.prompt_cache_key]
+    loads = rw.tool_loads  # references the tool-load step replaced by definitions
     return OpenAIRequestOptions(
         system_messages=upstream.system_messages,
         user=session,
         prompt_cache_key=cache_key,
         reasoning=upstream.reasoning,
+        loaded_tools=loads.loaded if loads is not None else (),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -49,6 +50,7 @@ def test_find_corpus_prefers_argument_then_environment_then_checkout(tmp_path: P
         ("claude-code-2.1.197.jsonl", [0, 1, 4]),
         ("claude-code-2.1.197-cch-per-request.jsonl", [0, 1, 4]),
         ("claude-code-2.1.197-interactive.jsonl", [1, 2, 12]),
+        ("claude-code-2.1.332.jsonl", [0, 1, 3]),
     ],
 )
 def test_default_slice_ends_with_a_new_session_on_the_same_prompt(
@@ -57,6 +59,14 @@ def test_default_slice_ends_with_a_new_session_on_the_same_prompt(
     chosen = default_slice(load_capture(CORPUS_DIR / name))
     assert [r.index for r in chosen] == expected
     assert chosen[0].session == chosen[1].session != chosen[2].session
+
+
+def test_the_default_corpus_is_the_current_clients() -> None:
+    # package.json pins the current client as claude-code-current
+    pinned = json.loads((CORPUS_DIR.parent / "package.json").read_text(encoding="utf-8"))
+    version = pinned["devDependencies"]["claude-code-current"].rpartition("@")[2]
+    assert DEFAULT_CORPUS.name == f"claude-code-{version}.jsonl"
+    assert (CORPUS_DIR.parent / DEFAULT_CORPUS).is_file()
 
 
 def test_default_slice_of_nothing_is_empty() -> None:

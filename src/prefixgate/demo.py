@@ -53,7 +53,8 @@ __all__ = [
 ]
 
 CORPUS_ENV = "PREFIXGATE_CORPUS"
-DEFAULT_CORPUS = Path("corpus", "claude-code-2.1.197.jsonl")
+# The current client's -p sessions (corpus/README.md); 2.1.197 with --corpus.
+DEFAULT_CORPUS = Path("corpus", "claude-code-2.1.332.jsonl")
 REQUEST_TIMEOUT_S = 900.0
 
 
@@ -67,7 +68,7 @@ def find_corpus(
     roots: Sequence[Path] | None = None,
 ) -> Path | None:
     """The recorded session file to replay: ``explicit``, else ``$PREFIXGATE_CORPUS``,
-    else ``corpus/claude-code-2.1.197.jsonl`` in the source
+    else ``corpus/claude-code-2.1.332.jsonl`` in the source
     checkout or the working directory. ``None`` if none of them exists."""
     env = os.environ if environ is None else environ
     if explicit is not None:

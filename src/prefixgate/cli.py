@@ -100,7 +100,7 @@ def _explain(result: Rewrite) -> str:
     if found is None:
         return f"policy {result.policy.value}: no attribution block found; nothing removed"
     fields = ", ".join(f"{k}={v}" for k, v in found.fields.items())
-    action = "changed" if result.changed else "left unchanged"
+    action = "left unchanged" if result.policy is Policy.PASSTHROUGH else "changed"
     lines = [
         f"attribution block found: {found.form} form, {found.location} "
         f"({'whole first block' if found.whole_block else 'head of the text'}"

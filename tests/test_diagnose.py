@@ -14,7 +14,8 @@ from click.testing import CliRunner, Result
 from prefixgate.cli import main
 from prefixgate.core.pipeline import RewriteOptions, rewrite
 from prefixgate.core.policy import Policy
-from prefixgate.core.prompt import first_change, prompt_view
+from prefixgate.core.prompt import prompt_view
+from prefixgate.core.promptdiff import first_change
 from prefixgate.core.toolload import ToolLoads
 from prefixgate.diagnose import Diagnosis, diagnose, estimate_tokens
 from prefixgate.replay import CaptureRecord, load_capture

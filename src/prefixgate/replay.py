@@ -36,7 +36,8 @@ from prefixgate.core.fold import MessageSummary, StreamFold, summarize_message
 from prefixgate.core.misses import CAUSES
 from prefixgate.core.pipeline import RewriteOptions, prompt_parts, rewrite
 from prefixgate.core.policy import Policy
-from prefixgate.core.prompt import Piece, PromptView, common_pieces, first_change, prompt_view
+from prefixgate.core.prompt import Piece, PromptView, prompt_view
+from prefixgate.core.promptdiff import common_pieces, first_change
 from prefixgate.core.sse import SSEDecoder
 from prefixgate.upstreams.anthropic import HOP_BY_HOP_HEADERS
 

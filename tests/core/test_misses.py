@@ -22,7 +22,8 @@ from prefixgate.core.misses import (
     prefix_tokens,
     verdict,
 )
-from prefixgate.core.prompt import CAUSE_OF_SECTION, PromptView, prompt_view
+from prefixgate.core.prompt import PromptView, prompt_view
+from prefixgate.core.promptdiff import CAUSE_OF_SECTION
 
 TENANT = "acme"
 ALICE = Owner(TENANT, "aaaaaaaa-1111-4111-8111-111111111111", "main")

@@ -6,7 +6,8 @@ passed in, nothing here does I/O.
 For each request two earlier ones are references: the same session and agent's
 previous request, and the last request on the same upstream. What an ideal
 prefix cache should serve is the longer common prefix with either (in pieces,
-see ``core/prompt.py``), converted to tokens. The cause, first match wins:
+see ``core/prompt.py``; compared in ``core/promptdiff.py``), converted to
+tokens. The cause, first match wins:
 
 ``model_changed`` ... ``messages_rewritten``
     the prompt stops extending the session's previous request at that
@@ -33,7 +34,8 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from prefixgate.core.prompt import Change, PromptView, common_pieces, first_change
+from prefixgate.core.prompt import PromptView
+from prefixgate.core.promptdiff import Change, common_pieces, first_change
 
 CAUSES = (
     "none",

@@ -417,3 +417,23 @@ def test_a_loaded_definition_carried_inline_is_counted_where_it_was_loaded() -> 
     v = prompt_view(body, None)
     assert v.tool_names("tool_loaded") == []  # the tool-load policy inline put it there
     assert first_change(prompt_view(request_332(turns=1), None), v) is None
+
+
+def test_a_reminder_after_the_typed_text_is_conversation_not_project_context() -> None:
+    # 2.1.332 retries an empty answer by rewriting the first user message: the typed
+    # text gains a newline and a "no visible output" reminder follows it
+    body = request_332()
+    retry = copy.deepcopy(body)
+    retry["messages"][0]["content"][2]["text"] = "say hi\n"
+    retry["messages"][0]["content"].append(
+        {
+            "type": "text",
+            "text": "<system-reminder>\n[Your previous response had no visible"
+            " output.]\n</system-reminder>",
+        }
+    )
+    first, again = run(body), run(retry)
+    assert first.view.digest_of("project_context") == again.view.digest_of("project_context")
+    assert first.key.hex == again.key.hex
+    found = first_change(first.view, again.view)
+    assert found is not None and found.section == "messages"

@@ -235,11 +235,13 @@ class _Pieces:
                 return
         content = message.get("content")
         if index == 0 and message.get("role") == "user" and isinstance(content, list):
-            reminders = [b for b in content if _is_reminder(b)]
-            for block in reminders:  # git status, date: cut out of the context they sit in
+            # only the reminders ahead of the typed text are project context; one the
+            # client adds after it (a retry's "no visible output" note) is conversation
+            lead = next((i for i, b in enumerate(content) if not _is_reminder(b)), len(content))
+            for block in content[:lead]:  # git status, date: cut out of the context they sit in
                 self.cut(str(block["text"]), "project_context", "project_context")
-            if reminders:
-                message = {**message, "content": [b for b in content if not _is_reminder(b)]}
+            if lead:
+                message = {**message, "content": content[lead:]}
         self.add("messages", name, _json(_normal_message(message)))
 
 

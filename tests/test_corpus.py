@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 import pytest
-from conftest import (
+from corpusfiles import (
     CURRENT_FILES,
     CURRENT_INTERACTIVE,
     CURRENT_PLAIN,

@@ -22,8 +22,9 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -67,6 +68,20 @@ def _run_rewrite(source: str, policy: Policy, tool_loads: ToolLoads = ToolLoads.
         raise click.ClickException(f"cannot read {source}: {exc.strerror}") from None
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _tool_loads_option(help_text: str) -> Callable[[F], F]:
+    """``--tool-loads``, shared by the commands that run the rewrite pipeline."""
+    return click.option(
+        "--tool-loads",
+        type=click.Choice([m.value for m in ToolLoads]),
+        default=ToolLoads.INLINE.value,
+        show_default=True,
+        help=help_text,
+    )
+
+
 @click.group()
 @click.version_option(__version__, prog_name="prefixgate")
 def main() -> None:
@@ -75,13 +90,7 @@ def main() -> None:
 
 @main.command("rewrite")
 @click.option("--policy", type=click.Choice(POLICIES), default="strip", show_default=True)
-@click.option(
-    "--tool-loads",
-    type=click.Choice([m.value for m in ToolLoads]),
-    default=ToolLoads.INLINE.value,
-    show_default=True,
-    help="Where tools loaded through ToolSearch go (docs/upstreams.md).",
-)
+@_tool_loads_option("Where tools loaded through ToolSearch go (docs/upstreams.md).")
 @click.option("--explain", is_flag=True, help="Describe what was found and changed on stderr.")
 @click.argument("source", default="-")
 def rewrite_cmd(policy: str, tool_loads: str, explain: bool, source: str) -> None:
@@ -302,13 +311,7 @@ def parse_since(value: str, now: float) -> float:
 
 @main.command("diagnose")
 @click.option("--policy", type=click.Choice(POLICIES), default="strip", show_default=True)
-@click.option(
-    "--tool-loads",
-    type=click.Choice([m.value for m in ToolLoads]),
-    default=ToolLoads.INLINE.value,
-    show_default=True,
-    help="The upstream's tool-load policy; as_sent names every ToolSearch load.",
-)
+@_tool_loads_option("The upstream's tool-load policy; as_sent names every ToolSearch load.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per request.")
 @click.argument("capture", type=click.Path(exists=True, dir_okay=False))
 def diagnose_cmd(policy: str, tool_loads: str, as_json: bool, capture: str) -> None:

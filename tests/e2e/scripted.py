@@ -212,48 +212,43 @@ def anthropic_answer(
     if isinstance(call, Say):
         return anthropic_text(call.text, call_id, model, prompt, stream)
     block = {"type": "tool_use", "id": call_id, "name": call.name, "input": dict(call.input)}
-    message = {
-        "id": f"msg_{call_id}",
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": [block],
-        "stop_reason": "tool_use",
-        "stop_sequence": None,
-        "usage": {**prompt, "output_tokens": 8},
-    }
-    if not stream:
-        return JSONResponse(message)
-    start = {**message, "content": [], "stop_reason": None, "usage": {**prompt, "output_tokens": 1}}
-    events: list[tuple[str | None, Any]] = [
-        ("message_start", {"type": "message_start", "message": start}),
-        ("content_block_start", {"type": "content_block_start", "index": 0,
-                                 "content_block": {**block, "input": {}}}),
-        ("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                 "delta": {"type": "input_json_delta",
-                                           "partial_json": json.dumps(dict(call.input))}}),
-        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        ("message_delta", {"type": "message_delta",
-                           "delta": {"stop_reason": "tool_use", "stop_sequence": None},
-                           "usage": {"output_tokens": 8}}),
-        ("message_stop", {"type": "message_stop"}),
-    ]  # fmt: skip
-    return Response(_sse(events), media_type="text/event-stream")
+    delta = {"type": "input_json_delta", "partial_json": json.dumps(dict(call.input))}
+    return _anthropic_message(
+        block, {**block, "input": {}}, delta, "tool_use", 8, call_id, model, prompt, stream
+    )
 
 
 def anthropic_text(
     text: str, call_id: str, model: str, prompt: Mapping[str, Any], stream: bool
 ) -> Response:
     block = {"type": "text", "text": text}
+    delta = {"type": "text_delta", "text": text}
+    return _anthropic_message(
+        block, {"type": "text", "text": ""}, delta, "end_turn", 4, call_id, model, prompt, stream
+    )
+
+
+def _anthropic_message(
+    block: dict[str, Any],
+    empty_block: dict[str, Any],
+    delta: dict[str, Any],
+    stop_reason: str,
+    output_tokens: int,
+    call_id: str,
+    model: str,
+    prompt: Mapping[str, Any],
+    stream: bool,
+) -> Response:
+    """One content block as a Messages API answer: JSON, or the SSE events that build it."""
     message = {
         "id": f"msg_{call_id}",
         "type": "message",
         "role": "assistant",
         "model": model,
         "content": [block],
-        "stop_reason": "end_turn",
+        "stop_reason": stop_reason,
         "stop_sequence": None,
-        "usage": {**prompt, "output_tokens": 4},
+        "usage": {**prompt, "output_tokens": output_tokens},
     }
     if not stream:
         return JSONResponse(message)
@@ -261,13 +256,12 @@ def anthropic_text(
     events: list[tuple[str | None, Any]] = [
         ("message_start", {"type": "message_start", "message": start}),
         ("content_block_start", {"type": "content_block_start", "index": 0,
-                                 "content_block": {"type": "text", "text": ""}}),
-        ("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                 "delta": {"type": "text_delta", "text": text}}),
+                                 "content_block": empty_block}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}),
         ("content_block_stop", {"type": "content_block_stop", "index": 0}),
         ("message_delta", {"type": "message_delta",
-                           "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                           "usage": {"output_tokens": 4}}),
+                           "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                           "usage": {"output_tokens": output_tokens}}),
         ("message_stop", {"type": "message_stop"}),
     ]  # fmt: skip
     return Response(_sse(events), media_type="text/event-stream")

@@ -252,7 +252,12 @@ def serve_cmd(
 
 
 @main.command("report")
-@click.option("--db", "db_path", default=None, help="Audit log (default: the one serve writes).")
+@click.option(
+    "--db",
+    "db_path",
+    default=None,
+    help="Audit log to read: a SQLite file or a .jsonl file (default: the one serve writes).",
+)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--since", default=None, help="Only requests since: 2h, 30m, 7d, or an ISO date.")
 @click.option("--session", default=None, help="Only this session (full id).")
@@ -270,7 +275,7 @@ def report_cmd(
     from rich.console import Console
 
     from prefixgate.report import build_report, render_report, report_json
-    from prefixgate.store.sqlite import AuditDBError, read_records
+    from prefixgate.store.sinks import AuditLogError, read_audit
 
     try:
         settings = load_settings(config_path)
@@ -278,14 +283,14 @@ def report_cmd(
         raise click.ClickException(str(exc)) from None
     path = db_path or settings.audit_path
     if not path:
-        raise click.ClickException("no audit log: pass --db PATH")
+        raise click.ClickException("no audit log: pass --db PATH (a .db or .jsonl file)")
     try:
         start = parse_since(since, time.time()) if since else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
     try:
-        records = read_records(path, since=start, session=session, tenant=tenant or settings.tenant)
-    except AuditDBError as exc:
+        records = read_audit(path, since=start, session=session, tenant=tenant or settings.tenant)
+    except AuditLogError as exc:
         raise click.ClickException(str(exc)) from None
     report = build_report(records)
     if as_json:

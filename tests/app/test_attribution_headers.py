@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
 import pytest
-from inmemory import running
 from starlette.applications import Starlette
+from support.app import running
+from support.upstream import FakeUpstream
 
 from prefixgate.app.gateway import create_app
 from prefixgate.config import build_settings
@@ -44,18 +44,9 @@ OPENAI_ANSWER: dict[str, Any] = {
 }  # fmt: skip
 
 
-class Upstream:
-    def __init__(self, answer: dict[str, Any]) -> None:
-        self.requests: list[httpx.Request] = []
-        self.answer = answer
-        self.transport = httpx.MockTransport(self._handle)
-
-    def _handle(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        return httpx.Response(200, json=self.answer)
-
-
-def app_for(upstream: Upstream, policy: str, kind: str = "anthropic", **table: Any) -> Starlette:
+def app_for(
+    upstream: FakeUpstream, policy: str, kind: str = "anthropic", **table: Any
+) -> Starlette:
     config = {"url": "http://up.test", "kind": kind, "policy": policy, "tokenizer": "estimate"}
     settings = build_settings({"upstreams": {"local": {**config, **table}}}, {}, {})
     return create_app(settings, transport=upstream.transport, audit=MemoryAudit())
@@ -83,7 +74,7 @@ async def send(app: Starlette, headers: dict[str, str], *, block: bool = False) 
 
 
 async def test_strip_removes_the_header_and_records_its_fields() -> None:
-    upstream = Upstream(ANSWER)
+    upstream = FakeUpstream(answer=ANSWER)
     rec = await send(app_for(upstream, "strip"), {HEADER_NAME: KV, "x-app": "cli"})
     (sent,) = upstream.requests
     assert HEADER_NAME not in sent.headers and sent.headers["x-app"] == "cli"
@@ -93,21 +84,21 @@ async def test_strip_removes_the_header_and_records_its_fields() -> None:
 
 
 async def test_passthrough_forwards_the_header_as_sent_and_still_records_it() -> None:
-    upstream = Upstream(ANSWER)
+    upstream = FakeUpstream(answer=ANSWER)
     rec = await send(app_for(upstream, "passthrough", first_party=True), {HEADER_NAME: KV})
     assert upstream.requests[0].headers[HEADER_NAME] == KV
     assert rec.attribution_headers == {HEADER_NAME: {"form": "kv", "fields": FIELDS}}
 
 
 async def test_normalize_forwards_the_normalized_value() -> None:
-    upstream = Upstream(ANSWER)
+    upstream = FakeUpstream(answer=ANSWER)
     rec = await send(app_for(upstream, "normalize"), {HEADER_NAME: KV})
     assert upstream.requests[0].headers.get_list(HEADER_NAME) == ["cc_entrypoint=sdk-cli;"]
     assert rec.attribution_headers == {HEADER_NAME: {"form": "kv", "fields": FIELDS}}
 
 
 async def test_preserve_as_metadata_moves_the_fields_into_the_metadata_header() -> None:
-    upstream = Upstream(ANSWER)
+    upstream = FakeUpstream(answer=ANSWER)
     app = app_for(upstream, "preserve_as_metadata", metadata_header="x-attr")
     json_value = '{"cc_is_subagent":true}'
     rec = await send(app, {HEADER_NAME: json_value})
@@ -119,7 +110,7 @@ async def test_preserve_as_metadata_moves_the_fields_into_the_metadata_header() 
 
 
 async def test_preserve_as_metadata_the_bodys_block_wins_the_metadata_header() -> None:
-    upstream = Upstream(ANSWER)
+    upstream = FakeUpstream(answer=ANSWER)
     app = app_for(upstream, "preserve_as_metadata", metadata_header="x-attr")
     rec = await send(app, {HEADER_NAME: KV}, block=True)
     sent = upstream.requests[0]
@@ -130,11 +121,11 @@ async def test_preserve_as_metadata_the_bodys_block_wins_the_metadata_header() -
 
 async def test_a_gateway_in_front_set_the_metadata_header() -> None:
     """Another prefixgate in front used preserve_as_metadata: its header is ours to handle."""
-    upstream = Upstream(ANSWER)
+    upstream = FakeUpstream(answer=ANSWER)
     rec = await send(app_for(upstream, "strip"), {METADATA_HEADER: KV})
     assert METADATA_HEADER not in upstream.requests[0].headers
     assert rec.attribution_headers == {METADATA_HEADER: {"form": "kv", "fields": FIELDS}}
-    configured = Upstream(ANSWER)
+    configured = FakeUpstream(answer=ANSWER)
     app = app_for(configured, "strip", metadata_header="x-gw-attr")
     rec = await send(app, {"X-Gw-Attr": KV})
     assert "x-gw-attr" not in configured.requests[0].headers
@@ -142,21 +133,21 @@ async def test_a_gateway_in_front_set_the_metadata_header() -> None:
 
 
 async def test_no_attribution_header_records_none() -> None:
-    upstream = Upstream(ANSWER)
+    upstream = FakeUpstream(answer=ANSWER)
     rec = await send(app_for(upstream, "strip"), {"x-app": "cli"})
     assert rec.attribution_headers is None
 
 
 @pytest.mark.parametrize("policy", ["strip", "passthrough", "preserve_as_metadata"])
 async def test_the_openai_kind_never_forwards_it(policy: str) -> None:
-    upstream = Upstream(OPENAI_ANSWER)
+    upstream = FakeUpstream(answer=OPENAI_ANSWER)
     rec = await send(app_for(upstream, policy, kind="openai"), {HEADER_NAME: KV})
     assert HEADER_NAME not in upstream.requests[0].headers
     assert rec.attribution_headers == {HEADER_NAME: {"form": "kv", "fields": FIELDS}}
 
 
 async def test_the_models_route_drops_it_too() -> None:
-    upstream = Upstream({"data": []})
+    upstream = FakeUpstream(answer={"data": []})
     app = app_for(upstream, "strip")
     async with running(app) as client:
         response = await client.get("/v1/models", headers={HEADER_NAME: KV})

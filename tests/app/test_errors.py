@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-from starlette.applications import Starlette
+from support.app import memory_audit, running
+from support.servers import free_port
+from support.upstream import FakeUpstream
 
 from prefixgate.app.gateway import create_app
 from prefixgate.config import Settings, build_settings
@@ -47,32 +48,9 @@ def ok(request: httpx.Request) -> httpx.Response:
     return httpx.Response(200, json=MESSAGE)
 
 
-class Upstream:
-    def __init__(self, respond: Callable[[httpx.Request], httpx.Response] = ok) -> None:
-        self.requests: list[httpx.Request] = []
-        self.respond = respond
-        self.transport = httpx.MockTransport(self._handle)
-
-    def _handle(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        return self.respond(request)
-
-
 def make_settings(url: str = UPSTREAM_URL, **server: Any) -> Settings:
     file = {"server": server, "upstreams": {"local": {"url": url, "tokenizer": "estimate"}}}
     return build_settings(file, {}, {})
-
-
-@contextlib.asynccontextmanager
-async def running(
-    app: Starlette, *, raise_app_exceptions: bool = True
-) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://gateway.test", timeout=TIMEOUT
-        ) as client:
-            yield client
 
 
 def assert_error(response: httpx.Response, status: int, error_type: str, *fragments: str) -> str:
@@ -91,18 +69,12 @@ def assert_error(response: httpx.Response, status: int, error_type: str, *fragme
     return message
 
 
-async def assert_still_serving(client: httpx.AsyncClient, upstream: Upstream) -> None:
+async def assert_still_serving(client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
     upstream.respond = ok
     response = await client.post("/v1/messages", json=GOOD)
     assert response.status_code == 200
     assert response.json() == MESSAGE
     assert b"x-anthropic-billing-header" not in upstream.requests[-1].content
-
-
-def audit_of(app: Starlette) -> MemoryAudit:
-    sink = app.state.audit
-    assert isinstance(sink, MemoryAudit)
-    return sink
 
 
 # -- the client's request is at fault -------------------------------------------
@@ -145,14 +117,14 @@ BAD_FIELDS: list[tuple[str, dict[str, Any], str]] = [
     ("raw", "fragment"), [pytest.param(raw, f, id=name) for name, raw, f in BAD_BODIES]
 )
 async def test_a_body_that_is_not_a_json_object_is_refused(raw: bytes, fragment: str) -> None:
-    upstream = Upstream()
+    upstream = FakeUpstream(answer=MESSAGE)
     app = create_app(make_settings(), transport=upstream.transport)
     async with running(app) as client:
         response = await client.post("/v1/messages", content=raw)
         assert_error(response, 400, "invalid_request_error", fragment)
         assert not upstream.requests
         await assert_still_serving(client, upstream)
-    first = audit_of(app).records[0]
+    first = memory_audit(app).records[0]
     assert first.status == 400
     assert first.error is not None and fragment in first.error
 
@@ -161,7 +133,7 @@ async def test_a_body_that_is_not_a_json_object_is_refused(raw: bytes, fragment:
     ("body", "fragment"), [pytest.param(body, f, id=name) for name, body, f in BAD_FIELDS]
 )
 async def test_missing_or_mistyped_fields_are_refused(body: dict[str, Any], fragment: str) -> None:
-    upstream = Upstream()
+    upstream = FakeUpstream(answer=MESSAGE)
     app = create_app(make_settings(), transport=upstream.transport)
     async with running(app) as client:
         response = await client.post("/v1/messages", json=body)
@@ -171,7 +143,7 @@ async def test_missing_or_mistyped_fields_are_refused(body: dict[str, Any], frag
 
 
 async def test_count_tokens_needs_no_max_tokens_but_still_checks_the_rest() -> None:
-    upstream = Upstream(lambda request: httpx.Response(200, json={"input_tokens": 9}))
+    upstream = FakeUpstream(lambda request: httpx.Response(200, json={"input_tokens": 9}))
     app = create_app(make_settings(), transport=upstream.transport)
     async with running(app) as client:
         response = await client.post("/v1/messages/count_tokens", json=without("max_tokens"))
@@ -193,7 +165,7 @@ def padded(size: int) -> bytes:
 
 
 async def test_a_body_over_the_limit_with_content_length_is_refused() -> None:
-    upstream = Upstream()
+    upstream = FakeUpstream(answer=MESSAGE)
     app = create_app(make_settings(max_body_bytes=LIMIT), transport=upstream.transport)
     async with running(app) as client:
         response = await client.post("/v1/messages", content=padded(LIMIT + 1))
@@ -206,7 +178,7 @@ async def test_a_body_over_the_limit_with_content_length_is_refused() -> None:
 
 
 async def test_a_chunked_body_over_the_limit_is_refused_while_it_streams_in() -> None:
-    upstream = Upstream()
+    upstream = FakeUpstream(answer=MESSAGE)
     app = create_app(make_settings(max_body_bytes=LIMIT), transport=upstream.transport)
     sent = 0
 
@@ -224,12 +196,12 @@ async def test_a_chunked_body_over_the_limit_is_refused_while_it_streams_in() ->
         assert_error(response, 413, "request_too_large", str(LIMIT))
         assert not upstream.requests
         await assert_still_serving(client, upstream)
-    (first, _) = audit_of(app).records
+    (first, _) = memory_audit(app).records
     assert first.status == 413
 
 
 async def test_a_lying_content_length_is_still_bounded() -> None:
-    upstream = Upstream()
+    upstream = FakeUpstream(answer=MESSAGE)
     app = create_app(make_settings(max_body_bytes=LIMIT), transport=upstream.transport)
     async with running(app) as client:
         response = await client.post(
@@ -244,7 +216,7 @@ async def test_a_lying_content_length_is_still_bounded() -> None:
     [("GET", "/v1/nope"), ("POST", "/v2/messages"), ("POST", "/"), ("GET", "/v1/messages/x")],
 )
 async def test_an_unknown_route_is_not_found(method: str, path: str) -> None:
-    upstream = Upstream()
+    upstream = FakeUpstream(answer=MESSAGE)
     app = create_app(make_settings(), transport=upstream.transport)
     async with running(app) as client:
         response = await client.request(method, path)
@@ -263,7 +235,7 @@ async def test_an_unknown_route_is_not_found(method: str, path: str) -> None:
     ],
 )
 async def test_a_wrong_method_is_refused_with_allow(method: str, path: str, allowed: str) -> None:
-    upstream = Upstream()
+    upstream = FakeUpstream(answer=MESSAGE)
     app = create_app(make_settings(), transport=upstream.transport)
     async with running(app) as client:
         response = await client.request(method, path)
@@ -274,7 +246,7 @@ async def test_a_wrong_method_is_refused_with_allow(method: str, path: str, allo
 
 
 async def test_a_model_no_route_matches_is_not_found() -> None:
-    app = create_app(Settings(), transport=Upstream().transport)
+    app = create_app(Settings(), transport=FakeUpstream(answer=MESSAGE).transport)
     async with running(app) as client:
         response = await client.post("/v1/messages", json=GOOD)
         assert_error(response, 404, "not_found_error", "claude-haiku-4-5")
@@ -285,15 +257,8 @@ async def test_a_model_no_route_matches_is_not_found() -> None:
 # -- the upstream is at fault ---------------------------------------------------
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 async def test_an_unreachable_upstream_is_a_502_naming_it() -> None:
-    url = f"http://127.0.0.1:{closed_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     app = create_app(make_settings(url))  # a real transport: the connection is refused
     async with running(app) as client:
         for attempt in range(2):
@@ -303,7 +268,7 @@ async def test_an_unreachable_upstream_is_a_502_naming_it() -> None:
         models = await client.get("/v1/models")
         assert_error(models, 502, "api_error", url)
         assert (await client.get("/healthz")).status_code == 200
-    rec = audit_of(app).records[0]
+    rec = memory_audit(app).records[0]
     assert rec.status == 502
     assert rec.upstream == "local"
     assert rec.error is not None and url in rec.error
@@ -326,7 +291,7 @@ async def test_transport_failures_map_to_gateway_errors(
     def fail(request: httpx.Request) -> httpx.Response:
         raise exc
 
-    upstream = Upstream(fail)
+    upstream = FakeUpstream(fail)
     app = create_app(make_settings(), transport=upstream.transport)
     async with running(app) as client:
         response = await client.post("/v1/messages", json={**GOOD, "stream": True})
@@ -423,20 +388,20 @@ async def test_an_upstream_error_status_keeps_its_status_and_message(
             return httpx.Response(status, text=body, headers={"content-type": "text/plain"})
         return httpx.Response(status, json=body)
 
-    upstream = Upstream(fail)
+    upstream = FakeUpstream(fail)
     app = create_app(make_settings(), transport=upstream.transport)
     async with running(app) as client:
         response = await client.post("/v1/messages", json={**GOOD, "stream": stream})
         got = assert_error(response, status, error_type, message)
         assert "local" in got  # says which upstream answered
         await assert_still_serving(client, upstream)
-    rec = audit_of(app).records[0]
+    rec = memory_audit(app).records[0]
     assert rec.status == status
     assert rec.error is not None and message in rec.error
 
 
 async def test_a_huge_upstream_error_body_is_cut_short() -> None:
-    upstream = Upstream(lambda request: httpx.Response(500, text="x" * 100_000))
+    upstream = FakeUpstream(lambda request: httpx.Response(500, text="x" * 100_000))
     app = create_app(make_settings(), transport=upstream.transport)
     async with running(app) as client:
         response = await client.post("/v1/messages", json=GOOD)
@@ -460,8 +425,10 @@ async def test_garbage_from_the_upstream_is_a_502_never_a_half_success(
 ) -> None:
     """A 200 whose body is no JSON object cannot be an answer: the client gets an
     Anthropic error, not the garbage under a success status."""
-    upstream = Upstream(
-        lambda request: httpx.Response(200, content=content, headers={"content-type": content_type})
+    upstream = FakeUpstream(
+        lambda request: httpx.Response(
+            200, content=content, headers={"content-type": content_type}
+        ),
     )
     app = create_app(make_settings(), transport=upstream.transport)
     async with running(app) as client:
@@ -469,17 +436,17 @@ async def test_garbage_from_the_upstream_is_a_502_never_a_half_success(
         message = assert_error(response, 502, "api_error")
         assert "not a JSON object" in message
         await assert_still_serving(client, upstream)
-    rec = audit_of(app).records[0]
+    rec = memory_audit(app).records[0]
     assert rec.status == 502
     assert rec.error is not None and "not a JSON object" in rec.error
 
 
 async def test_an_answer_with_odd_usage_is_relayed_without_a_crash() -> None:
     content = b'{"usage": {"input_tokens": "many", "output_tokens": -1}}'
-    upstream = Upstream(
+    upstream = FakeUpstream(
         lambda request: httpx.Response(
             200, content=content, headers={"content-type": "application/json"}
-        )
+        ),
     )
     app = create_app(make_settings(), transport=upstream.transport)
     async with running(app) as client:
@@ -487,7 +454,7 @@ async def test_an_answer_with_odd_usage_is_relayed_without_a_crash() -> None:
         assert response.status_code == 200
         assert response.content == content
         await assert_still_serving(client, upstream)
-    rec = audit_of(app).records[0]
+    rec = memory_audit(app).records[0]
     assert rec.status == 200
     assert rec.input_tokens is None and rec.output_tokens is None
 
@@ -505,10 +472,10 @@ async def test_an_answer_with_odd_usage_is_relayed_without_a_crash() -> None:
 async def test_a_garbage_event_stream_ends_with_an_error_event(content: bytes) -> None:
     """Garbage is relayed as it came (whole events only), and as it never
     finished a message the stream ends with an Anthropic error event."""
-    upstream = Upstream(
+    upstream = FakeUpstream(
         lambda request: httpx.Response(
             200, content=content, headers={"content-type": "text/event-stream"}
-        )
+        ),
     )
     app = create_app(make_settings(), transport=upstream.transport)
     async with running(app) as client:
@@ -541,7 +508,7 @@ async def test_an_internal_exception_is_a_500_and_the_app_keeps_serving(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(proxy_module, "rewrite_parsed", flaky)
-    upstream = Upstream()
+    upstream = FakeUpstream(answer=MESSAGE)
     app = create_app(make_settings(), transport=upstream.transport)
     async with running(app, raise_app_exceptions=False) as client:
         response = await client.post("/v1/messages", json=GOOD)
@@ -556,7 +523,7 @@ async def test_an_audit_sink_that_fails_to_close_does_not_break_shutdown() -> No
         def close(self) -> None:
             raise OSError("disk gone")
 
-    upstream = Upstream()
+    upstream = FakeUpstream(answer=MESSAGE)
     app = create_app(make_settings(), transport=upstream.transport, audit=Sink())
     async with running(app) as client:
         await assert_still_serving(client, upstream)

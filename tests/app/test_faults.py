@@ -14,18 +14,16 @@ import asyncio
 import contextlib
 import functools
 import json
-import socket
-import struct
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from inmemory import running
 from starlette.applications import Starlette
+from support.app import records_of, running
+from support.servers import ServerThread, free_port, server_config
+from support.upstream import Conn, scripted_upstream
 
 from prefixgate.app.exchange import Exchange
 from prefixgate.app.gateway import create_app
@@ -72,105 +70,7 @@ OPENAI_REST = _chunk({"content": "lo"}, "stop") + b"data: [DONE]\n\n"
 FIRST = {"anthropic": ANTHROPIC_FIRST, "openai": OPENAI_FIRST}
 REST = {"anthropic": ANTHROPIC_REST, "openai": OPENAI_REST}
 
-# -- a scripted upstream --------------------------------------------------------------
-
-
-class Conn:
-    """One request's connection, as the script answers it."""
-
-    def __init__(
-        self, upstream: FakeUpstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        self.upstream = upstream
-        self.reader = reader
-        self.writer = writer
-
-    async def head(
-        self, status: int = 200, content_type: str = "text/event-stream", length: int | None = None
-    ) -> None:
-        framing = "transfer-encoding: chunked" if length is None else f"content-length: {length}"
-        head = f"HTTP/1.1 {status} Whatever\r\ncontent-type: {content_type}\r\n{framing}\r\n\r\n"
-        self.writer.write(head.encode())
-        await self.writer.drain()
-
-    async def chunk(self, data: bytes) -> None:
-        self.writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-        await self.writer.drain()
-
-    async def end(self) -> None:
-        """The chunked body's clean end."""
-        self.writer.write(b"0\r\n\r\n")
-        await self.writer.drain()
-
-    async def whole(self, status: int, content_type: str, body: bytes) -> None:
-        await self.head(status, content_type, len(body))
-        self.writer.write(body)
-        await self.writer.drain()
-
-    async def hang(self, limit: float = 10.0) -> None:
-        """Say nothing more until the gateway hangs up (noted in ``upstream.hung_up``)."""
-        with contextlib.suppress(ConnectionError, TimeoutError):
-            async with asyncio.timeout(limit):
-                while await self.reader.read(65536):
-                    pass
-        self.upstream.hung_up_at = time.monotonic()
-        self.upstream.hung_up.set()
-
-    def reset(self) -> None:
-        """Drop the connection with a TCP reset."""
-        sock = self.writer.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.writer.transport.abort()
-
-
-Script = Callable[[Conn], Awaitable[None]]
-
-
-class FakeUpstream:
-    """A raw HTTP/1.1 server: every POST is answered by ``script``; anything else 404."""
-
-    def __init__(self, script: Script) -> None:
-        self.script = script
-        self.requests = 0
-        self.hung_up = asyncio.Event()
-        self.hung_up_at: float | None = None
-        self.url = ""
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            await reader.readexactly(length)
-            if not head.startswith(b"POST "):
-                writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
-                await writer.drain()
-                return
-            self.requests += 1
-            await self.script(Conn(self, reader, writer))
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-
-
-@contextlib.asynccontextmanager
-async def fake_upstream(script: Script) -> AsyncIterator[FakeUpstream]:
-    upstream = FakeUpstream(script)
-    server = await asyncio.start_server(upstream._serve, "127.0.0.1", 0)
-    upstream.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    try:
-        yield upstream
-    finally:
-        server.close()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(2):
-                await server.wait_closed()
+# -- the upstream is a support.upstream.ScriptedUpstream ----------------------------------
 
 
 def settings_for(url: str, kind: str = "anthropic", **upstream: Any) -> Settings:
@@ -239,16 +139,9 @@ async def one_record(app: Starlette, timeout: float = 5.0) -> AuditRecord:
 # -- before the answer began: a JSON error with the right status ----------------------------
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 async def test_a_refused_connection_is_a_502(stream: bool) -> None:
-    url = f"http://127.0.0.1:{closed_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     app = gateway(url)
     async with running(app) as client:
         response = await client.post("/v1/messages", json=STREAM_REQUEST if stream else REQUEST)
@@ -262,7 +155,7 @@ async def test_an_upstream_slower_than_read_timeout_is_a_504(stream: bool) -> No
     async def silent(conn: Conn) -> None:
         await conn.hang()
 
-    async with fake_upstream(silent) as upstream:
+    async with scripted_upstream(silent) as upstream:
         app = gateway(upstream.url, read_timeout=0.3)
         async with running(app) as client:
             response = await client.post("/v1/messages", json=STREAM_REQUEST if stream else REQUEST)
@@ -281,7 +174,7 @@ async def test_garbage_with_a_200_is_a_502_never_relayed(content_type: str, body
     async def garbage(conn: Conn) -> None:
         await conn.whole(200, content_type, body)
 
-    async with fake_upstream(garbage) as upstream:
+    async with scripted_upstream(garbage) as upstream:
         app = gateway(upstream.url)
         async with running(app) as client:
             response = await client.post("/v1/messages", json=REQUEST)
@@ -303,7 +196,7 @@ async def test_an_error_status_is_passed_through_as_an_anthropic_error(
     async def failing(conn: Conn) -> None:
         await conn.whole(status, "application/json", json.dumps(body).encode())
 
-    async with fake_upstream(failing) as upstream:
+    async with scripted_upstream(failing) as upstream:
         app = gateway(upstream.url, kind)
         async with running(app) as client:
             response = await client.post("/v1/messages", json=STREAM_REQUEST if stream else REQUEST)
@@ -361,7 +254,7 @@ STREAM_FAULTS = [
 async def test_a_stream_that_breaks_off_ends_with_an_error_event(
     fault: Callable[[Conn, str], Awaitable[None]], error_type: str, fragment: str, kind: str
 ) -> None:
-    async with fake_upstream(functools.partial(_as_script, fault, kind)) as upstream:
+    async with scripted_upstream(functools.partial(_as_script, fault, kind)) as upstream:
         app = gateway(upstream.url, kind, stream_idle_timeout=0.3)
         async with running(app) as client:
             started = time.monotonic()
@@ -393,7 +286,7 @@ async def test_a_stream_slower_than_read_timeout_between_events_still_completes(
         await conn.chunk(REST[kind])
         await conn.end()
 
-    async with fake_upstream(slow) as upstream:
+    async with scripted_upstream(slow) as upstream:
         app = gateway(upstream.url, kind, read_timeout=0.2, stream_idle_timeout=3)
         async with running(app) as client:
             response = await client.post("/v1/messages", json=STREAM_REQUEST)
@@ -412,7 +305,7 @@ async def test_a_complete_stream_has_no_error(kind: str) -> None:
         await conn.chunk(REST[kind])
         await conn.end()
 
-    async with fake_upstream(whole) as upstream:
+    async with scripted_upstream(whole) as upstream:
         app = gateway(upstream.url, kind)
         async with running(app) as client:
             response = await client.post("/v1/messages", json=STREAM_REQUEST)
@@ -485,7 +378,7 @@ async def test_closing_a_response_under_a_pending_read_raises_an_httpx_error() -
         await conn.chunk(ANTHROPIC_FIRST)
         await conn.hang()
 
-    async with fake_upstream(stalled) as upstream, httpx.AsyncClient() as client:
+    async with scripted_upstream(stalled) as upstream, httpx.AsyncClient() as client:
         request = client.build_request("POST", upstream.url + "/v1/messages", json=REQUEST)
         response = await client.send(request, stream=True)
         chunks = response.aiter_bytes()
@@ -507,7 +400,7 @@ async def test_abort_ends_a_live_stream_with_an_overloaded_error(when: str) -> N
 
     calls: list[Any] = []
     streams = Streams()
-    async with fake_upstream(stalled) as upstream, httpx.AsyncClient() as client:
+    async with scripted_upstream(stalled) as upstream, httpx.AsyncClient() as client:
         request = client.build_request("POST", upstream.url + "/v1/messages", json=REQUEST)
         response = await client.send(request, stream=True)
         relay = _relay(response, calls, streams)
@@ -533,40 +426,6 @@ async def test_abort_ends_a_live_stream_with_an_overloaded_error(when: str) -> N
 # -- through a real server: client disconnects, shutdown ---------------------------------------
 
 
-class ServerThread:
-    """uvicorn (or ``server``) for ``app`` on a free loopback port, in a daemon thread."""
-
-    def __init__(self, app: Starlette, server: uvicorn.Server | None = None) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.port: int = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = server or uvicorn.Server(server_config(app))
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
-        )
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert self.thread.is_alive(), "the server thread died while starting"
-            assert time.monotonic() < deadline, "the server did not start in 30 s"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-        self.sock.close()
-
-
-def server_config(app: Starlette, **options: Any) -> uvicorn.Config:
-    return uvicorn.Config(
-        app, http="h11", ws="none", lifespan="on", log_config=None, access_log=False, **options
-    )
-
-
 async def _first_text(chunks: AsyncIterator[bytes]) -> bytes:
     seen = b""
     async for chunk in chunks:
@@ -576,14 +435,6 @@ async def _first_text(chunks: AsyncIterator[bytes]) -> bytes:
     raise AssertionError(f"the stream ended before its first text: {seen!r}")
 
 
-async def _records(app: Starlette, count: int = 1, timeout: float = 5.0) -> list[AuditRecord]:
-    deadline = time.monotonic() + timeout
-    while len(app.state.audit.records) < count or app.state.proxy.observer.pending:
-        assert time.monotonic() < deadline, "audit records missing"
-        await asyncio.sleep(0.02)
-    return list(app.state.audit.records)
-
-
 @pytest.mark.parametrize("kind", KINDS)
 async def test_a_client_that_goes_away_mid_stream_frees_the_upstream_at_once(kind: str) -> None:
     async def long(conn: Conn) -> None:
@@ -591,7 +442,7 @@ async def test_a_client_that_goes_away_mid_stream_frees_the_upstream_at_once(kin
         await conn.chunk(FIRST[kind])
         await conn.hang()
 
-    async with fake_upstream(long) as upstream:
+    async with scripted_upstream(long) as upstream:
         app = gateway(upstream.url, kind)
         with ServerThread(app) as server:
             async with httpx.AsyncClient(timeout=10) as client:
@@ -605,7 +456,7 @@ async def test_a_client_that_goes_away_mid_stream_frees_the_upstream_at_once(kin
             await asyncio.wait_for(upstream.hung_up.wait(), 5)
             assert upstream.hung_up_at is not None
             assert upstream.hung_up_at - gone < 0.5
-            records = await _records(app)
+            records = await records_of(app)
     assert len(records) == 1
     assert records[0].error == Relay.ABANDONED
 
@@ -616,7 +467,7 @@ async def test_shutdown_refuses_new_connections_and_ends_streams_after_the_grace
         await conn.chunk(ANTHROPIC_FIRST)
         await conn.hang()
 
-    async with fake_upstream(long) as upstream:
+    async with scripted_upstream(long) as upstream:
         app = gateway(upstream.url)
         grace = 0.5
         config = server_config(app, timeout_graceful_shutdown=5)
@@ -664,7 +515,7 @@ async def test_abort_through_the_gateway_ends_its_streams() -> None:
             await abort_streams(app)
             await conn.hang()
 
-    async with fake_upstream(aborted_mid_stream) as upstream:
+    async with scripted_upstream(aborted_mid_stream) as upstream:
         app = gateway(upstream.url)
         async with running(app) as client:
             response = await client.post("/v1/messages", json=STREAM_REQUEST)

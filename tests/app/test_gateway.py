@@ -18,12 +18,14 @@ from typing import Any
 import httpx
 import pytest
 from starlette.applications import Starlette
+from support.app import audit_of, running
+from support.upstream import MESSAGE, ChunkStream, FakeUpstream, sse_response
 
 from prefixgate.app.gateway import create_app
 from prefixgate.config import Settings, build_settings
 from prefixgate.core.pipeline import RewriteOptions, rewrite
 from prefixgate.core.sse import SSEDecoder, encode_event
-from prefixgate.store.audit import AuditRecord, JsonlAudit, MemoryAudit
+from prefixgate.store.audit import AuditRecord, JsonlAudit
 
 CORPUS_DIR = Path(__file__).resolve().parents[2] / "corpus"
 CORPUS_FILES = {
@@ -70,54 +72,8 @@ def encoded_first_system(raw: bytes) -> tuple[bytes, bytes]:
     raise AssertionError("the first system element is not encoded exactly once")
 
 
-# -- the fake upstream --------------------------------------------------------
+# -- the fake upstream: support.upstream.FakeUpstream --------------------------
 
-Responder = Callable[[httpx.Request], httpx.Response]
-
-
-class Upstream:
-    """A MockTransport that records requests and answers with ``respond``."""
-
-    def __init__(self, respond: Responder | None = None) -> None:
-        self.requests: list[httpx.Request] = []
-        self.respond = respond or (lambda request: httpx.Response(200, json=MESSAGE))
-        self.transport = httpx.MockTransport(self._handle)
-
-    def _handle(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        return self.respond(request)
-
-    @property
-    def last(self) -> httpx.Request:
-        assert self.requests, "the upstream received no request"
-        return self.requests[-1]
-
-
-class ChunkStream(httpx.AsyncByteStream):
-    """An upstream response body: chunks from an async iterator; notes its closing."""
-
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
-        self.chunks = chunks
-        self.closed = asyncio.Event()
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self.chunks:
-            yield chunk
-
-    async def aclose(self) -> None:
-        self.closed.set()
-
-
-MESSAGE: dict[str, Any] = {
-    "id": "msg_01",
-    "type": "message",
-    "role": "assistant",
-    "model": "gemma-3-270m",
-    "content": [{"type": "text", "text": "Hello"}],
-    "stop_reason": "end_turn",
-    "stop_sequence": None,
-    "usage": {"input_tokens": 12, "cache_read_input_tokens": 1000, "output_tokens": 3},
-}
 MESSAGE_BYTES = httpx.Response(200, json=MESSAGE).content
 
 # A llama.cpp-like stream: usage on message_start (output 0), a keep-alive
@@ -168,13 +124,6 @@ SSE_FRAMES.insert(2, b": keep-alive\r\n\r\n")
 SSE_BYTES = b"".join(SSE_FRAMES)
 
 
-def sse_response(stream: httpx.AsyncByteStream | bytes, status: int = 200) -> httpx.Response:
-    headers = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
-    if isinstance(stream, bytes):
-        return httpx.Response(status, headers=headers, content=stream)
-    return httpx.Response(status, headers=headers, stream=stream)
-
-
 # -- running the app ----------------------------------------------------------
 
 
@@ -189,23 +138,6 @@ def make_settings(policy: str = "strip", **table: Any) -> Settings:
         **table,
     }
     return build_settings({"upstreams": {"local": upstream}}, {}, {})
-
-
-@contextlib.asynccontextmanager
-async def running(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
-    """The app started (lifespan) with a client that talks to it in memory."""
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://gateway.test", timeout=TIMEOUT
-        ) as client:
-            yield client
-
-
-def audit_of(app: Starlette) -> list[AuditRecord]:
-    sink = app.state.audit
-    assert isinstance(sink, MemoryAudit)
-    return list(sink.records)
 
 
 async def post_record(
@@ -225,7 +157,7 @@ async def post_record(
 async def test_strip_forwards_the_original_bytes_minus_the_first_system_element(
     record: dict[str, Any],
 ) -> None:
-    upstream = Upstream()
+    upstream = FakeUpstream()
     app = create_app(make_settings(), transport=upstream.transport)
     async with running(app) as client:
         response = await post_record(client, record)
@@ -237,7 +169,7 @@ async def test_strip_forwards_the_original_bytes_minus_the_first_system_element(
 
 
 async def test_query_string_and_path_are_kept() -> None:
-    upstream = Upstream()
+    upstream = FakeUpstream()
     record = load_corpus("sdk")[0]
     app = create_app(make_settings(), transport=upstream.transport)
     async with running(app) as client:
@@ -248,7 +180,7 @@ async def test_query_string_and_path_are_kept() -> None:
 
 
 async def test_headers_credentials_replaced_hop_by_hop_dropped_anthropic_kept() -> None:
-    upstream = Upstream()
+    upstream = FakeUpstream()
     record = load_corpus("sdk")[0]
     app = create_app(make_settings(), transport=upstream.transport)
     extra = {
@@ -283,7 +215,7 @@ async def test_headers_credentials_replaced_hop_by_hop_dropped_anthropic_kept() 
 
 
 async def test_no_upstream_key_means_no_credentials_at_all() -> None:
-    upstream = Upstream()
+    upstream = FakeUpstream()
     settings = build_settings({}, {}, {"upstream": UPSTREAM_URL})
     app = create_app(settings, transport=upstream.transport)
     record = load_corpus("sdk")[0]
@@ -294,7 +226,7 @@ async def test_no_upstream_key_means_no_credentials_at_all() -> None:
 
 
 async def test_normalize_puts_one_fixed_line_in_place_of_the_block() -> None:
-    upstream = Upstream()
+    upstream = FakeUpstream()
     app = create_app(make_settings("normalize"), transport=upstream.transport)
     sent = []
     async with running(app) as client:
@@ -318,7 +250,7 @@ async def test_normalize_puts_one_fixed_line_in_place_of_the_block() -> None:
 
 
 async def test_preserve_as_metadata_sends_the_fields_as_a_header() -> None:
-    upstream = Upstream()
+    upstream = FakeUpstream()
     settings = make_settings("preserve_as_metadata", metadata_header="x-prefixgate-attribution")
     app = create_app(settings, transport=upstream.transport)
     record = load_corpus("cch")[0]
@@ -333,7 +265,7 @@ async def test_preserve_as_metadata_sends_the_fields_as_a_header() -> None:
 
 
 async def test_preserve_as_metadata_without_a_header_name_sends_no_header() -> None:
-    upstream = Upstream()
+    upstream = FakeUpstream()
     app = create_app(make_settings("preserve_as_metadata"), transport=upstream.transport)
     async with running(app) as client:
         await post_record(client, load_corpus("cch")[0])
@@ -343,7 +275,7 @@ async def test_preserve_as_metadata_without_a_header_name_sends_no_header() -> N
 
 @pytest.mark.parametrize("name", list(CORPUS_FILES))
 async def test_passthrough_forwards_the_exact_original_bytes(name: str) -> None:
-    upstream = Upstream()
+    upstream = FakeUpstream()
     app = create_app(make_settings("passthrough"), transport=upstream.transport)
     record = load_corpus(name)[0]
     async with running(app) as client:
@@ -352,7 +284,7 @@ async def test_passthrough_forwards_the_exact_original_bytes(name: str) -> None:
 
 
 async def test_a_route_policy_overrides_the_upstream_policy() -> None:
-    upstream = Upstream()
+    upstream = FakeUpstream()
     settings = build_settings(
         {
             "upstreams": {"local": {"url": UPSTREAM_URL}},
@@ -375,7 +307,7 @@ async def test_a_route_policy_overrides_the_upstream_policy() -> None:
 
 
 async def test_a_body_without_attribution_is_forwarded_unchanged() -> None:
-    upstream = Upstream()
+    upstream = FakeUpstream()
     app = create_app(make_settings(), transport=upstream.transport)
     raw = b'{"model": "m", "max_tokens": 8,\n "messages": [{"role": "user", "content": "hi"}]}'
     async with running(app) as client:
@@ -403,7 +335,7 @@ def first_load(name: str) -> dict[str, Any]:
 async def test_a_tool_load_is_forwarded_where_it_was_loaded_and_audited(
     tool_loads: str | None, moved: list[str]
 ) -> None:
-    upstream = Upstream()
+    upstream = FakeUpstream()
     table = {"tool_loads": tool_loads} if tool_loads else {}
     app = create_app(make_settings(**table), transport=upstream.transport)
     record = first_load("WebFetch")
@@ -426,7 +358,7 @@ async def test_a_tool_load_is_forwarded_where_it_was_loaded_and_audited(
 
 
 async def test_a_tool_load_is_forwarded_as_sent_when_set() -> None:
-    upstream = Upstream()
+    upstream = FakeUpstream()
     app = create_app(make_settings(tool_loads="as_sent"), transport=upstream.transport)
     record = first_load("WebFetch")
     async with running(app) as client:
@@ -438,7 +370,7 @@ async def test_a_tool_load_is_forwarded_as_sent_when_set() -> None:
 
 
 async def test_a_non_stream_answer_is_relayed_and_audited() -> None:
-    upstream = Upstream(
+    upstream = FakeUpstream(
         lambda request: httpx.Response(
             200,
             json=MESSAGE,
@@ -467,7 +399,7 @@ async def test_a_non_stream_answer_is_relayed_and_audited() -> None:
 
 
 async def test_stream_bytes_are_relayed_unchanged_and_audited() -> None:
-    upstream = Upstream(lambda request: sse_response(SSE_BYTES))
+    upstream = FakeUpstream(lambda request: sse_response(SSE_BYTES))
     app = create_app(make_settings(), transport=upstream.transport)
     record = load_corpus("sdk")[0]
     async with running(app) as client:
@@ -502,7 +434,7 @@ async def test_stream_cut_at_awkward_offsets_is_relayed_byte_for_byte() -> None:
         for i in range(0, len(SSE_BYTES), 7):
             yield SSE_BYTES[i : i + 7]
 
-    upstream = Upstream(lambda request: sse_response(ChunkStream(dribble())))
+    upstream = FakeUpstream(lambda request: sse_response(ChunkStream(dribble())))
     app = create_app(make_settings(), transport=upstream.transport)
     async with running(app) as client:
         response = await post_record(client, load_corpus("sdk")[0])
@@ -513,7 +445,7 @@ async def test_stream_cut_at_awkward_offsets_is_relayed_byte_for_byte() -> None:
 
 async def test_a_stream_without_a_final_blank_line_is_flushed() -> None:
     body = SSE_BYTES + b"event: ping\ndata: {}"
-    upstream = Upstream(lambda request: sse_response(body))
+    upstream = FakeUpstream(lambda request: sse_response(body))
     app = create_app(make_settings(), transport=upstream.transport)
     async with running(app) as client:
         response = await post_record(client, load_corpus("sdk")[0])
@@ -582,7 +514,7 @@ async def test_events_are_relayed_as_they_arrive() -> None:
             yield frame
         finished.set()
 
-    upstream = Upstream(lambda request: sse_response(ChunkStream(slow_events())))
+    upstream = FakeUpstream(lambda request: sse_response(ChunkStream(slow_events())))
     app = create_app(make_settings(), transport=upstream.transport)
     record = load_corpus("sdk")[0]
     async with app.router.lifespan_context(app):
@@ -617,7 +549,7 @@ async def test_client_disconnect_closes_the_upstream_and_is_audited() -> None:
         yield b""  # pragma: no cover
 
     stream = ChunkStream(endless())
-    upstream = Upstream(lambda request: sse_response(stream))
+    upstream = FakeUpstream(lambda request: sse_response(stream))
     app = create_app(make_settings(), transport=upstream.transport)
     record = load_corpus("sdk")[0]
     async with app.router.lifespan_context(app):
@@ -643,7 +575,7 @@ async def test_client_gone_before_the_stream_starts_still_closes_the_upstream(
             yield frame
 
     stream = ChunkStream(events())
-    upstream = Upstream(lambda request: sse_response(stream))
+    upstream = FakeUpstream(lambda request: sse_response(stream))
     app = create_app(make_settings(), transport=upstream.transport)
     record = load_corpus("sdk")[0]
     async with app.router.lifespan_context(app):
@@ -673,7 +605,7 @@ async def test_an_upstream_stream_that_breaks_ends_with_an_error_event() -> None
         yield SSE_FRAMES[1][:20]  # half an event, then the connection drops
         raise httpx.ReadError("connection reset by peer")
 
-    upstream = Upstream(lambda request: sse_response(ChunkStream(broken())))
+    upstream = FakeUpstream(lambda request: sse_response(ChunkStream(broken())))
     app = create_app(make_settings(), transport=upstream.transport)
     async with running(app) as client:
         response = await post_record(client, load_corpus("sdk")[0])
@@ -697,7 +629,7 @@ async def test_an_upstream_stream_that_times_out_ends_with_a_timeout_error_event
         yield SSE_FRAMES[0]
         raise httpx.ReadTimeout("timed out")
 
-    upstream = Upstream(lambda request: sse_response(ChunkStream(stalled())))
+    upstream = FakeUpstream(lambda request: sse_response(ChunkStream(stalled())))
     app = create_app(make_settings(), transport=upstream.transport)
     async with running(app) as client:
         response = await post_record(client, load_corpus("sdk")[0])
@@ -712,7 +644,7 @@ async def test_an_unexpected_failure_mid_stream_still_ends_with_an_error_event()
         yield SSE_FRAMES[0]
         raise RuntimeError("something nobody planned for")
 
-    upstream = Upstream(lambda request: sse_response(ChunkStream(weird())))
+    upstream = FakeUpstream(lambda request: sse_response(ChunkStream(weird())))
     app = create_app(make_settings(), transport=upstream.transport)
     async with running(app) as client:
         response = await post_record(client, load_corpus("sdk")[0])
@@ -728,7 +660,7 @@ async def test_an_error_event_from_the_upstream_is_relayed_and_audited() -> None
         "error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
     )
     body = SSE_FRAMES[0] + overloaded
-    upstream = Upstream(lambda request: sse_response(body))
+    upstream = FakeUpstream(lambda request: sse_response(body))
     app = create_app(make_settings(), transport=upstream.transport)
     async with running(app) as client:
         response = await post_record(client, load_corpus("sdk")[0])
@@ -741,7 +673,7 @@ async def test_an_error_event_from_the_upstream_is_relayed_and_audited() -> None
 
 
 async def test_count_tokens_is_forwarded_without_max_tokens() -> None:
-    upstream = Upstream(lambda request: httpx.Response(200, json={"input_tokens": 1234}))
+    upstream = FakeUpstream(lambda request: httpx.Response(200, json={"input_tokens": 1234}))
     app = create_app(make_settings(), transport=upstream.transport)
     record = load_corpus("sdk")[0]
     body = json.loads(record["body"])
@@ -765,7 +697,7 @@ async def test_count_tokens_is_forwarded_without_max_tokens() -> None:
 
 async def test_models_are_relayed_from_the_default_upstream() -> None:
     models = {"data": [{"id": "gemma-3-270m", "type": "model"}], "has_more": False}
-    upstream = Upstream(lambda request: httpx.Response(200, json=models))
+    upstream = FakeUpstream(lambda request: httpx.Response(200, json=models))
     app = create_app(make_settings(), transport=upstream.transport)
     async with running(app) as client:
         response = await client.get(
@@ -781,7 +713,7 @@ async def test_models_are_relayed_from_the_default_upstream() -> None:
 
 
 async def test_models_keep_the_upstream_error_status() -> None:
-    upstream = Upstream(
+    upstream = FakeUpstream(
         lambda request: httpx.Response(
             404, json={"type": "error", "error": {"type": "not_found_error", "message": "nope"}}
         )
@@ -795,7 +727,7 @@ async def test_models_keep_the_upstream_error_status() -> None:
 
 
 async def test_healthz() -> None:
-    app = create_app(make_settings(), transport=Upstream().transport)
+    app = create_app(make_settings(), transport=FakeUpstream().transport)
     async with running(app) as client:
         response = await client.get("/healthz")
     assert response.status_code == 200
@@ -822,7 +754,7 @@ class BrokenAudit:
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_an_audit_sink_that_raises_never_fails_the_request(stream: bool) -> None:
-    upstream = Upstream(
+    upstream = FakeUpstream(
         lambda request: sse_response(SSE_BYTES) if stream else httpx.Response(200, json=MESSAGE)
     )
     sink = BrokenAudit()
@@ -839,7 +771,7 @@ async def test_an_audit_sink_that_raises_never_fails_the_request(stream: bool) -
 async def test_the_jsonl_audit_log_has_one_line_per_request_and_no_prompt_text(
     tmp_path: Path,
 ) -> None:
-    upstream = Upstream(lambda request: sse_response(SSE_BYTES))
+    upstream = FakeUpstream(lambda request: sse_response(SSE_BYTES))
     path = tmp_path / "audit.jsonl"
     app = create_app(make_settings(), transport=upstream.transport, audit=JsonlAudit(path))
     record = load_corpus("sdk")[0]
@@ -860,7 +792,7 @@ async def test_the_jsonl_audit_log_has_one_line_per_request_and_no_prompt_text(
 
 
 async def test_the_app_opens_its_upstream_client_only_when_started() -> None:
-    upstream = Upstream()
+    upstream = FakeUpstream()
     app = create_app(make_settings(), transport=upstream.transport)
     # Without the lifespan nothing is open and no request can reach any network.
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
@@ -876,7 +808,7 @@ async def test_the_app_opens_its_upstream_client_only_when_started() -> None:
 def test_the_app_works_under_starlettes_test_client() -> None:
     from starlette.testclient import TestClient
 
-    upstream = Upstream(lambda request: sse_response(SSE_BYTES))
+    upstream = FakeUpstream(lambda request: sse_response(SSE_BYTES))
     app = create_app(make_settings(), transport=upstream.transport)
     record = load_corpus("sdk")[0]
     with TestClient(app) as client:

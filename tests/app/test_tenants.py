@@ -10,9 +10,9 @@ import base64
 import json
 from typing import Any
 
-import httpx
 import pytest
-from inmemory import running
+from support.app import running
+from support.upstream import FakeUpstream
 
 from prefixgate.app.gateway import create_app
 from prefixgate.config import ConfigError, Settings, build_settings
@@ -42,21 +42,9 @@ def body(text: str = "hello", model: str = "claude-x") -> dict[str, Any]:
     }
 
 
-class Upstream:
-    """Answers every request; keeps what it was sent."""
-
-    def __init__(self) -> None:
-        self.seen: list[httpx.Request] = []
-        self.status = 200
-        self.transport = httpx.MockTransport(self._handle)
-
-    def _handle(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path in ("/health", "/tokenize"):
-            return httpx.Response(404)
-        self.seen.append(request)
-        if self.status != 200:
-            return httpx.Response(self.status, json={"error": {"message": "upstream says no"}})
-        return httpx.Response(200, json=MESSAGE)
+def upstream_of_tenants() -> FakeUpstream:
+    """Answers every message; health checks and ``/tokenize`` are not in ``requests``."""
+    return FakeUpstream(answer=MESSAGE, unrecorded=("/health", "/tokenize"))
 
 
 def settings(**server: Any) -> Settings:
@@ -79,7 +67,7 @@ def settings(**server: Any) -> Settings:
     )
 
 
-def app_for(upstream: Upstream, audit: MemoryAudit, **server: Any) -> Any:
+def app_for(upstream: FakeUpstream, audit: MemoryAudit, **server: Any) -> Any:
     return create_app(settings(**server), transport=upstream.transport, audit=audit)
 
 
@@ -88,7 +76,7 @@ def key(k: str) -> dict[str, str]:
 
 
 async def test_without_a_valid_key_nothing_but_health_answers() -> None:
-    upstream, audit = Upstream(), MemoryAudit()
+    upstream, audit = upstream_of_tenants(), MemoryAudit()
     async with running(app_for(upstream, audit)) as client:
         for headers in ({}, key("pg-wrong"), {"authorization": f"Bearer {hash_key(ALPHA)}"}):
             r = await client.post("/v1/messages", json=body(), headers=headers)
@@ -103,7 +91,7 @@ async def test_without_a_valid_key_nothing_but_health_answers() -> None:
         health = await client.get("/healthz")
         assert health.json() == {"status": "ok"}  # no upstream URLs without a key
         assert "local.test" in (await client.get("/healthz", headers=key(BETA))).text
-    assert upstream.seen == []
+    assert upstream.requests == []
     refused = list(audit.records)  # each refusal is audited, under no tenant
     assert len(refused) == 3 * 4 + 1
     assert {(r.tenant, r.status) for r in refused} == {("-", 401)}
@@ -111,7 +99,7 @@ async def test_without_a_valid_key_nothing_but_health_answers() -> None:
 
 
 async def test_a_key_names_the_tenant_of_the_record_and_every_metric() -> None:
-    upstream, audit = Upstream(), MemoryAudit()
+    upstream, audit = upstream_of_tenants(), MemoryAudit()
     async with running(app_for(upstream, audit)) as client:
         r1 = await client.post("/v1/messages", json=body(), headers=key(ALPHA))
         r2 = await client.post(
@@ -129,7 +117,7 @@ async def test_a_key_names_the_tenant_of_the_record_and_every_metric() -> None:
 
 
 async def test_client_credentials_never_reach_the_upstream_and_its_key_never_leaks() -> None:
-    upstream, audit = Upstream(), MemoryAudit()
+    upstream, audit = upstream_of_tenants(), MemoryAudit()
     async with running(app_for(upstream, audit)) as client:
         ok = await client.post("/v1/messages", json=body(), headers=key(ALPHA))
         upstream.status = 500
@@ -138,7 +126,7 @@ async def test_client_credentials_never_reach_the_upstream_and_its_key_never_lea
         assert failed.status_code == 500
         dashboard = (await client.get("/dashboard", headers=key(ROOT))).text
         report = (await client.get("/report", headers=key(ROOT))).text
-    for sent in upstream.seen:
+    for sent in upstream.requests:
         assert sent.headers["x-api-key"] == UPSTREAM_KEY
         assert ALPHA not in str(sent.headers.raw)
     for text in (ok.text, failed.text, dashboard, report, *map(str, audit.records)):
@@ -148,7 +136,7 @@ async def test_client_credentials_never_reach_the_upstream_and_its_key_never_lea
 
 
 async def test_a_tenant_reads_only_its_own_dashboard_report_and_metrics() -> None:
-    upstream, audit = Upstream(), MemoryAudit()
+    upstream, audit = upstream_of_tenants(), MemoryAudit()
     headers = {"x-claude-code-session-id": "aaaa1111-alpha-session"}
     async with running(app_for(upstream, audit)) as client:
         await client.post("/v1/messages", json=body("alpha's"), headers={**headers, **key(ALPHA)})
@@ -179,7 +167,7 @@ async def test_a_tenant_reads_only_its_own_dashboard_report_and_metrics() -> Non
 async def test_a_forged_session_id_does_not_cross_tenants() -> None:
     """Beta sends alpha's session id: a session of its own, with its own cache key,
     and nothing of alpha's is named to it (nor beta's to alpha)."""
-    upstream, audit = Upstream(), MemoryAudit()
+    upstream, audit = upstream_of_tenants(), MemoryAudit()
     session = {"x-claude-code-session-id": "aaaa1111-alpha-session"}
     async with running(app_for(upstream, audit)) as client:
         await client.post("/v1/messages", json=body("one"), headers={**session, **key(ALPHA)})
@@ -199,7 +187,7 @@ async def test_a_forged_session_id_does_not_cross_tenants() -> None:
 
 
 async def test_a_tenant_may_be_kept_off_an_upstream() -> None:
-    upstream, audit = Upstream(), MemoryAudit()
+    upstream, audit = upstream_of_tenants(), MemoryAudit()
     async with running(app_for(upstream, audit)) as client:
         denied = await client.post(
             "/v1/messages", json=body(model="other-model"), headers=key(ALPHA)
@@ -211,12 +199,12 @@ async def test_a_tenant_may_be_kept_off_an_upstream() -> None:
     assert denied.json()["error"]["type"] == "permission_error"
     assert "may not use upstream 'other'" in denied.json()["error"]["message"]
     assert allowed.status_code == 200
-    assert [r.url.host for r in upstream.seen] == ["other.test"]
+    assert [r.url.host for r in upstream.requests] == ["other.test"]
     assert [r.status for r in audit.records] == [403, 200]
 
 
 async def test_the_request_cannot_choose_the_upstream_url() -> None:
-    upstream, audit = Upstream(), MemoryAudit()
+    upstream, audit = upstream_of_tenants(), MemoryAudit()
     tricks = {
         "host": "evil.test",
         "x-forwarded-host": "evil.test",
@@ -233,16 +221,16 @@ async def test_the_request_cannot_choose_the_upstream_url() -> None:
         r2 = await client.post("http://evil.test/v1/messages", json=payload, headers=key(BETA))
         r3 = await client.post("//evil.test/v1/messages", json=payload, headers=key(BETA))
     assert (r1.status_code, r2.status_code, r3.status_code) == (200, 200, 200)
-    assert [r.url.host for r in upstream.seen] == ["local.test"] * 3
-    assert all(r.url.path == "/v1/messages" for r in upstream.seen)
-    for sent in upstream.seen:
+    assert [r.url.host for r in upstream.requests] == ["local.test"] * 3
+    assert all(r.url.path == "/v1/messages" for r in upstream.requests)
+    for sent in upstream.requests:
         assert sent.headers["host"] == "local.test:8080"
 
 
 async def test_header_values_cannot_inject_headers_upstream() -> None:
     """A header value with CR or LF (possible through a raw ASGI server) is refused,
     never forwarded as a second header."""
-    upstream, audit = Upstream(), MemoryAudit()
+    upstream, audit = upstream_of_tenants(), MemoryAudit()
     app = app_for(upstream, audit)
     sent: list[dict[str, Any]] = []
     raw = json.dumps(body()).encode()
@@ -284,7 +272,7 @@ async def test_header_values_cannot_inject_headers_upstream() -> None:
     assert start["status"] == 400
     assert payload["error"]["type"] == "invalid_request_error"
     assert "anthropic-beta" in payload["error"]["message"]
-    assert upstream.seen == []
+    assert upstream.requests == []
     assert [r.status for r in audit.records] == [400]
 
 

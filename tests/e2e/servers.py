@@ -1,4 +1,5 @@
-"""Servers for end-to-end tests: uvicorn in a thread, and a recording proxy.
+"""Servers for end-to-end tests: the gateway in a thread behind a recording proxy
+(``ServerThread`` and ``settle`` come from ``tests/support``).
 
 client -> prefixgate (ServerThread) -> Recorder (ServerThread) -> llama-server
 """
@@ -6,56 +7,26 @@ client -> prefixgate (ServerThread) -> Recorder (ServerThread) -> llama-server
 from __future__ import annotations
 
 import contextlib
-import socket
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from support.app import settle
+from support.servers import ServerThread
 
 from prefixgate.app.gateway import create_app
 from prefixgate.config import Settings
 from prefixgate.demo import ManagedProcess
 from prefixgate.store.audit import AuditRecord, MemoryAudit
 
-
-class ServerThread:
-    """A uvicorn server for ``app`` on a free loopback port, in a daemon thread."""
-
-    def __init__(self, app: Any) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(
-            app, http="h11", ws="none", lifespan="on", log_config=None, access_log=False
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
-        )
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert self.thread.is_alive(), "the server thread died while starting"
-            assert time.monotonic() < deadline, "the server did not start in 30 s"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-        self.sock.close()
+__all__ = ["Gateway", "Recorder", "Seen", "ServerThread", "gateway_in_front_of", "settle"]
 
 
 @dataclass(frozen=True)
@@ -136,15 +107,6 @@ class Gateway:
             time.sleep(0.05)
         settle(self.app, timeout)
         return list(self.audit.records)
-
-
-def settle(app: Starlette, timeout: float = 60.0) -> None:
-    """Wait until ``app`` has no audit record left to complete."""
-    observer = app.state.proxy.observer
-    deadline = time.monotonic() + timeout
-    while observer.pending:
-        assert time.monotonic() < deadline, f"audit records still pending after {timeout} s"
-        time.sleep(0.05)
 
 
 @contextlib.contextmanager

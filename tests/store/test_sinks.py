@@ -196,3 +196,11 @@ def test_every_sink_open_audit_returns_is_an_audit_sink(tmp_path: Path) -> None:
         assert committed.wait(30)
         assert sink.query() == [rec(1, request_id="bb01")]
         sink.close()
+
+
+def test_read_audit_expands_a_home_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write(tmp_path / "audit.jsonl", RECORDS)
+    assert read_audit("~/audit.jsonl") == read_audit(tmp_path / "audit.jsonl")

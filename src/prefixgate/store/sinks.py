@@ -84,7 +84,7 @@ def read_audit(
             f"the audit log {str(path)!r} is kept in the gateway's memory only, so "
             "nothing is left to read: serve with --audit FILE.db or FILE.jsonl"
         )
-    file = Path(path)
+    file = Path(path).expanduser()
     if not file.exists():
         raise AuditLogError(f"{path}: no such audit log")
     if not file.is_file():

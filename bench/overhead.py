@@ -51,10 +51,12 @@ import json
 import os
 import platform
 import pstats
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections import deque
@@ -77,8 +79,8 @@ MAX_SECONDS = 600.0  # per side and round
 MAX_ROUNDS = 20
 STARTUP_TIMEOUT_S = 60.0
 REQUEST_TIMEOUT_S = 60.0
-TARGET_ADDED_P50_MS = 2.0
-TARGET_RPS = 300.0
+TARGET_ADDED_P50_MS = 1.5
+TARGET_RPS = 400.0
 
 # Headers the client's HTTP stack sets itself, and the recorded credentials.
 DROPPED_HEADERS = frozenset(
@@ -146,10 +148,17 @@ def _die_with_parent() -> None:
 class Server:
     """A server subprocess, ready once ``health_url`` answers 200; ``stop()`` ends it."""
 
-    def __init__(self, name: str, command: Sequence[str], health_url: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        command: Sequence[str],
+        health_url: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.command = list(command)
         self.health_url = health_url
+        self.env = dict(env or {})  # added to (or replacing) the inherited environment
         self.process: subprocess.Popen[bytes] | None = None
         handle, log = tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")
         os.close(handle)
@@ -158,6 +167,7 @@ class Server:
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFIXGATE_")}
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.env)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 self.command,
@@ -733,6 +743,39 @@ def environment() -> dict[str, Any]:
     }
 
 
+def gateway_code(rev: str | None, tmp: Path) -> tuple[dict[str, str], str]:
+    """The gateway's extra environment and a label for where its code comes from.
+
+    With ``rev``, that revision's ``src/`` is exported under ``tmp`` and put
+    first on the gateway's ``PYTHONPATH``; the working tree is left alone.
+    """
+    head = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    if rev is None:
+        return {}, f"working tree (HEAD {head or '?'})"
+    found = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "rev-parse", "--verify", "--short", f"{rev}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if found.returncode != 0:
+        raise SystemExit(f"--gateway-rev {rev}: not a revision of this repository")
+    archive = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "archive", "--format=tar", found.stdout.strip(), "src"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(tmp / "rev", filter="data")
+    paths = [str(tmp / "rev" / "src"), os.environ.get("PYTHONPATH", "")]
+    return {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}, f"{rev} ({found.stdout.strip()})"
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Latency and throughput prefixgate adds, direct vs through the gateway."
@@ -750,6 +793,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-stages", action="store_true", help="skip the pipeline step timings")
     parser.add_argument("--stage-repeat", type=int, default=7)
     parser.add_argument("--profile-gateway", type=Path, default=None, metavar="OUT.prof")
+    parser.add_argument(
+        "--gateway-rev",
+        default=None,
+        metavar="REV",
+        help="run the gateway from this committed revision's src/ (exported to a temporary "
+        "folder) instead of the working tree",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if not 1 <= args.concurrency <= 256:
@@ -808,8 +858,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     stub_cmd = [sys.executable, str(BENCH_DIR / "stub_upstream.py"), "--host", HOST]
     stub_cmd += ["--port", str(stub_port), "--server", args.stub_server]
     profiler = ["-m", "cProfile", "-o", str(args.profile_gateway)] if args.profile_gateway else []
+    tmp = Path(tempfile.mkdtemp(prefix="prefixgate-overhead-"))
+    gateway_env, code = gateway_code(args.gateway_rev, tmp)
     gateway_cmd = [sys.executable, *profiler, "-m", "prefixgate", "serve", "--upstream", direct]
     gateway_cmd += ["--host", HOST, "--port", str(gateway_port), "--log-level", "warning"]
+    gateway_cmd += ["--audit", str(tmp / "audit.db")]  # SQLite, so the audit writer works
     # Under cProfile the gateway must stop through its own SIGINT handling to write the profile.
     gateway_stop = signal.SIGINT if args.profile_gateway else signal.SIGTERM
 
@@ -819,7 +872,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({sizes[0] // 1000}-{sizes[-1] // 1000} KB, "
         f"median {quantile(sizes, 0.5) / 1000:.0f} KB), "
         f"stub: {args.stub_server}, gateway: uvicorn ({env_before['uvicorn_http']}, "
-        f"{env_before['uvicorn_loop']})\n"
+        f"{env_before['uvicorn_loop']}), audit: SQLite, metrics on; gateway code: {code}\n"
         f"{env_before['usable_cpus']} usable CPU cores shared by the load generator, the stub and "
         f"the gateway; load average before: "
         + " ".join(f"{x:.2f}" for x in env_before["loadavg"] or ())
@@ -827,12 +880,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.profile_gateway:
         console.print("[yellow]gateway runs under cProfile: its latencies are inflated[/yellow]")
     stub = Server("stub", stub_cmd, f"{direct}/healthz")
-    gw = Server("prefixgate", gateway_cmd, f"{gateway}/healthz")
+    gw = Server("prefixgate", gateway_cmd, f"{gateway}/healthz", gateway_env)
     started = time.time()
-    with running(stub), running(gw, gateway_stop):
-        results, rounds = asyncio.run(run_all(args, items, direct, gateway, (gw, stub), console))
-        with httpx.Client(trust_env=False) as client:
-            stub_stats = client.get(f"{direct}/stats").json()
+    try:
+        with running(stub), running(gw, gateway_stop):
+            results, rounds = asyncio.run(
+                run_all(args, items, direct, gateway, (gw, stub), console)
+            )
+            with httpx.Client(trust_env=False) as client:
+                stub_stats = client.get(f"{direct}/stats").json()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     env_after = environment()
 
     console.print()
@@ -874,6 +932,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     payload = {
         "started": started,
         "corpus": corpus.name,
+        "gateway_code": code,
         "bodies": len(items),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "environment": {"before": env_before, "after": env_after},

@@ -15,7 +15,8 @@ snapshot that moves with every commit), no tool loaded through ToolSearch
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
+from functools import cached_property
 
 from prefixgate.core.canonical import digest
 from prefixgate.core.prompt import PromptView
@@ -38,9 +39,13 @@ class PromptCacheKey:
     project_context_hash: str
     environment_hash: str
 
-    @property
+    @cached_property
     def hex(self) -> str:
-        return digest(asdict(self))
+        """The key as 64 hex digits (worked out once: several callers read it)."""
+        return digest({name: getattr(self, name) for name in _FIELDS})
+
+
+_FIELDS = tuple(f.name for f in fields(PromptCacheKey))
 
 
 def build_key(

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from prefixgate.core.attribution import Attribution, detect
 from prefixgate.core.cachekey import ADAPTER_VERSION, PromptCacheKey, build_key
 from prefixgate.core.errors import InvalidRequest
@@ -203,12 +205,35 @@ _STYLES: tuple[tuple[str, str, bool], ...] = (
 
 
 def _encode(value: Any, style: tuple[str, str, bool] = _STYLES[0]) -> bytes:
+    if style is _STYLES[0] and _floatless(value):
+        # orjson writes the same bytes as json.dumps in this style for strings
+        # (every escape alike), 64-bit integers, booleans, null, lists and
+        # string-keyed objects; floats (repr differs) and larger integers
+        # (refused) go the stdlib way.
+        try:
+            return orjson.dumps(value)
+        except (TypeError, orjson.JSONEncodeError):
+            pass
     item, colon, ascii_only = style
     text = json.dumps(value, ensure_ascii=ascii_only, separators=(item, colon))
     # A lone surrogate (half an emoji from a JavaScript client) can only sit
     # inside a JSON string; "backslashreplace" writes it as the \uXXXX escape
     # JSON.stringify uses.
     return text.encode("utf-8", "backslashreplace")
+
+
+def _floatless(value: Any) -> bool:
+    """No float anywhere in ``value`` (a parsed JSON value)."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if type(node) is dict:
+            stack.extend(node.values())
+        elif type(node) is list:
+            stack.extend(node)
+        elif type(node) is float:
+            return False
+    return True
 
 
 # A quoted "system" followed by a colon is a key (a string value is never followed by one).
@@ -225,12 +250,13 @@ def splice_system(raw: bytes, old: Mapping[str, Any], new: Mapping[str, Any]) ->
     Only when ``system`` is the one key of that name in the body: a nested
     object may hold a ``system`` key too, even with the same value.
     """
-    if len(_SYSTEM_KEY.findall(raw)) != 1:
+    keys = [m.start() for m in _SYSTEM_KEY.finditer(raw)]
+    if len(keys) != 1:
         return _encode(dict(new))
+    at = keys[0]  # the one place a needle (it starts with the key) can be
     for style in _STYLES:
         key = b'"system"' + style[1].encode()
         needle = key + _encode(old["system"], style)
-        at = raw.find(needle)
-        if at >= 0 and raw.find(needle, at + 1) < 0:
-            return raw[:at] + key + _encode(new["system"], style) + raw[at + len(needle) :]
+        if raw.startswith(needle, at):
+            return b"".join((raw[:at], key, _encode(new["system"], style), raw[at + len(needle) :]))
     return _encode(dict(new))

@@ -55,6 +55,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from prefixgate.core.canonical import canonical_json, chain, digest
@@ -129,6 +130,10 @@ class PromptView:
 
     def summary(self) -> dict[str, str]:
         """The digests the key is built from, by name (``prefixgate key``, the audit)."""
+        return dict(self._summary)
+
+    @cached_property
+    def _summary(self) -> dict[str, str]:  # the key and the audit record both read it
         out = {s: self.digest_of(s) for s in KEY_SECTIONS}
         out["mcp_tools"] = self.mcp_digest
         return out

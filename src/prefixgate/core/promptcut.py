@@ -12,6 +12,7 @@ paragraph.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 _STARTS = re.compile(
     r"^(?:(?P<environment># Environment\b)"
@@ -20,11 +21,26 @@ _STARTS = re.compile(
     r"|(?P<date>(?:# currentDate\n)?Today's date is ))",
     re.M,
 )
-# Where an environment or git status section ends: the next heading or named paragraph.
-_STOPS = re.compile(
-    r"^(?:# |gitStatus: |The following deferred tools |Available agent types|"
-    r"The following skills |Today's date is )",
-    re.M,
+# What each of those starts with: ``_STARTS`` can match only at a line start
+# holding one of these, so they are looked for first (``str.find`` is much
+# faster than running the pattern at every position of a long text).
+_START_LEADS = (
+    "# Environment",
+    "gitStatus: ",
+    "# gitStatus",
+    "The following deferred tools are now available",
+    "# currentDate\n",
+    "Today's date is ",
+)
+# Where an environment or git status section ends: the next line that starts
+# with a heading or a named paragraph.
+_STOP_LEADS = (
+    "# ",
+    "gitStatus: ",
+    "The following deferred tools ",
+    "Available agent types",
+    "The following skills ",
+    "Today's date is ",
 )
 
 
@@ -36,7 +52,7 @@ def cut_named(text: str) -> list[tuple[str | None, str]]:
     """
     parts: list[tuple[str | None, str]] = []
     pos = 0
-    for match in _STARTS.finditer(text):
+    for match in _matches(text):
         if match.start() < pos:
             continue
         kind = str(match.lastgroup)
@@ -50,6 +66,28 @@ def cut_named(text: str) -> list[tuple[str | None, str]]:
     return parts
 
 
+def _matches(text: str) -> Iterator[re.Match[str]]:
+    """What ``_STARTS.finditer(text)`` yields, trying only the lines that may match."""
+    starts = {0} if text.startswith(_START_LEADS) else set()
+    for lead in _START_LEADS:
+        at = text.find("\n" + lead)
+        while at >= 0:
+            starts.add(at + 1)
+            at = text.find("\n" + lead, at + 1)
+    scanned = 0  # finditer's matches do not overlap
+    for start in sorted(starts):
+        match = _STARTS.match(text, start) if start >= scanned else None
+        if match is not None:
+            scanned = match.end()
+            yield match
+
+
+def _next_stop(text: str, line_end: int) -> int:
+    """Where the first line after ``line_end`` (a newline) that starts a new section begins."""
+    found = [text.find("\n" + lead, line_end) for lead in _STOP_LEADS]
+    return min((at + 1 for at in found if at >= 0), default=len(text))
+
+
 def _end_of(text: str, kind: str, match: re.Match[str]) -> int:
     line_end = text.find("\n", match.end())
     if line_end < 0:
@@ -60,8 +98,7 @@ def _end_of(text: str, kind: str, match: re.Match[str]) -> int:
         blank = text.find("\n\n", line_end)
         end = len(text) if blank < 0 else blank + 1
     else:
-        stop = _STOPS.search(text, line_end + 1)
-        end = len(text) if stop is None else stop.start()
+        end = _next_stop(text, line_end)
     while end < len(text) and text[end] == "\n":
         end += 1
     return end

@@ -527,3 +527,77 @@ def test_strip_changes_nothing_but_the_block_and_passthrough_nothing_at_all(
     assert kept.body is raw
     assert kept.parsed == body
     assert kept.key == replace(out.key, policy="passthrough")
+
+
+# -- parsing: the fast parser gives what json.loads gives ------------------------
+
+
+def _typed(value: Any) -> Any:
+    """``value`` with every scalar's type beside it (1 and 1.0 and True compare equal)."""
+    if isinstance(value, dict):
+        return {k: _typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_typed(v) for v in value]
+    return (type(value).__name__, value)
+
+
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=2**63 - 2, max_value=2**64 + 2)
+    | st.integers(min_value=-(2**63) - 2, max_value=-(2**63) + 2)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+def _stdlib(raw: bytes) -> Any:
+    return json.loads(raw, parse_constant=_no_constant)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+@given(value=_VALUES, ensure_ascii=st.booleans(), indent=st.sampled_from([None, 1]))
+@PROPERTY
+def test_parse_request_reads_values_as_json_loads_does(
+    value: Any, ensure_ascii: bool, indent: int | None
+) -> None:
+    body = {"model": "m", "max_tokens": 1, "messages": [], "x": value}
+    raw = json.dumps(body, ensure_ascii=ensure_ascii, indent=indent).encode(
+        "utf-8", "surrogatepass"
+    )
+    assert _typed(parse_request(raw)) == _typed(_stdlib(raw))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '"x": 18446744073709551616',
+        '"x": -9223372036854775809',
+        '"x": 123456789012345678901234567890',
+        '"x": 0.1',
+        '"x": 1e5',
+        '"x": "\\ud83d"',
+        '"x": [[[[1.5]]]]',
+    ],
+)
+def test_parse_request_keeps_big_integers_floats_and_lone_surrogates(text: str) -> None:
+    raw = ('{"model": "m", "max_tokens": 1, "messages": [], ' + text + "}").encode()
+    assert _typed(parse_request(raw)) == _typed(_stdlib(raw))
+
+
+def test_parse_request_reads_surrogate_bytes_and_utf16_as_json_loads_does() -> None:
+    body = '{"model": "m", "max_tokens": 1, "messages": [], "x": "\ud800"}'
+    raw = body.encode("utf-8", "surrogatepass")  # not UTF-8: orjson refuses it
+    assert parse_request(raw)["x"] == "\ud800"
+    assert parse_request(body.replace("\ud800", "é").encode("utf-16"))["x"] == "é"

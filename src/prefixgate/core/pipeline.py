@@ -142,7 +142,7 @@ def parse_request(
 ) -> dict[str, Any]:
     """Parse and check the fields the gateway relies on and its limits; raise InvalidRequest."""
     try:
-        body = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+        body = _loads(raw)
     except RecursionError:
         # The stdlib parser recurses once per level; thousands of levels exhaust the stack.
         raise depth_error(limits, "nesting too deep to parse") from None
@@ -153,6 +153,26 @@ def parse_request(
     check_limits(body, limits)
     _check_fields(body, require_max_tokens=require_max_tokens)
     return body
+
+
+def _loads(raw: bytes) -> Any:
+    """``raw`` parsed as the standard library parses it, through orjson when that is the same.
+
+    orjson reads a body in about half the time. It gives the same values for
+    every JSON text it accepts except numbers: integers past 64 bits come back
+    as floats, and floats may round apart in the last digit. So a body with a
+    float anywhere, or one orjson refuses (invalid UTF-8 or a lone surrogate the
+    standard library passes, a UTF-16 body, too deep, not JSON), is parsed
+    again by ``json.loads``, which also writes the error message.
+    """
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        if _floatless(body):
+            return body
+    return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
 
 
 def _reject_constant(name: str) -> Any:
@@ -224,15 +244,17 @@ def _encode(value: Any, style: tuple[str, str, bool] = _STYLES[0]) -> bytes:
 
 def _floatless(value: Any) -> bool:
     """No float anywhere in ``value`` (a parsed JSON value)."""
-    stack = [value]
+    if type(value) is float:
+        return False
+    stack = [value] if type(value) is dict or type(value) is list else []
     while stack:
         node = stack.pop()
-        if type(node) is dict:
-            stack.extend(node.values())
-        elif type(node) is list:
-            stack.extend(node)
-        elif type(node) is float:
-            return False
+        for item in node.values() if type(node) is dict else node:
+            kind = type(item)
+            if kind is dict or kind is list:
+                stack.append(item)
+            elif kind is float:
+                return False
     return True
 
 

@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from prefixgate.core.canonical import canonical_json, chain, digest
+from prefixgate.core.canonical import canonical_json, chain, digest, text_digest
 from prefixgate.core.promptcut import cut_named, deferred_names
 
 MCP_PREFIX = "mcp__"
@@ -203,8 +203,8 @@ class _Pieces:
     def add(self, section: str, name: str, text: str, keyed: Any = None) -> None:
         count = self._seen[name] = self._seen.get(name, 0) + 1
         unique = name if count == 1 else f"{name}#{count}"
-        value = text if keyed is None else keyed
-        self.pieces.append(Piece(section, unique, digest(value), text, self.head))
+        value = text_digest(text) if keyed is None else digest(keyed)
+        self.pieces.append(Piece(section, unique, value, text, self.head))
 
     def cut(self, text: str, section: str, name: str, envelope: Any = None) -> None:
         """``text`` as pieces: the named parts cut out, the rest as ``section``/``name``.

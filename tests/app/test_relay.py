@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 
 from prefixgate.app.exchange import Exchange
+from prefixgate.app.metrics import Metrics
+from prefixgate.app.observer import CacheObserver, Observation
 from prefixgate.app.relay import Passthrough, Relay
-from prefixgate.config import UpstreamConfig
+from prefixgate.config import Settings, UpstreamConfig
+from prefixgate.core.pipeline import rewrite
 from prefixgate.core.sse import encode_event
+from prefixgate.store.audit import AuditRecord, MemoryAudit
+
+LOCAL = UpstreamConfig(name="local", url="http://runtime.test")
 
 EVENTS = [
     ("message_start", {"type": "message_start", "message": {"id": "m", "usage": {}}}),
@@ -27,18 +33,48 @@ class Broken(httpx.AsyncByteStream):
         raise httpx.ReadError("connection reset")
 
 
+def observation() -> Observation:
+    """What the observer makes of a request when it is sent."""
+    observer = CacheObserver(Settings(), MemoryAudit(), Metrics())
+    body = b'{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"hi"}]}'
+    rw = rewrite(body)
+    who = observer.identify({}, "/v1/messages", rw, "default")
+    return observer.begin(who, rw, LOCAL, "default")
+
+
+class Told:
+    """Stands for the observer: what the exchange reports, in order."""
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+        self.records: list[AuditRecord] = []
+
+    def answered(self, seen: Any) -> None:
+        self.calls.append("answered")
+
+    def finish(
+        self,
+        rec: AuditRecord,
+        seen: Any,
+        usage: Any,
+        *,
+        remembered: bool = False,
+        on_commit: Callable[[], None] | None = None,
+    ) -> None:
+        self.calls.append("finish")
+        self.records.append(rec)
+        if on_commit is not None:
+            on_commit()
+
+
 def relay(content: bytes | httpx.AsyncByteStream, calls: list[str]) -> Relay:
-    ex = Exchange(route="/v1/messages", started=0.0, session=None)
-    ex.upstream = UpstreamConfig(name="local", url="http://runtime.test")
+    ex = Exchange(route="/v1/messages", tenant="default", session=None, observer=Told(calls))
+    ex.sent_to(LOCAL, observation(), None)
     if isinstance(content, bytes):
         response = httpx.Response(200, content=content)
     else:
         response = httpx.Response(200, stream=content)
-
-    def finish(*args: Any) -> None:
-        calls.append("finish")
-
-    return Relay(finish, ex, response, Passthrough(), lambda ex: calls.append("answered"))
+    return Relay(ex, LOCAL, response, Passthrough())
 
 
 async def test_a_whole_answer_is_announced_and_recorded_before_its_last_bytes() -> None:

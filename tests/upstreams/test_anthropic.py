@@ -1,5 +1,5 @@
 """The Anthropic upstream: header rules and error mapping as pure functions, and
-``AnthropicUpstream.open`` against a mocked transport."""
+``http.send`` against a mocked transport."""
 
 from __future__ import annotations
 
@@ -13,12 +13,10 @@ from prefixgate.config import UpstreamConfig
 from prefixgate.core.errors import UpstreamStatus, UpstreamTimeout, UpstreamUnavailable
 from prefixgate.upstreams.anthropic import (
     DROPPED_REQUEST_HEADERS,
-    AnthropicUpstream,
     forward_headers,
     response_headers,
-    status_error,
-    transport_error,
 )
+from prefixgate.upstreams.http import Outgoing, send, status_error, transport_error
 
 LOCAL = UpstreamConfig(name="local", url="http://127.0.0.1:8080")
 KEYED = UpstreamConfig(name="vllm", url="https://llm.example.com", api_key="sk-upstream")
@@ -269,7 +267,7 @@ def test_transport_error_maps_httpx_failures(
     assert err.to_body()["error"]["type"] == error_type
 
 
-# -- AnthropicUpstream.open -----------------------------------------------------
+# -- http.send (every kind's requests) -------------------------------------------
 
 
 async def test_open_sends_the_request_with_the_configured_timeouts() -> None:
@@ -283,12 +281,12 @@ async def test_open_sends_the_request_with_the_configured_timeouts() -> None:
         name="local", url="http://127.0.0.1:8080", connect_timeout=2.0, read_timeout=30.0
     )
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        upstream = AnthropicUpstream(config, client)
-        response = await upstream.open("/v1/messages?beta=true", b'{"a":1}', {"x-app": "cli"})
+        post = Outgoing("/v1/messages?beta=true", b'{"a":1}', {"x-app": "cli"})
+        response = await send(client, config, post)
         assert response.status_code == 200
         assert await response.aread() == b'{"ok":true}'
         await response.aclose()
-        models = await upstream.open("/v1/models", b"ignored", {}, method="GET")
+        models = await send(client, config, Outgoing("/v1/models", b"ignored", method="GET"))
         await models.aclose()
     post, get = seen
     assert str(post.url) == "http://127.0.0.1:8080/v1/messages?beta=true"
@@ -307,7 +305,7 @@ async def test_open_turns_an_error_status_into_upstream_status() -> None:
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
         with pytest.raises(UpstreamStatus) as caught:
-            await AnthropicUpstream(LOCAL, client).open("/v1/messages", b"{}", {})
+            await send(client, LOCAL, Outgoing("/v1/messages", b"{}"))
     assert caught.value.upstream_status == 429
     assert caught.value.upstream_error_type == "rate_limit_error"
     assert caught.value.message == "upstream 'local': wait"
@@ -319,6 +317,6 @@ async def test_open_turns_transport_failures_into_gateway_errors() -> None:
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
         with pytest.raises(UpstreamUnavailable) as caught:
-            await AnthropicUpstream(LOCAL, client).open("/v1/messages", b"{}", {})
+            await send(client, LOCAL, Outgoing("/v1/messages", b"{}"))
     assert "http://127.0.0.1:8080" in caught.value.message
     assert caught.value.__cause__ is None  # raised "from None": one clean error

@@ -1,41 +1,40 @@
-"""What the request path shares: reading the body, error responses, the
-per-request ``Exchange`` that becomes the audit record.
+"""One request's life: the ``Exchange``, reading the body, error responses.
 
-Shared by ``proxy.py`` (Anthropic upstreams, relayed as they are) and
-``translated.py`` (OpenAI upstreams, translated both ways).
+An ``Exchange`` is made when a request arrives (or is refused at the door),
+learns what happens to it on the way (its rewrite, the upstream it is sent to,
+the observation), is told how it ended (``answered``, ``failed``,
+``refused``) and, in ``end``, releases its replica and writes its one audit
+record (``store.records.audit_record``), once, whoever ends it: the request
+handler's ``finally``, or the stream relay when the answer streams.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from prefixgate.app.observer import Observation
-from prefixgate.config import Settings, UpstreamConfig
+from prefixgate.config import UpstreamConfig
 from prefixgate.core.auth import Tenant
 from prefixgate.core.errors import PayloadTooLarge, PrefixgateError
 from prefixgate.core.fold import MessageSummary
 from prefixgate.core.headers import HeaderRewrite
+from prefixgate.core.identity import Identity
 from prefixgate.core.pipeline import Rewrite
-from prefixgate.core.usage import CacheUsage
+from prefixgate.core.usage import CacheUsage, from_anthropic
 from prefixgate.store.audit import AuditRecord
-
-# Called once per request with what became of it: (exchange, status, summary, error, usage).
-Finish = Callable[["Exchange", int, MessageSummary | None, str | None, CacheUsage | None], None]
-# Called when a streamed answer has arrived in full, before its last bytes go out.
-Answered = Callable[["Exchange"], None]
-
+from prefixgate.store.records import Outcome, audit_record
 
 REQUEST_ID_HEADER = "x-prefixgate-request-id"
+INTERNAL = "internal error in the gateway; see its log for details"
 
 
 def error_response(exc: PrefixgateError, request_id: str | None = None) -> JSONResponse:
@@ -64,26 +63,119 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+class Observer(Protocol):
+    """What an exchange reports to (``CacheObserver``)."""
+
+    def answered(self, seen: Observation) -> None: ...
+
+    def finish(
+        self,
+        rec: AuditRecord,
+        seen: Observation | None,
+        usage: CacheUsage,
+        *,
+        remembered: bool = False,
+        on_commit: Callable[[], None] | None = None,
+    ) -> None: ...
+
+
 @dataclass
 class Exchange:
-    """What one request has learnt so far; becomes its audit record."""
+    """One request from arrival to its audit record (``store.records.Facts``)."""
 
     route: str
-    started: float
-    session: str | None
-    tenant: str = "default"
+    tenant: str
+    session: str | None  # as the client sent it
+    observer: Observer
+    capture_bodies: bool = False
     principal: Tenant | None = None  # the tenant whose key came with it (with keys)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    upstream: UpstreamConfig | None = None
+    started: float = field(default_factory=time.perf_counter)
+    # learnt on the way, for the record; the code that needs one is handed it
+    raw: bytes | None = None
     rewrite: Rewrite | None = None
+    upstream: UpstreamConfig | None = None  # the route's, then the replica's it is sent to
     headers: HeaderRewrite = field(default_factory=HeaderRewrite)  # attribution headers
     seen: Observation | None = None
     ttfb: float | None = None
-    raw: bytes | None = None
-    finished: bool = False  # its record has been made (once per request)
-    answered: bool = False  # the observer already knows the upstream answered in full
-    release: Callable[[], None] | None = None  # tells the router the request is over
     committed: asyncio.Future[None] | None = None  # set once its audit record is on disk
+    # how it ended, and what is left to do then
+    _outcome: Outcome | None = field(default=None, init=False, repr=False)
+    _release: Callable[[], None] | None = field(default=None, init=False, repr=False)
+    _held: bool = field(default=False, init=False, repr=False)  # the observer knows
+    _ended: bool = field(default=False, init=False, repr=False)
+
+    @property
+    def identity(self) -> Identity | None:
+        return self.seen.identity if self.seen else None
+
+    @property
+    def scoped_session(self) -> str | None:
+        """The session as an upstream may see it: never another tenant's."""
+        session = self.identity.session if self.identity else None
+        if session is not None and self.principal is not None:
+            return f"{self.tenant}:{session}"
+        return session
+
+    def sent_to(
+        self, upstream: UpstreamConfig, seen: Observation, release: Callable[[], None] | None
+    ) -> None:
+        """It goes to ``upstream`` (one replica); ``release`` ends its hold there."""
+        self._let_go()
+        self.upstream, self.seen, self._release = upstream, seen, release
+
+    def let_go(self) -> None:
+        """The replica it was sent to failed it: release the hold before the next."""
+        self._let_go()
+
+    def holds_prompt(self) -> None:
+        """The upstream answered in full: it holds the prompt (before the last bytes go out)."""
+        if self.seen is not None and not self._held:
+            self._held = True
+            self.observer.answered(self.seen)
+
+    def answered(
+        self,
+        status: int,
+        summary: MessageSummary | None,
+        usage: CacheUsage | None = None,
+        error: str | None = None,
+    ) -> None:
+        """The answer (whole, or a stream that ended; ``error``: how it failed)."""
+        self._told(Outcome(status, summary, usage, error))
+
+    def failed(self, status: int, error: str) -> None:
+        """No answer: ``error`` says why, ``status`` is what the client got."""
+        self._told(Outcome(status, error=error))
+
+    def refused(self, status: int, error: str) -> None:
+        """Refused at the door, before the request path."""
+        self._told(Outcome(status, error=error, at_door=True))
+
+    def _told(self, outcome: Outcome) -> None:
+        if self._outcome is None:  # the first word on it stands
+            self._outcome = outcome
+
+    def end(self) -> None:
+        """Release its replica and write its one audit record (later calls do nothing)."""
+        if self._ended:
+            return
+        self._ended = True
+        self._let_go()
+        outcome = self._outcome or Outcome(500, error=INTERNAL)
+        rec = audit_record(self, outcome, capture_bodies=self.capture_bodies)
+        usage = outcome.usage
+        if usage is None:
+            usage = from_anthropic(outcome.summary.usage) if outcome.summary else CacheUsage()
+        self.committed = committed = asyncio.get_running_loop().create_future()
+        self.observer.finish(
+            rec, self.seen, usage, remembered=self._held, on_commit=_setter(committed)
+        )
+
+    def _let_go(self) -> None:
+        if self._release is not None:
+            release, self._release = self._release, None
+            release()
 
     async def durable(self, timeout: float = 2.0) -> None:
         """Wait (up to ``timeout``) until this request's audit record is committed.
@@ -96,57 +188,16 @@ class Exchange:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self.committed), timeout)
 
-    def record(
-        self, settings: Settings, status: int, summary: MessageSummary | None, error: str | None
-    ) -> AuditRecord:
-        rw, usage = self.rewrite, summary.usage if summary else None
-        who = self.seen.identity if self.seen else None
-        now = time.perf_counter()
-        capture = settings.capture_bodies
-        return AuditRecord(
-            time=time.time(),
-            route=self.route,
-            tenant=self.tenant,
-            session=who.session if who else self.session,
-            session_source=who.session_source if who else None,
-            agent=who.agent if who else None,
-            kind=who.kind if who else "message",
-            model=rw.model if rw else None,
-            upstream=self.upstream.name if self.upstream else None,
-            policy=rw.policy.value if rw else None,
-            status=status,
-            attribution=dict(rw.attribution.fields) if rw and rw.attribution else None,
-            attribution_found=bool(rw and rw.attribution),
-            attribution_headers=self.headers.record(),
-            tool_loads=_tool_loads(rw),
-            key=rw.key.hex if rw else None,
-            segments=rw.segments.summary() if rw else {},
-            stream=bool(rw and rw.stream),
-            input_tokens=usage.input_tokens if usage else None,
-            cache_read_input_tokens=usage.cache_read_input_tokens if usage else None,
-            cache_creation_input_tokens=usage.cache_creation_input_tokens if usage else None,
-            output_tokens=usage.output_tokens if usage else None,
-            ttfb_ms=None if self.ttfb is None else (self.ttfb - self.started) * 1000,
-            total_ms=(now - self.started) * 1000,
-            replica=self.upstream.replica if self.upstream else None,
-            request_id=self.request_id,
-            error=error,
-            request_body=self.raw.decode("utf-8", "replace") if capture and self.raw else None,
-            response_text=summary.text if capture and summary else None,
-        )
 
+def _setter(future: asyncio.Future[None]) -> Callable[[], None]:
+    """A callback, safe from any thread, that completes ``future``."""
+    loop = future.get_loop()
 
-def json_object(content: bytes) -> dict[str, Any] | None:
-    try:
-        payload = json.loads(content)
-    except ValueError:
-        return None
-    return payload if isinstance(payload, dict) else None
+    def done() -> None:
+        if not future.done():
+            future.set_result(None)
 
+    def on_commit() -> None:
+        loop.call_soon_threadsafe(done)
 
-def _tool_loads(rw: Rewrite | None) -> dict[str, Any] | None:
-    """What the tool-load step did, for the audit record; None when it changed nothing."""
-    loads = rw.tool_loads if rw is not None else None
-    if loads is None or not loads.changed:
-        return None
-    return {"mode": loads.mode.value, "loaded": list(loads.loaded), "moved": list(loads.moved)}
+    return on_commit

@@ -1,7 +1,8 @@
 """The ASGI app: routes, error handlers and the upstream client's lifetime.
 
-``create_app`` has no side effects: the httpx client is opened when the app
-starts (lifespan) and closed when it stops, and tests inject a transport
+``create_app`` has no side effects: the upstream client (``UpstreamClient``,
+handed to the proxy and the observer when they are made) is opened when the
+app starts (lifespan) and closed when it stops, and tests inject a transport
 (``httpx.MockTransport`` or a real server) instead of sockets of their own.
 """
 
@@ -9,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 from starlette.applications import Starlette
@@ -34,6 +36,7 @@ from prefixgate.report import build_report, report_json
 from prefixgate.store.audit import AuditSink, MemoryAudit
 from prefixgate.store.capture import CaptureLog
 from prefixgate.store.state import StateStore
+from prefixgate.upstreams.http import UpstreamClient
 
 log = logging.getLogger("prefixgate")
 DASHBOARD_RECORDS = 5000
@@ -55,51 +58,107 @@ def create_app(
     """
     sink = audit or MemoryAudit()
     metrics = Metrics()
-    observer = CacheObserver(settings, sink, metrics)
+    upstreams = UpstreamClient(transport)  # opened by the lifespan
+    observer = CacheObserver(settings, sink, metrics, upstreams)
     router = Router(settings, state)
-    proxy = Proxy(settings, None, observer, capture, router)
+    proxy = Proxy(settings, upstreams, observer, capture, router)
+    views = Views(settings, sink, router)
+    app = Starlette(
+        routes=[
+            Route("/v1/messages", proxy.messages, methods=["POST"]),
+            Route("/v1/messages/count_tokens", proxy.count_tokens, methods=["POST"]),
+            Route("/v1/models", proxy.models, methods=["GET"]),
+            Route("/healthz", views.healthz, methods=["GET"]),
+            Route("/metrics", metrics.endpoint, methods=["GET"]),
+            Route("/dashboard", views.dashboard, methods=["GET"]),
+            Route("/report", views.report, methods=["GET"]),
+        ],
+        middleware=[Middleware(Guard, settings=settings, metrics=metrics, observer=observer)],
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+        lifespan=_lifespan(proxy),
+    )
+    app.state.proxy = proxy
+    app.state.audit = sink
+    app.state.metrics = metrics
+    app.state.router = router
+    return app
+
+
+def _lifespan(proxy: Proxy) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
+    """While the app runs: the upstream client open, replicas' health watched.
+
+    When it stops: the records still being completed are written, then the
+    client, the routing state, the audit sink and the capture log are closed.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        client = httpx.AsyncClient(transport=transport, timeout=None, trust_env=False)
-        proxy.client = observer.client = router.client = client
-        for warning in settings.warnings():
-            log.warning("%s", warning)
-        watcher = asyncio.get_running_loop().create_task(router.watch())
         try:
-            yield
-        finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-            await observer.drain()
-            proxy.client = observer.client = router.client = None
-            await client.aclose()
-            with contextlib.suppress(Exception):
-                await router.state.close()
-            for closable in (sink, capture):
+            async with proxy.upstreams.opened() as client:
+                proxy.router.client = client
                 try:
-                    if closable is not None:
-                        closable.close()
-                except Exception:  # like a failed record, a failed close must not fail shutdown
-                    log.exception("%s could not be closed", type(closable).__name__)
+                    async with _watching(proxy.router):
+                        for warning in proxy.settings.warnings():
+                            log.warning("%s", warning)
+                        yield
+                finally:
+                    await proxy.observer.drain()
+                    proxy.router.client = None
+        finally:
+            await _close(proxy)
 
-    async def healthz(request: Request) -> Response:
+    return lifespan
+
+
+@contextlib.asynccontextmanager
+async def _watching(router: Router) -> AsyncIterator[None]:
+    """Health checks of the replicas in a task of their own, cancelled at the end."""
+    watcher = asyncio.get_running_loop().create_task(router.watch())
+    try:
+        yield
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+async def _close(proxy: Proxy) -> None:
+    """Close what the app owns; a failed close is logged and must not fail shutdown."""
+    with contextlib.suppress(Exception):
+        await proxy.router.state.close()
+    for closable in (proxy.observer.audit, proxy.capture):
+        try:
+            if closable is not None:
+                closable.close()
+        except Exception:  # like a failed record, a failed close must not fail shutdown
+            log.exception("%s could not be closed", type(closable).__name__)
+
+
+class Views:
+    """The read-only routes: health, the dashboard and the report."""
+
+    def __init__(self, settings: Settings, sink: AuditSink, router: Router) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.router = router
+
+    async def healthz(self, request: Request) -> Response:
+        settings = self.settings
         if settings.keyed and tenant_of(request, settings.tenant)[1] is None:
             return JSONResponse({"status": "ok"})  # nothing more without a key
         upstreams = {name: up.url for name, up in settings.upstreams.items()}
         replicas = {
-            name: {url: "up" if router.is_up(url) else "down" for url in up.urls}
+            name: {url: "up" if self.router.is_up(url) else "down" for url in up.urls}
             for name, up in settings.upstreams.items()
             if len(up.urls) > 1
         }
         body = {"status": "ok", "version": __version__, "upstreams": upstreams}
         return JSONResponse({**body, "replicas": replicas} if replicas else body)
 
-    def viewed(request: Request) -> str | Response | None:
+    def _viewed(self, request: Request) -> str | Response | None:
         """Whose records the request may read: its tenant's; an admin's, any
         tenant it names in ``?tenant=`` (None: all)."""
-        name, tenant = tenant_of(request, settings.tenant)
+        name, tenant = tenant_of(request, self.settings.tenant)
         asked = request.query_params.get("tenant")
         if tenant is not None and tenant.admin:
             return asked
@@ -108,43 +167,23 @@ def create_app(
             return JSONResponse(body, status_code=403)
         return name
 
-    async def dashboard(request: Request) -> Response:
-        whose = viewed(request)
+    async def dashboard(self, request: Request) -> Response:
+        whose = self._viewed(request)
         if isinstance(whose, Response):
             return whose
-        return await dashboard_endpoint(lambda: sink.query(tenant=whose, limit=DASHBOARD_RECORDS))(
-            request
-        )
+        records = functools.partial(self.sink.query, tenant=whose, limit=DASHBOARD_RECORDS)
+        return await dashboard_endpoint(records)(request)
 
-    async def report(request: Request) -> Response:
-        whose = viewed(request)
+    async def report(self, request: Request) -> Response:
+        whose = self._viewed(request)
         if isinstance(whose, Response):
             return whose
 
         def build() -> dict[str, object]:
-            return report_json(build_report(sink.query(tenant=whose, limit=DASHBOARD_RECORDS)))
+            records = self.sink.query(tenant=whose, limit=DASHBOARD_RECORDS)
+            return report_json(build_report(records))
 
         return JSONResponse(await run_in_threadpool(build), headers={"Cache-Control": "no-store"})
-
-    app = Starlette(
-        routes=[
-            Route("/v1/messages", proxy.messages, methods=["POST"]),
-            Route("/v1/messages/count_tokens", proxy.count_tokens, methods=["POST"]),
-            Route("/v1/models", proxy.models, methods=["GET"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/metrics", metrics.endpoint, methods=["GET"]),
-            Route("/dashboard", dashboard, methods=["GET"]),
-            Route("/report", report, methods=["GET"]),
-        ],
-        middleware=[Middleware(Guard, settings=settings, metrics=metrics, record=observer.refused)],
-        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
-        lifespan=lifespan,
-    )
-    app.state.proxy = proxy
-    app.state.audit = sink
-    app.state.metrics = metrics
-    app.state.router = router
-    return app
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

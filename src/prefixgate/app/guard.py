@@ -24,21 +24,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from prefixgate.app.exchange import REQUEST_ID_HEADER
+from prefixgate.app.exchange import REQUEST_ID_HEADER, Exchange, Observer
 from prefixgate.app.metrics import Metrics
 from prefixgate.config import Settings
 from prefixgate.core.auth import Tenant, authenticate, presented_key
 from prefixgate.core.errors import error_body
-from prefixgate.store.audit import AuditRecord
 
 log = logging.getLogger("prefixgate")
 OPEN_PATHS = frozenset({"/healthz"})
@@ -52,12 +49,12 @@ class Guard:
         app: ASGIApp,
         settings: Settings,
         metrics: Metrics,
-        record: Callable[[AuditRecord], None] | None = None,
+        observer: Observer,
     ) -> None:
         self.app = app
         self.settings = settings
         self.metrics = metrics
-        self.record = record
+        self.observer = observer  # refusals are recorded like any request
         self.busy: dict[str, int] = {}
         self.active = asyncio.Semaphore(settings.max_active)
 
@@ -125,27 +122,19 @@ class Guard:
         headers: Mapping[str, str] | None = None,
     ) -> None:
         self.metrics.refused(tenant, str(status))
-        request_id = uuid.uuid4().hex
-        if self.record is not None:
-            session = Headers(scope=scope).get("x-claude-code-session-id")
-            self.record(
-                AuditRecord(
-                    time=time.time(),
-                    route=scope["path"][:200],
-                    tenant=tenant,
-                    session=session[:200] if session else None,
-                    model=None,
-                    upstream=None,
-                    policy=None,
-                    status=status,
-                    error=message,
-                    request_id=request_id,
-                )
-            )
+        session = Headers(scope=scope).get("x-claude-code-session-id")
+        ex = Exchange(
+            route=scope["path"][:200],
+            tenant=tenant,
+            session=session[:200] if session else None,
+            observer=self.observer,
+        )
+        ex.refused(status, message)
+        ex.end()
         response = JSONResponse(
             error_body(error_type, message),
             status_code=status,
-            headers={**(headers or {}), REQUEST_ID_HEADER: request_id},
+            headers={**(headers or {}), REQUEST_ID_HEADER: ex.request_id},
         )
         await response(scope, receive, send)
 

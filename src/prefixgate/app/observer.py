@@ -19,8 +19,6 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
-import httpx
-
 from prefixgate.app.metrics import Metrics
 from prefixgate.config import Settings, UpstreamConfig
 from prefixgate.core.identity import AgentLabeller, Identity, identify
@@ -29,6 +27,7 @@ from prefixgate.core.pipeline import Rewrite
 from prefixgate.core.side import UNCACHED_KINDS
 from prefixgate.core.usage import CacheUsage
 from prefixgate.store.audit import AuditRecord, AuditSink
+from prefixgate.upstreams.http import UpstreamClient
 from prefixgate.upstreams.tokenize import TokenCounter
 
 log = logging.getLogger("prefixgate")
@@ -47,11 +46,17 @@ class Observation:
 
 
 class CacheObserver:
-    def __init__(self, settings: Settings, audit: AuditSink, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        audit: AuditSink,
+        metrics: Metrics,
+        upstreams: UpstreamClient | None = None,
+    ) -> None:
         self.settings = settings
         self.audit = audit
         self.metrics = metrics
-        self.client: httpx.AsyncClient | None = None
+        self.upstreams = upstreams or UpstreamClient()  # for the upstreams' tokenizers
         self._tracker = CacheTracker()
         self._labeller = AgentLabeller()
         self._counters: dict[str, TokenCounter] = {}
@@ -107,7 +112,7 @@ class CacheObserver:
         answered = rec.status == 200 and rec.error is None
         if seen is not None and answered and not remembered:
             self.answered(seen)
-        if seen is None or self.client is None or seen.identity.kind in UNCACHED_KINDS:
+        if seen is None or not self.upstreams.started or seen.identity.kind in UNCACHED_KINDS:
             self._write(rec, on_commit)
             return
         known = self.counter(seen.upstream).known(seen.rewrite.view.pieces)
@@ -168,13 +173,9 @@ class CacheObserver:
     def counter(self, upstream: UpstreamConfig) -> TokenCounter:
         counter = self._counters.get(upstream.url)
         if counter is None:
-            assert self.client is not None
-            counter = self._counters[upstream.url] = TokenCounter(upstream, self.client)
+            client = self.upstreams.http
+            counter = self._counters[upstream.url] = TokenCounter(upstream, client)
         return counter
-
-    def refused(self, rec: AuditRecord) -> None:
-        """A request refused at the door (no key, too many under way, headers too large)."""
-        self._write(rec)
 
     def _provisional(self, rec: AuditRecord, on_commit: Callable[[], None] | None) -> None:
         """The record without its expected count; replaced when that is known."""

@@ -4,9 +4,9 @@
 hands each batch of decoded events to an ``EventStream``, which says what the
 client gets and folds it (``StreamFold``) for usage:
 
-- ``Passthrough`` (kind ``anthropic``): each event's exact bytes, unchanged;
-- ``translated.OpenAIEvents`` (kind ``openai``): OpenAI chunks turned into
-  Anthropic events by the pure ``StreamTranslator``.
+- ``upstreams.anthropic.Passthrough``: each event's exact bytes, unchanged;
+- ``upstreams.openai.OpenAIEvents``: OpenAI chunks turned into Anthropic
+  events by the pure ``StreamTranslator``.
 
 A stream under way always ends with ``message_stop`` or an Anthropic ``error``
 event, never a silent cut: when the upstream fails (reset, garbage the fold
@@ -22,57 +22,31 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Protocol
 
 import anyio
 import httpx
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from prefixgate.app.exchange import Answered, Exchange, Finish
+from prefixgate.app.exchange import Exchange
+from prefixgate.config import UpstreamConfig
 from prefixgate.core.errors import (
     PrefixgateError,
     UpstreamTimeout,
     UpstreamUnavailable,
     error_body,
 )
-from prefixgate.core.fold import MessageSummary, StreamFold
 from prefixgate.core.sse import SSEDecoder, SSEEvent, encode_event
-from prefixgate.upstreams.anthropic import transport_error
+from prefixgate.upstreams.anthropic import Passthrough
+from prefixgate.upstreams.http import transport_error
+from prefixgate.upstreams.kind import EventStream
+
+__all__ = ["EventStream", "GatewayStopping", "Passthrough", "Relay", "RelayResponse", "Streams"]
 
 log = logging.getLogger("prefixgate")
 
 # How an event stream's last event may end: a blank line after its last line.
 _TERMINATED = (b"\n\n", b"\r\r", b"\r\n\r\n", b"\n\r\n", b"\r\n\n")
-
-
-class EventStream(Protocol):
-    """What the client receives for the upstream's events, and what it folds to."""
-
-    def feed(self, events: Sequence[SSEEvent]) -> bytes: ...
-    def end(self) -> bytes: ...  # the upstream's stream ended
-    def fail(self, error: PrefixgateError) -> bytes: ...  # it broke off
-    def summary(self) -> MessageSummary: ...
-
-
-class Passthrough:
-    """An Anthropic stream relayed byte for byte."""
-
-    def __init__(self) -> None:
-        self._fold = StreamFold()
-
-    def feed(self, events: Sequence[SSEEvent]) -> bytes:
-        self._fold.feed_events(events)
-        return b"".join(e.raw for e in events)
-
-    def end(self) -> bytes:
-        return b""
-
-    def fail(self, error: PrefixgateError) -> bytes:
-        return encode_event("error", error.to_body())
-
-    def summary(self) -> MessageSummary:
-        return self._fold.result()
 
 
 class GatewayStopping(PrefixgateError):
@@ -117,22 +91,20 @@ class Relay:
 
     def __init__(
         self,
-        finish: Finish,
         ex: Exchange,
+        upstream: UpstreamConfig,
         response: httpx.Response,
         stream: EventStream,
-        answered: Answered | None = None,
         streams: Streams | None = None,
     ) -> None:
-        self._finish = finish
-        self._answered = answered
         self._ex = ex
+        self._upstream = upstream
         self._response = response
         self._stream = stream
         self._streams = streams
         self._error: str | None = None
         self._ended = False  # the stream reached its end: complete, or an error event
-        self._recorded = False  # ``finish`` was called (once)
+        self._recorded = False  # the exchange was ended (once)
         self._closed = False
         self._stopping: str | None = None  # abort's message
         self._reading: anyio.CancelScope | None = None  # around a pending read
@@ -155,8 +127,7 @@ class Relay:
                 self._streams.discard(self)
 
     async def _relay(self) -> AsyncIterator[bytes]:
-        upstream = self._ex.upstream
-        assert upstream is not None
+        upstream = self._upstream
         self._lift_read_timeout()
         decoder = SSEDecoder()
         chunks = self._response.aiter_bytes()
@@ -196,16 +167,15 @@ class Relay:
                 out = b""  # an unfinished event: a client's parser would drop it at the end
             yield await self._ending(cut.message, out + self._stream.fail(cut))
             return
-        if self._answered is not None and summary.error is None:
-            self._answered(self._ex)  # before the client can send its next request
+        if summary.error is None:
+            self._ex.holds_prompt()  # before the client can send its next request
         out = await self._ending(None, out)
         if out:
             yield out
 
     async def _next(self, chunks: AsyncIterator[bytes]) -> bytes | None:
         """The upstream's next bytes; None at its end. Raises ``PrefixgateError``."""
-        upstream = self._ex.upstream
-        assert upstream is not None
+        upstream = self._upstream
         limit = upstream.stream_idle_timeout
         if self._stopping is not None:
             raise GatewayStopping(self._stopping)
@@ -262,7 +232,8 @@ class Relay:
             error = self.ABANDONED
         if error is None and summary.error is not None:
             error = str(summary.error.get("message", summary.error))
-        self._finish(self._ex, self._response.status_code, summary, error, None)
+        self._ex.answered(self._response.status_code, summary, error=error)
+        self._ex.end()
 
     async def abort(self, message: str) -> None:
         """End this stream with an ``overloaded_error`` event (the gateway is stopping)."""

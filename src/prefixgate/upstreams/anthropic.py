@@ -1,27 +1,26 @@
 """Upstream kind ``anthropic``: any server speaking the Anthropic Messages API.
 
 llama.cpp's server, vLLM, SGLang, Ollama and Anthropic's own API all take the
-request as it is; this module only decides which headers travel, opens the
-request with an injected ``httpx.AsyncClient`` and turns transport failures and
-error statuses into the gateway's typed errors.
+request as it is: this kind decides which headers travel, relays the answer
+byte for byte (``Passthrough`` for a stream) and reads its usage for the record.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import httpx
 
 from prefixgate.config import UpstreamConfig
-from prefixgate.core.errors import (
-    InvalidRequest,
-    PrefixgateError,
-    UpstreamStatus,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-    error_type_for_status,
-)
+from prefixgate.core.cachekey import ADAPTER_VERSION
+from prefixgate.core.errors import PrefixgateError, UpstreamUnavailable
+from prefixgate.core.fold import MessageSummary, StreamFold, summarize_message
+from prefixgate.core.pipeline import Rewrite
+from prefixgate.core.sse import SSEEvent, encode_event
+from prefixgate.core.usage import cache_usage
+from prefixgate.upstreams.http import Outgoing, check_header_values, json_object
+from prefixgate.upstreams.kind import Answer, Incoming
 
 # Hop-by-hop headers (RFC 9110 section 7.6.1) and headers the sender's HTTP
 # stack computes itself (including Accept-Encoding: whoever asks must decode).
@@ -82,18 +81,6 @@ def forward_headers(
     return out
 
 
-_UNSAFE = ("\r", "\n", "\0")
-
-
-def check_header_values(headers: Mapping[str, str]) -> None:
-    """Refuse a header that could become two upstream (CR, LF or NUL in it)."""
-    for name, value in headers.items():
-        if any(c in name or c in value for c in _UNSAFE):
-            raise InvalidRequest(
-                f"header {name[:40]!r} holds a line break or NUL; it is not forwarded"
-            )
-
-
 def _connection_options(headers: Mapping[str, str]) -> frozenset[str]:
     """The header names listed in ``Connection`` (lower case)."""
     names: set[str] = set()
@@ -109,72 +96,71 @@ def response_headers(headers: httpx.Headers) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() not in dropped}
 
 
-class AnthropicUpstream:
-    """Sends Messages API requests to one configured upstream."""
+class Passthrough:
+    """An Anthropic stream relayed byte for byte."""
 
-    def __init__(self, config: UpstreamConfig, client: httpx.AsyncClient) -> None:
-        self.config = config
-        self._client = client
+    def __init__(self) -> None:
+        self._fold = StreamFold()
 
-    async def open(
-        self, path: str, body: bytes, headers: Mapping[str, str], *, method: str = "POST"
-    ) -> httpx.Response:
-        """Send the request and return the response with its body still unread.
+    def feed(self, events: Sequence[SSEEvent]) -> bytes:
+        self._fold.feed_events(events)
+        return b"".join(e.raw for e in events)
 
-        Raises a typed UpstreamError for refused connections, timeouts and
-        error statuses (after reading the error body); the caller must close the
-        returned response.
-        """
-        timeout = httpx.Timeout(self.config.read_timeout, connect=self.config.connect_timeout)
-        request = self._client.build_request(
-            method,
-            self.config.url + path,
-            content=body if method == "POST" else None,
-            headers=dict(headers),
-            timeout=timeout,
+    def end(self) -> bytes:
+        return b""
+
+    def fail(self, error: PrefixgateError) -> bytes:
+        return encode_event("error", error.to_body())
+
+    def summary(self) -> MessageSummary:
+        return self._fold.result()
+
+
+@dataclass(frozen=True)
+class AnthropicCall:
+    """The rewritten request as it is, to one upstream."""
+
+    outgoing: Outgoing
+    upstream: UpstreamConfig
+
+    def answer(self, status: int, headers: httpx.Headers, content: bytes) -> Answer:
+        payload = json_object(content)
+        if payload is None:  # never relay a 200 the client cannot read as an answer
+            raise UpstreamUnavailable(
+                f"upstream {self.upstream.name!r} ({self.upstream.url}) answered "
+                f"{status} with a body that is not a JSON object"
+            )
+        summary = summarize_message(payload)
+        return Answer(
+            status, content, response_headers(headers), None, summary, cache_usage(payload)
         )
-        try:
-            try:
-                response = await self._client.send(request, stream=True)
-            except httpx.RemoteProtocolError:
-                # A kept-alive connection the server had just closed (llama-server
-                # drops idle ones after a few seconds): nothing was answered, so
-                # send once more on a fresh connection.
-                response = await self._client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise transport_error(self.config, exc) from None
-        if response.status_code >= 400:
-            try:
-                await response.aread()
-            except httpx.HTTPError as exc:
-                raise transport_error(self.config, exc) from None
-            finally:
-                await response.aclose()
-            raise status_error(self.config, response.status_code, response.content)
-        return response
+
+    def stream(
+        self, status: int, headers: httpx.Headers
+    ) -> tuple[int, dict[str, str], Passthrough]:
+        return status, response_headers(headers), Passthrough()
 
 
-def transport_error(config: UpstreamConfig, exc: httpx.HTTPError) -> PrefixgateError:
-    """Map an httpx failure to the gateway's error, naming the upstream."""
-    where = f"upstream {config.name!r} ({config.url})"
-    if isinstance(exc, httpx.TimeoutException):
-        return UpstreamTimeout(f"{where} did not answer in time ({type(exc).__name__})")
-    if isinstance(exc, httpx.ConnectError):
-        return UpstreamUnavailable(f"{where} refused the connection or could not be reached")
-    return UpstreamUnavailable(f"{where} failed: {type(exc).__name__}: {exc}")
+class AnthropicKind:
+    """Relayed as it is: the request's own path, the answer's own bytes."""
+
+    name = "anthropic"
+    adapter_version = ADAPTER_VERSION
+    counts_tokens = False  # the upstream answers count_tokens (or side_requests = "local")
+
+    def call(
+        self, upstream: UpstreamConfig, incoming: Incoming, rw: Rewrite, session: str | None
+    ) -> AnthropicCall:
+        extra = {**incoming.added, **rw.upstream_headers}  # the body's block wins
+        headers = forward_headers(incoming.headers, upstream, extra, drop=incoming.dropped)
+        return AnthropicCall(Outgoing(incoming.path, rw.body, headers), upstream)
+
+    def models(self, upstream: UpstreamConfig, incoming: Incoming) -> Outgoing:
+        headers = forward_headers(incoming.headers, upstream, incoming.added, drop=incoming.dropped)
+        return Outgoing(incoming.path, b"", headers, method="GET")
+
+    def model_list(self, status: int, headers: httpx.Headers, content: bytes) -> Answer:
+        return Answer(status, content, response_headers(headers))
 
 
-def status_error(config: UpstreamConfig, status: int, content: bytes) -> UpstreamStatus:
-    """An error status from the upstream, keeping its own message where it has one."""
-    error_type = error_type_for_status(status)
-    message = content.decode("utf-8", "replace").strip()[:2000] or f"HTTP {status}"
-    try:
-        payload = json.loads(content)
-    except ValueError:
-        payload = None
-    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-        error = payload["error"]
-        message = str(error.get("message", message))
-        if isinstance(error.get("type"), str) and payload.get("type") == "error":
-            error_type = error["type"]
-    return UpstreamStatus(status, error_type, f"upstream {config.name!r}: {message}")
+KIND = AnthropicKind()

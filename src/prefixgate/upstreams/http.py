@@ -1,0 +1,167 @@
+"""Sending to an upstream, whatever its kind: one httpx client, typed errors.
+
+``UpstreamClient`` is made with the app and opened while it runs (its
+lifespan); ``send`` opens one request with it and turns refused connections,
+timeouts and error statuses into the gateway's typed errors, naming the
+upstream. An error body in either API's shape (``{"error": {"message"}}``)
+keeps its message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from prefixgate.config import UpstreamConfig
+from prefixgate.core.errors import (
+    InvalidRequest,
+    PrefixgateError,
+    UpstreamStatus,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    error_type_for_status,
+)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One request to an upstream: ``path`` (with its query) under its base URL."""
+
+    path: str
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    method: str = "POST"
+
+
+class UpstreamClient:
+    """The one httpx client to every upstream, open while the app runs."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._client is not None
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise RuntimeError(
+                "the gateway has not been started: its upstream client is opened by the "
+                "app's lifespan, which the ASGI server must run"
+            )
+        return self._client
+
+    @contextlib.asynccontextmanager
+    async def opened(self) -> AsyncIterator[httpx.AsyncClient]:
+        """Open the client for the app's lifetime; closed however it ends."""
+        client = httpx.AsyncClient(transport=self._transport, timeout=None, trust_env=False)
+        self._client = client
+        try:
+            yield client
+        finally:
+            self._client = None
+            await client.aclose()
+
+
+async def send(
+    client: httpx.AsyncClient, config: UpstreamConfig, outgoing: Outgoing
+) -> httpx.Response:
+    """Send ``outgoing`` to ``config`` and return the response, its body unread.
+
+    Raises a typed ``PrefixgateError`` for refused connections, timeouts and
+    error statuses (after reading the error body); the caller must close the
+    returned response.
+    """
+    timeout = httpx.Timeout(config.read_timeout, connect=config.connect_timeout)
+    request = client.build_request(
+        outgoing.method,
+        config.url + outgoing.path,
+        content=outgoing.body if outgoing.method == "POST" else None,
+        headers=dict(outgoing.headers),
+        timeout=timeout,
+    )
+    try:
+        try:
+            response = await client.send(request, stream=True)
+        except httpx.RemoteProtocolError:
+            # A kept-alive connection the server had just closed (llama-server
+            # drops idle ones after a few seconds): nothing was answered, so
+            # send once more on a fresh connection.
+            response = await client.send(request, stream=True)
+    except httpx.HTTPError as exc:
+        raise transport_error(config, exc) from None
+    if response.status_code >= 400:
+        await read_all(config, response)
+        raise status_error(config, response.status_code, response.content)
+    return response
+
+
+async def read_all(config: UpstreamConfig, response: httpx.Response) -> bytes:
+    """The whole body of ``response``, which is closed; failures named after ``config``."""
+    try:
+        return await response.aread()
+    except httpx.HTTPError as exc:  # nothing sent yet: the next replica may answer
+        raise transport_error(config, exc) from None
+    finally:
+        await response.aclose()
+
+
+def transport_error(config: UpstreamConfig, exc: httpx.HTTPError) -> PrefixgateError:
+    """Map an httpx failure to the gateway's error, naming the upstream."""
+    where = f"upstream {config.name!r} ({config.url})"
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamTimeout(f"{where} did not answer in time ({type(exc).__name__})")
+    if isinstance(exc, httpx.ConnectError):
+        return UpstreamUnavailable(f"{where} refused the connection or could not be reached")
+    return UpstreamUnavailable(f"{where} failed: {type(exc).__name__}: {exc}")
+
+
+def status_error(config: UpstreamConfig, status: int, content: bytes) -> UpstreamStatus:
+    """An error status from the upstream, keeping its own message where it has one."""
+    error_type = error_type_for_status(status)
+    message = content.decode("utf-8", "replace").strip()[:2000] or f"HTTP {status}"
+    try:
+        payload = json.loads(content)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        error = payload["error"]
+        message = str(error.get("message", message))
+        if isinstance(error.get("type"), str) and payload.get("type") == "error":
+            error_type = error["type"]
+    return UpstreamStatus(status, error_type, f"upstream {config.name!r}: {message}")
+
+
+_UNSAFE = ("\r", "\n", "\0")
+
+
+def check_header_values(headers: Mapping[str, str]) -> None:
+    """Refuse a header that could become two upstream (CR, LF or NUL in it)."""
+    for name, value in headers.items():
+        if any(c in name or c in value for c in _UNSAFE):
+            raise InvalidRequest(
+                f"header {name[:40]!r} holds a line break or NUL; it is not forwarded"
+            )
+
+
+def json_object(content: bytes) -> dict[str, Any] | None:
+    """``content`` as a JSON object; None when it is not one."""
+    try:
+        payload = json.loads(content)
+    except ValueError:
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def json_bytes(content: object) -> bytes:
+    """JSON as the gateway writes it to clients (as Starlette's ``JSONResponse`` does)."""
+    return json.dumps(
+        content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode("utf-8")

@@ -1,0 +1,133 @@
+"""The exchange: told what happened, it ends once, with one record and one release."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from prefixgate.app.exchange import INTERNAL, Exchange
+from prefixgate.app.metrics import Metrics
+from prefixgate.app.observer import CacheObserver, Observation
+from prefixgate.config import Settings, UpstreamConfig
+from prefixgate.core.auth import Tenant
+from prefixgate.core.fold import summarize_message
+from prefixgate.core.pipeline import rewrite
+from prefixgate.store.audit import AuditRecord, MemoryAudit
+
+LOCAL = UpstreamConfig(name="local", url="http://runtime.test")
+BODY = b'{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"hi"}]}'
+
+
+class Told:
+    """Stands for the observer: what the exchange reports, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.records: list[AuditRecord] = []
+
+    def answered(self, seen: Observation) -> None:
+        self.calls.append("answered")
+
+    def finish(
+        self,
+        rec: AuditRecord,
+        seen: Observation | None,
+        usage: Any,
+        *,
+        remembered: bool = False,
+        on_commit: Callable[[], None] | None = None,
+    ) -> None:
+        self.calls.append("finish")
+        self.records.append(rec)
+        if on_commit is not None:
+            on_commit()
+
+
+def observation(session: str | None = None) -> Observation:
+    observer = CacheObserver(Settings(), MemoryAudit(), Metrics())
+    rw = rewrite(BODY)
+    headers = {"x-claude-code-session-id": session} if session else {}
+    who = observer.identify(headers, "/v1/messages", rw, "default")
+    return observer.begin(who, rw, LOCAL, "default")
+
+
+def exchange(told: Told, **kwargs: Any) -> Exchange:
+    return Exchange(route="/v1/messages", tenant="default", session=None, observer=told, **kwargs)
+
+
+async def test_it_ends_once_with_one_record_and_one_release() -> None:
+    told, released = Told(), []
+    ex = exchange(told)
+    ex.sent_to(LOCAL, observation(), lambda: released.append(1))
+    ex.answered(200, summarize_message({"content": [], "usage": {"input_tokens": 3}}))
+    ex.end()
+    ex.end()
+    assert told.calls == ["finish"] and released == [1]
+    (rec,) = told.records
+    assert rec.status == 200 and rec.upstream == "local" and rec.input_tokens == 3
+    assert rec.total_ms is not None and rec.request_id == ex.request_id
+    await ex.durable(timeout=1)  # committed: returns at once
+    assert ex.committed is not None and ex.committed.done()
+
+
+async def test_the_first_word_on_it_stands() -> None:
+    told = Told()
+    ex = exchange(told)
+    ex.failed(502, "upstream answered garbage")
+    ex.answered(200, None)
+    ex.end()
+    assert told.records[0].status == 502
+    assert told.records[0].error == "upstream answered garbage"
+
+
+async def test_an_exchange_nobody_told_is_recorded_as_an_internal_error() -> None:
+    told = Told()
+    ex = exchange(told)
+    ex.end()
+    assert (told.records[0].status, told.records[0].error) == (500, INTERNAL)
+
+
+async def test_a_failed_replica_is_released_before_the_next_one_is_held() -> None:
+    told, released = Told(), []
+    ex = exchange(told)
+    ex.sent_to(LOCAL, observation(), lambda: released.append("first"))
+    ex.let_go()
+    ex.sent_to(LOCAL, observation(), lambda: released.append("second"))
+    assert released == ["first"]
+    ex.failed(503, "down")
+    ex.end()
+    assert released == ["first", "second"]
+
+
+async def test_the_upstream_is_told_it_holds_the_prompt_once() -> None:
+    told = Told()
+    ex = exchange(told)
+    ex.holds_prompt()  # not sent anywhere yet: nothing to tell
+    ex.sent_to(LOCAL, observation(), None)
+    ex.holds_prompt()
+    ex.holds_prompt()
+    assert told.calls == ["answered"]
+
+
+async def test_a_refusal_is_recorded_untimed_with_its_own_request_id() -> None:
+    told = Told()
+    ex = exchange(told, capture_bodies=True)
+    ex.refused(401, "a valid gateway API key is required")
+    ex.end()
+    (rec,) = told.records
+    assert rec.status == 401 and rec.total_ms is None and rec.ttfb_ms is None
+    assert rec.request_id == ex.request_id and rec.request_body is None
+
+
+def test_the_session_an_upstream_sees_is_the_tenants_own_with_keys() -> None:
+    told = Told()
+    ex = exchange(told)
+    assert ex.scoped_session is None
+    ex.sent_to(LOCAL, observation("abc"), None)
+    assert ex.scoped_session == "abc"
+    alpha = Tenant(name="alpha")
+    keyed = Exchange(
+        route="/v1/messages", tenant="alpha", session=None, observer=told, principal=alpha
+    )
+    keyed.sent_to(LOCAL, observation("abc"), None)
+    assert keyed.scoped_session == "alpha:abc"

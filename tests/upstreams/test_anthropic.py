@@ -11,13 +11,18 @@ import pytest
 
 from prefixgate.config import UpstreamConfig
 from prefixgate.core.errors import UpstreamStatus, UpstreamTimeout, UpstreamUnavailable
+from prefixgate.core.pipeline import rewrite
 from prefixgate.upstreams.anthropic import (
     DROPPED_REQUEST_HEADERS,
+    KIND,
+    Passthrough,
     forward_headers,
     response_headers,
 )
 from prefixgate.upstreams.http import Outgoing, send, status_error, transport_error
+from prefixgate.upstreams.kind import Incoming
 
+BODY = b'{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"hi"}]}'
 LOCAL = UpstreamConfig(name="local", url="http://127.0.0.1:8080")
 KEYED = UpstreamConfig(name="vllm", url="https://llm.example.com", api_key="sk-upstream")
 ANTHROPIC = UpstreamConfig(
@@ -320,3 +325,28 @@ async def test_open_turns_transport_failures_into_gateway_errors() -> None:
             await send(client, LOCAL, Outgoing("/v1/messages", b"{}"))
     assert "http://127.0.0.1:8080" in caught.value.message
     assert caught.value.__cause__ is None  # raised "from None": one clean error
+
+
+# -- the kind: the request as it is, the answer as it came ------------------------
+
+
+def test_the_kind_sends_the_rewritten_body_on_the_clients_path() -> None:
+    rw = rewrite(b'{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"hi"}]}')
+    incoming = Incoming(CLIENT, "/v1/messages?beta=true", {"x-added": "1"}, ("x-app",))
+    out = KIND.call(KEYED, incoming, rw, "s-1").outgoing
+    assert (out.method, out.path, out.body) == ("POST", "/v1/messages?beta=true", rw.body)
+    assert out.headers["x-added"] == "1" and "x-app" not in out.headers
+    assert out.headers["authorization"] == "Bearer sk-upstream"
+
+
+def test_the_kind_relays_an_answer_as_it_came_and_refuses_one_that_is_not_json() -> None:
+    call = KIND.call(LOCAL, Incoming({}, "/v1/messages"), rewrite(BODY), None)
+    content = b'{"content":[],"usage":{"input_tokens":5,"cache_read_input_tokens":2}}'
+    answer = call.answer(200, httpx.Headers({"server": "llama", "x-id": "7"}), content)
+    assert (answer.status, answer.content, dict(answer.headers)) == (200, content, {"x-id": "7"})
+    assert answer.usage is not None and answer.usage.cached_tokens == 2
+    with pytest.raises(UpstreamUnavailable, match="not a JSON object"):
+        call.answer(200, httpx.Headers(), b"<html>")
+    streamed = call.stream(200, httpx.Headers({"content-type": "text/event-stream"}))
+    assert isinstance(streamed.events if streamed else None, Passthrough)
+    assert call.stream(200, httpx.Headers({"content-type": "application/json"})) is None

@@ -55,10 +55,11 @@ def test_an_answer_that_is_not_json_is_a_502_the_record_names() -> None:
     assert json.loads(got.content)["error"]["type"] == "api_error"
 
 
-def test_a_stream_is_sent_as_anthropic_events() -> None:
+def test_an_event_stream_is_sent_as_anthropic_events_and_json_is_a_whole_answer() -> None:
     call = KIND.call(UP, Incoming({}, "/v1/messages"), rewrite(BODY), None)
-    status, headers, _ = call.stream(201, NO_HEADERS)
-    assert (status, headers) == (200, SSE_HEADERS)
+    streamed = call.stream(201, httpx.Headers({"content-type": "text/event-stream"}))
+    assert streamed is not None and (streamed.status, streamed.headers) == (200, SSE_HEADERS)
+    assert call.stream(200, httpx.Headers({"content-type": "application/json"})) is None
 
 
 def test_the_model_list_is_asked_under_the_api_version_and_read_back_in_anthropic_shape() -> None:

@@ -199,10 +199,12 @@ class Proxy:
         call = kind.call(upstream, incoming(request, ex.headers), rw, ex.scoped_session)
         response = await send(self.upstreams.http, upstream, call.outgoing)
         ex.ttfb = time.perf_counter()
-        if response.headers.get("content-type", "").startswith("text/event-stream"):
-            status, headers, events = call.stream(response.status_code, response.headers)
-            relay = Relay(ex, upstream, response, events, self.streams)
-            return RelayResponse(relay.events(), relay.close, status_code=status, headers=headers)
+        streamed = call.stream(response.status_code, response.headers)
+        if streamed is not None:
+            relay = Relay(ex, upstream, response, streamed.events, self.streams, streamed.decoder)
+            return RelayResponse(
+                relay.events(), relay.close, status_code=streamed.status, headers=streamed.headers
+            )
         content = await read_all(upstream, response)
         answer = call.answer(response.status_code, response.headers, content)
         ex.answered(answer.status, answer.summary, answer.usage, answer.error)

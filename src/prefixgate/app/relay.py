@@ -1,6 +1,7 @@
 """Streamed answers: relayed event by event, folded for the audit record.
 
-``Relay`` reads the upstream's event stream as it arrives (``SSEDecoder``) and
+``Relay`` reads the upstream's stream as it arrives (decoded by its kind's
+``Decoder``, ``SSEDecoder`` for an event stream) and
 hands each batch of decoded events to an ``EventStream``, which says what the
 client gets and folds it (``StreamFold``) for usage:
 
@@ -39,7 +40,7 @@ from prefixgate.core.errors import (
 from prefixgate.core.sse import SSEDecoder, SSEEvent, encode_event
 from prefixgate.upstreams.anthropic import Passthrough
 from prefixgate.upstreams.http import transport_error
-from prefixgate.upstreams.kind import EventStream
+from prefixgate.upstreams.kind import Decoder, EventStream
 
 __all__ = ["EventStream", "GatewayStopping", "Passthrough", "Relay", "RelayResponse", "Streams"]
 
@@ -96,8 +97,10 @@ class Relay:
         response: httpx.Response,
         stream: EventStream,
         streams: Streams | None = None,
+        decoder: Decoder | None = None,
     ) -> None:
         self._ex = ex
+        self._decoder = decoder or SSEDecoder()
         self._upstream = upstream
         self._response = response
         self._stream = stream
@@ -129,7 +132,7 @@ class Relay:
     async def _relay(self) -> AsyncIterator[bytes]:
         upstream = self._upstream
         self._lift_read_timeout()
-        decoder = SSEDecoder()
+        decoder = self._decoder
         chunks = self._response.aiter_bytes()
         held: bytes | None = None  # message_stop on: sent once the record is committed
         try:

@@ -20,7 +20,7 @@ from prefixgate.core.pipeline import Rewrite
 from prefixgate.core.sse import SSEEvent, encode_event
 from prefixgate.core.usage import cache_usage
 from prefixgate.upstreams.http import Outgoing, check_header_values, json_object
-from prefixgate.upstreams.kind import Answer, Incoming
+from prefixgate.upstreams.kind import Answer, Incoming, Streamed, event_stream
 
 # Hop-by-hop headers (RFC 9110 section 7.6.1) and headers the sender's HTTP
 # stack computes itself (including Accept-Encoding: whoever asks must decode).
@@ -135,10 +135,10 @@ class AnthropicCall:
             status, content, response_headers(headers), None, summary, cache_usage(payload)
         )
 
-    def stream(
-        self, status: int, headers: httpx.Headers
-    ) -> tuple[int, dict[str, str], Passthrough]:
-        return status, response_headers(headers), Passthrough()
+    def stream(self, status: int, headers: httpx.Headers) -> Streamed | None:
+        if not event_stream(headers):
+            return None
+        return Streamed(status, response_headers(headers), Passthrough())
 
 
 class AnthropicKind:

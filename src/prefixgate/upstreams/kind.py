@@ -20,7 +20,7 @@ from prefixgate.config import UpstreamConfig
 from prefixgate.core.errors import PrefixgateError
 from prefixgate.core.fold import MessageSummary
 from prefixgate.core.pipeline import Rewrite
-from prefixgate.core.sse import SSEEvent
+from prefixgate.core.sse import SSEDecoder, SSEEvent
 from prefixgate.core.usage import CacheUsage
 from prefixgate.upstreams.http import Outgoing
 
@@ -57,6 +57,29 @@ class EventStream(Protocol):
     def summary(self) -> MessageSummary: ...
 
 
+class Decoder(Protocol):
+    """The upstream's stream bytes as events (``SSEDecoder`` for event streams)."""
+
+    def decode(self, chunk: bytes) -> list[SSEEvent]: ...
+    def flush(self) -> list[SSEEvent]: ...
+
+
+@dataclass
+class Streamed:
+    """A streamed answer: what the client is sent, and how the upstream's bytes are read."""
+
+    status: int
+    headers: dict[str, str]
+    events: EventStream
+    decoder: Decoder = field(default_factory=SSEDecoder)
+
+
+def event_stream(headers: httpx.Headers) -> bool:
+    """Whether the upstream answered with an event stream."""
+    content_type: str = headers.get("content-type", "")
+    return content_type.startswith("text/event-stream")
+
+
 class Call(Protocol):
     """One rewritten request, prepared for one upstream by its kind."""
 
@@ -67,10 +90,8 @@ class Call(Protocol):
         """The whole answer for the client; raises ``PrefixgateError`` to try the next replica."""
         ...
 
-    def stream(
-        self, status: int, headers: httpx.Headers
-    ) -> tuple[int, dict[str, str], EventStream]:
-        """Status, headers and event translation of a streamed answer."""
+    def stream(self, status: int, headers: httpx.Headers) -> Streamed | None:
+        """The answer as a stream, relayed as it arrives; None for a whole answer."""
         ...
 
 

@@ -39,7 +39,7 @@ from prefixgate.translate.request import OpenAIRequestOptions, to_openai
 from prefixgate.translate.response import to_anthropic_message
 from prefixgate.translate.stream import Event, StreamTranslator
 from prefixgate.upstreams.http import Outgoing, check_header_values, json_bytes, json_object
-from prefixgate.upstreams.kind import Answer, Incoming
+from prefixgate.upstreams.kind import Answer, Incoming, Streamed, event_stream
 
 ADAPTER_VERSION = "openai-chat/1"
 SYSTEM_MESSAGES = ("system", "user")
@@ -192,10 +192,10 @@ class OpenAICall:
         summary = summarize_message(message)
         return Answer(200, json_bytes(message), {}, JSON, summary, cache_usage(payload))
 
-    def stream(
-        self, status: int, headers: httpx.Headers
-    ) -> tuple[int, dict[str, str], OpenAIEvents]:
-        return 200, dict(SSE_HEADERS), OpenAIEvents(self.names, self.model)
+    def stream(self, status: int, headers: httpx.Headers) -> Streamed | None:
+        if not event_stream(headers):
+            return None
+        return Streamed(200, dict(SSE_HEADERS), OpenAIEvents(self.names, self.model))
 
 
 class OpenAIKind:

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import httpx
-from inmemory import running
+from support.app import running
 
 from prefixgate.app.gateway import create_app
 from prefixgate.config import build_settings

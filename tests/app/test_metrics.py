@@ -12,9 +12,9 @@ import re
 from typing import Any
 
 import httpx
-from inmemory import running
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
+from support.app import running
 
 from prefixgate.app.gateway import create_app
 from prefixgate.config import build_settings

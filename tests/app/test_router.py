@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from inmemory import running
+from support.app import running
 
 from prefixgate.app.gateway import create_app
 from prefixgate.config import Settings, build_settings

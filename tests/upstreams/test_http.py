@@ -1,0 +1,26 @@
+"""The one upstream client: open only while the app runs."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from prefixgate.upstreams.http import UpstreamClient, json_bytes, json_object
+
+
+async def test_the_client_exists_only_while_opened() -> None:
+    transport = httpx.MockTransport(lambda request: httpx.Response(204))
+    upstreams = UpstreamClient(transport)
+    assert not upstreams.started
+    with pytest.raises(RuntimeError, match="lifespan"):
+        upstreams.http  # noqa: B018
+    async with upstreams.opened() as client:
+        assert upstreams.started and upstreams.http is client
+        assert (await client.get("http://upstream.test/")).status_code == 204
+    assert not upstreams.started and client.is_closed
+
+
+def test_json_helpers_read_objects_only_and_write_as_clients_get_it() -> None:
+    assert json_object(b'{"a": 1}') == {"a": 1}
+    assert json_object(b"[1]") is None and json_object(b"<html>") is None
+    assert json_bytes({"text": "é", "n": [1, 2]}) == '{"text":"é","n":[1,2]}'.encode()

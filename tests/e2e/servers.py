@@ -10,8 +10,9 @@ import contextlib
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 from starlette.applications import Starlette
@@ -110,15 +111,22 @@ class Gateway:
 
 
 @contextlib.contextmanager
-def gateway_in_front_of(runtime_url: str, kind: str = "anthropic") -> Iterator[Gateway]:
+def gateway_in_front_of(
+    runtime_url: str, kind: str = "anthropic", **upstream_settings: Any
+) -> Iterator[Gateway]:
     """prefixgate (strip) -> Recorder -> the runtime at ``runtime_url``, all on loopback.
 
     ``kind`` is the upstream kind prefixgate speaks: ``anthropic`` (llama-server's
-    ``/v1/messages``) or ``openai`` (its ``/v1/chat/completions``)."""
+    ``/v1/messages``) or ``openai`` (its ``/v1/chat/completions``);
+    ``upstream_settings`` replace fields of the upstream's settings."""
     rec = Recorder(runtime_url)
     with ServerThread(rec.app) as upstream:
         audit = MemoryAudit()
-        app = create_app(Settings().with_upstream(upstream.url, kind), audit=audit)
+        settings = Settings().with_upstream(upstream.url, kind)
+        if upstream_settings:
+            changed = replace(settings.upstreams["default"], **upstream_settings)
+            settings = replace(settings, upstreams={"default": changed})
+        app = create_app(settings, audit=audit)
         with ServerThread(app) as server:
             yield Gateway(server.url, audit, rec, upstream.url, runtime_url, app, kind)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import anthropic
 import httpx
 import pytest
 from servers import Gateway, Seen
+from support.servers import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -202,13 +202,6 @@ def test_sdk_non_stream_and_count_tokens(sdk: anthropic.Anthropic, gateway: Gate
     ]
     assert b'"max_tokens"' not in seen[1].body
     assert_upstream_never_saw_the_block(seen)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def test_prefixgate_serve_in_a_subprocess(gateway: Gateway) -> None:

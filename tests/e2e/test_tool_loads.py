@@ -14,19 +14,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from servers import Gateway, Recorder, ServerThread
+from servers import Gateway, gateway_in_front_of
 
-from prefixgate.app.gateway import create_app
-from prefixgate.config import Settings
 from prefixgate.core.toolload import ToolLoads
 from prefixgate.runtime.local import LocalRuntime
-from prefixgate.store.audit import MemoryAudit
 
 pytestmark = pytest.mark.e2e
 
@@ -59,15 +55,8 @@ def probe(body: dict[str, Any]) -> bytes:
 @pytest.fixture(scope="module")
 def as_sent_gateway(local_runtime: LocalRuntime) -> Iterator[Gateway]:
     """prefixgate with ``tool_loads = "as_sent"`` in front of a recorder and the runtime."""
-    rec = Recorder(local_runtime.base_url)
-    with ServerThread(rec.app) as upstream:
-        settings = Settings().with_upstream(upstream.url)
-        up = replace(settings.upstreams["default"], tool_loads=ToolLoads.AS_SENT)
-        settings = replace(settings, upstreams={"default": up})
-        audit = MemoryAudit()
-        app = create_app(settings, audit=audit)
-        with ServerThread(app) as server:
-            yield Gateway(server.url, audit, rec, upstream.url, local_runtime.base_url, app)
+    with gateway_in_front_of(local_runtime.base_url, tool_loads=ToolLoads.AS_SENT) as gw:
+        yield gw
 
 
 def send(url: str, body: bytes) -> dict[str, Any]:

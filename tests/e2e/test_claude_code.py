@@ -108,26 +108,32 @@ class Setup:
 
 @pytest.fixture(scope="module", params=CLIENTS, ids=lambda c: c.label)
 def client(request: pytest.FixtureRequest) -> Client:
-    """Module-scoped, so the tests of one version run together (one cold prompt each)."""
+    """Module-scoped, and first in every test's arguments, so the tests of one version
+    run together, one kind after the other, in one project (``workspace``)."""
     found: Client = request.param
     return found
 
 
-@pytest.fixture(scope="module", params=["anthropic", "openai"])
-def claude_gateway(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Setup]:
-    """A runtime of its own (answers end at once), behind scripter, recorder and prefixgate."""
+@pytest.fixture(scope="module")
+def claude_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRuntime]:
+    """A runtime of this module's own (answers end at once), for both kinds. The two
+    kinds render a prompt differently, so each version's prompt is computed once per
+    kind: four cold prompts in the module."""
     spec = default_spec(extra_args=("--logit-bias", END_OF_TURN_AT_ONCE))
     log_path = tmp_path_factory.mktemp("claude-runtime") / "llama-server.log"
-    runtime = LocalRuntime(spec, log_path=log_path, startup_timeout=300.0)
-    with runtime:
-        scripter = Scripter(runtime.base_url)
-        with (
-            ServerThread(scripter.app) as scripted,
-            gateway_in_front_of(scripted.url, request.param) as gw,
-        ):
-            yield Setup(gw, scripter)
+    with LocalRuntime(spec, log_path=log_path, startup_timeout=300.0) as runtime:
+        yield runtime
+
+
+@pytest.fixture(scope="module", params=["anthropic", "openai"])
+def claude_gateway(request: pytest.FixtureRequest, claude_runtime: LocalRuntime) -> Iterator[Setup]:
+    """The module's runtime behind scripter, recorder and prefixgate (of each kind)."""
+    scripter = Scripter(claude_runtime.base_url)
+    with (
+        ServerThread(scripter.app) as scripted,
+        gateway_in_front_of(scripted.url, request.param) as gw,
+    ):
+        yield Setup(gw, scripter)
 
 
 def run_claude(
@@ -165,8 +171,16 @@ def main_requests(records: list[AuditRecord]) -> list[AuditRecord]:
     return [r for r in records if r.route == "/v1/messages"]
 
 
-def make_project(tmp_path: Path) -> tuple[Path, Path]:
-    project, home = tmp_path / "proj", tmp_path / "home"
+@pytest.fixture(scope="module")
+def workspace(client: Client, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """One project (and home) per client version, shared by the module's tests.
+
+    Claude Code writes the project's path into its system prompt, about 500
+    tokens in: a project of each test's own would make every test's opening
+    prompt (~20,000 tokens) cold in the runtime's cache. In one project only the
+    first request of each version and kind pays for the whole prompt."""
+    base = tmp_path_factory.mktemp(f"claude-{client.label}")
+    project, home = base / "proj", base / "home"
     project.mkdir()
     home.mkdir()
     (project / "CLAUDE.md").write_text("# Inventory service\n\nIndent with tabs.\n")
@@ -185,7 +199,7 @@ def assert_block_gone(setup: Setup, forwarded: list[Seen]) -> None:
 
 
 def test_claude_code_print_mode_through_prefixgate(
-    claude_gateway: Setup, client: Client, tmp_path: Path
+    client: Client, claude_gateway: Setup, workspace: tuple[Path, Path]
 ) -> None:
     """Two print-mode sessions in one project share the prompt ahead of their first message.
 
@@ -195,7 +209,7 @@ def test_claude_code_print_mode_through_prefixgate(
     cache, which only happens because the block is gone.
     """
     gateway = claude_gateway.gateway
-    project, home = make_project(tmp_path)
+    project, home = workspace
     asked = ("Which indentation does this project use?", "How are the tests of this project run?")
     claude_gateway.scripter.scripts = {asked[0]: [Say("Tabs.")], asked[1]: [Say("With pytest.")]}
     seen_before, audit_before = len(gateway.recorder.seen), len(gateway.records())
@@ -275,10 +289,12 @@ def tool_definition(body: dict[str, Any], name: str) -> dict[str, Any] | None:
     return None
 
 
-def test_a_tool_round_trip(claude_gateway: Setup, client: Client, tmp_path: Path) -> None:
+def test_a_tool_round_trip(
+    client: Client, claude_gateway: Setup, workspace: tuple[Path, Path]
+) -> None:
     """The model calls Read, the client runs it, the next request carries its result."""
     setup, gateway = claude_gateway, claude_gateway.gateway
-    project, home = make_project(tmp_path)
+    project, home = workspace
     marker = f"[e2e-read-{client.label}-{setup.kind}]"
     read = Call("Read", {"file_path": str(project / "notes.txt")})
     setup.scripter.scripts = {marker: [read, Say("It says: inventory notes.")]}
@@ -302,7 +318,7 @@ def test_a_tool_round_trip(claude_gateway: Setup, client: Client, tmp_path: Path
 
 
 def test_an_mcp_tool_loaded_through_tool_search_and_called(
-    claude_gateway: Setup, client: Client, tmp_path: Path
+    client: Client, claude_gateway: Setup, workspace: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """An MCP tool called by the model and run by the client through its MCP server.
 
@@ -315,7 +331,7 @@ def test_an_mcp_tool_loaded_through_tool_search_and_called(
     from the start and is called at once.
     """
     setup, gateway = claude_gateway, claude_gateway.gateway
-    project, home = make_project(tmp_path)
+    project, home = workspace
     config = write_mcp_config(tmp_path / "mcp", sys.executable)
     tool = f"mcp__{MCP_SERVER}__{MCP_TOOL}"
     marker = f"[e2e-mcp-{client.label}-{setup.kind}]"

@@ -27,8 +27,11 @@ from support.upstream import Conn, scripted_upstream
 
 from prefixgate.app.exchange import Exchange
 from prefixgate.app.gateway import create_app
+from prefixgate.app.metrics import Metrics
+from prefixgate.app.observer import CacheObserver
 from prefixgate.app.relay import Passthrough, Relay, Streams
 from prefixgate.config import Settings, UpstreamConfig, build_settings
+from prefixgate.core.pipeline import rewrite
 from prefixgate.core.sse import SSEDecoder, encode_event
 from prefixgate.server import STOPPING, DrainingServer, abort_streams
 from prefixgate.store.audit import AuditRecord, MemoryAudit
@@ -320,25 +323,57 @@ async def test_a_complete_stream_has_no_error(kind: str) -> None:
 # -- the relay itself: recorded before the end goes out, and ended on abort -------------------
 
 
+class _Observer:
+    """Stands for the observer: notes what the exchange tells it; commits after ``delay``."""
+
+    def __init__(self, calls: list[Any], delay: float = 0.0) -> None:
+        self.calls = calls
+        self.delay = delay
+
+    def answered(self, seen: Any) -> None:
+        self.calls.append("answered")
+
+    def finish(
+        self,
+        rec: AuditRecord,
+        seen: Any,
+        usage: Any,
+        *,
+        remembered: bool = False,
+        on_commit: Callable[[], None] | None = None,
+    ) -> None:
+        self.calls.append(("finish", rec.error))
+        if on_commit is not None:
+            asyncio.get_running_loop().call_later(self.delay, on_commit)
+
+
 def _relay(
-    response: httpx.Response, calls: list[Any], streams: Streams | None = None, **upstream: Any
+    response: httpx.Response,
+    calls: list[Any],
+    streams: Streams | None = None,
+    commit_delay: float = 0.0,
+    **upstream: Any,
 ) -> Relay:
-    ex = Exchange(route="/v1/messages", started=0.0, session=None)
-    ex.upstream = UpstreamConfig(name="local", url="http://runtime.test", **upstream)
-
-    def finish(ex: Exchange, status: int, summary: Any, error: str | None, usage: Any) -> None:
-        calls.append(("finish", error))
-
-    return Relay(finish, ex, response, Passthrough(), lambda ex: calls.append("answered"), streams)
+    config = UpstreamConfig(name="local", url="http://runtime.test", **upstream)
+    observer = CacheObserver(Settings(), MemoryAudit(), Metrics())
+    rw = rewrite(json.dumps(REQUEST).encode())
+    seen = observer.begin(
+        observer.identify({}, "/v1/messages", rw, "default"), rw, config, "default"
+    )
+    ex = Exchange(
+        route="/v1/messages",
+        tenant="default",
+        session=None,
+        observer=_Observer(calls, commit_delay),
+    )
+    ex.sent_to(config, seen, None)
+    return Relay(ex, config, response, Passthrough(), streams)
 
 
 async def test_the_record_is_made_and_committed_before_the_last_bytes_go_out() -> None:
     calls: list[Any] = []
     stream = ANTHROPIC_FIRST + ANTHROPIC_REST
-    relay = _relay(httpx.Response(200, content=stream), calls)
-    loop = asyncio.get_running_loop()
-    relay._ex.committed = committed = loop.create_future()
-    loop.call_later(0.2, committed.set_result, None)
+    relay = _relay(httpx.Response(200, content=stream), calls, commit_delay=0.2)
     started = time.monotonic()
     sent = [chunk async for chunk in relay.events()]
     assert time.monotonic() - started >= 0.15  # the end waited for the commit

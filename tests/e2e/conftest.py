@@ -1,5 +1,6 @@
 """Shared end-to-end fixtures: one real llama-server for the whole test session,
-and the gateway in front of it behind a recording proxy:
+the corpus replayed through it once (``replayed``), and the gateway in front of
+it behind a recording proxy:
 
     client -> prefixgate (uvicorn thread) -> Recorder (uvicorn thread) -> llama-server
 
@@ -12,8 +13,10 @@ what to install: e2e tests fail, never skip.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from corpusreplay import Replayed, replay_corpus
 from servers import Gateway, gateway_in_front_of
 
 from prefixgate.runtime.local import LocalRuntime, default_spec
@@ -43,3 +46,16 @@ def gateway(local_runtime: LocalRuntime) -> Iterator[Gateway]:
     """prefixgate (strip) in front of a recorder in front of the real llama-server."""
     with gateway_in_front_of(local_runtime.base_url) as gw:
         yield gw
+
+
+@pytest.fixture(scope="session")
+def replayed(
+    local_runtime: LocalRuntime, corpus_directory: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Replayed]:
+    """``claude-code-2.1.197.jsonl`` replayed once through prefixgate (kind anthropic,
+    SQLite audit) to the session's runtime, restarted first so its cache is cold;
+    read by test_cache_replay.py and by test_openai_replay.py's Anthropic side."""
+    local_runtime.restart()
+    db = tmp_path_factory.mktemp("audit") / "audit.db"
+    with replay_corpus(local_runtime.base_url, corpus_directory, db) as out:
+        yield out

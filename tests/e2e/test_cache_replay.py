@@ -12,105 +12,23 @@ kept under ``$PREFIXGATE_ARTIFACTS`` (default ``tests/artifacts/``).
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from pathlib import Path
 
 import httpx
 import pytest
 from browser import dump_dom, find_chromium, png_size, read_dashboard, screenshot
 from click.testing import CliRunner
+from corpusreplay import TENANT_B, Replayed, artifacts
 from prometheus_client.parser import text_string_to_metric_families
-from rich.console import Console
-from rich.table import Table
-from servers import ServerThread, settle
 
-from prefixgate.app.gateway import create_app
 from prefixgate.cli import main
-from prefixgate.config import Settings
 from prefixgate.core.misses import is_miss
-from prefixgate.diagnose import Diagnosis, diagnose
-from prefixgate.replay import CaptureRecord, load_capture, replay
-from prefixgate.report import build_report, render_report
-from prefixgate.runtime.local import LocalRuntime
-from prefixgate.store.audit import AuditRecord
-from prefixgate.store.sqlite import SqliteAudit, read_records
+from prefixgate.store.sqlite import read_records
 
 pytestmark = pytest.mark.e2e
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TENANT_B = "team-b"
-
-
-@dataclass
-class Replayed:
-    records: list[CaptureRecord]
-    predicted: list[Diagnosis]
-    rows: list[AuditRecord]  # tenant "default", in request order
-    db: Path
-    url: str
-    url_b: str
-    metrics: str
-    dashboard_html: str
-
-
-def artifacts() -> Path:
-    path = Path(os.environ.get("PREFIXGATE_ARTIFACTS") or REPO_ROOT / "tests" / "artifacts")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-@pytest.fixture(scope="module")
-def replayed(
-    local_runtime: LocalRuntime, corpus_directory: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Replayed]:
-    records = load_capture(corpus_directory / "claude-code-2.1.197.jsonl")
-    db = tmp_path_factory.mktemp("audit") / "audit.db"
-    settings = Settings().with_upstream(local_runtime.base_url)
-    app = create_app(settings, audit=SqliteAudit(db))
-    app_b = create_app(replace(settings, tenant=TENANT_B), audit=SqliteAudit(db))
-    with ServerThread(app) as gw, ServerThread(app_b) as gw_b:
-        # max_tokens 2: the requests stay ordinary messages, not one-token probes
-        asyncio.run(_replay(records, gw.url, max_tokens=2))
-        # tenant B sends the sixth session again (its prefix is in the slot)
-        asyncio.run(_replay(records[12:14], gw_b.url, max_tokens=2))
-        for a in (app, app_b):
-            settle(a, timeout=300)
-            a.state.audit.flush(timeout=30)
-        rows = read_records(db, tenant="default")
-        metrics = httpx.get(f"{gw.url}/metrics", timeout=30).text
-        html = httpx.get(f"{gw.url}/dashboard", timeout=30).text
-        yield Replayed(records, diagnose(records), rows, db, gw.url, gw_b.url, metrics, html)
-    _keep_tables(records, diagnose(records), rows)
-
-
-async def _replay(records: list[CaptureRecord], url: str, *, max_tokens: int) -> None:
-    async with httpx.AsyncClient(timeout=1800, trust_env=False) as client:
-        results = await replay(records, url, client=client, max_tokens=max_tokens)
-    failed = [r for r in results if r.error]
-    assert not failed, failed
-
-
-def _keep_tables(
-    records: list[CaptureRecord], predicted: list[Diagnosis], rows: list[AuditRecord]
-) -> None:
-    title = "Corpus replayed through prefixgate (strip) to llama-server"
-    columns = ["#", "session", "agent", "prompt", "cached", "expected", "predicted", "cause"]
-    table = Table(*columns, "detail", title=title)
-    for rec, d, row in zip(records, predicted, rows, strict=False):
-        table.add_row(
-            str(rec.index), (row.session or "")[:8], row.agent or "", f"{row.prompt_tokens:,}",
-            f"{row.cached_tokens:,}", f"{row.expected_cached_tokens:,}", d.cause, row.cause or "",
-            row.cause_detail or "",
-        )  # fmt: skip
-    console = Console(record=True, width=200, file=open(os.devnull, "w"))  # noqa: SIM115
-    console.print(table)
-    console.print(render_report(build_report(rows)))
-    (artifacts() / "cache-replay.txt").write_text(console.export_text(), encoding="utf-8")
-    console.file.close()
+# The fixture ``replayed`` (tests/e2e/conftest.py, session-scoped) replays the
+# corpus once; test_openai_replay.py compares its rows with the OpenAI kind.
 
 
 # -- every request recorded, every miss attributed ------------------------------------

@@ -1,10 +1,12 @@
 """The recorded corpus through both upstream kinds, side by side.
 
-    replay -> prefixgate (kind anthropic) -> llama-server /v1/messages          (runtime 1)
-    replay -> prefixgate (kind openai)    -> llama-server /v1/chat/completions  (runtime 2)
+    replay -> prefixgate (kind anthropic) -> llama-server /v1/messages
+    replay -> prefixgate (kind openai)    -> llama-server /v1/chat/completions
 
-Each path gets a runtime of its own, started cold, one after the other (two
-replays at once would share two CPU cores). The translation must give the
+Each path starts on a cold runtime, one after the other (two replays at once
+would share two CPU cores): the Anthropic side is the session's replay
+(``replayed``, which test_cache_replay.py reads too), the OpenAI side replays the
+same corpus on the session's runtime restarted. The translation must give the
 runtime's prefix cache the same chances as llama-server's own Anthropic
 endpoint: the cached shares must agree within 3 points, request by request the
 same requests must hit. The table is kept under ``$PREFIXGATE_ARTIFACTS``
@@ -20,12 +22,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from corpusreplay import Replayed
 from rich.console import Console
 from rich.table import Table
 from servers import gateway_in_front_of
 
-from prefixgate.replay import CaptureRecord, load_capture, replay
-from prefixgate.runtime.local import LocalRuntime, default_spec
+from prefixgate.replay import CaptureRecord, replay
+from prefixgate.runtime.local import LocalRuntime
 from prefixgate.store.audit import AuditRecord
 
 pytestmark = pytest.mark.e2e
@@ -54,9 +57,9 @@ class KindReplay:
         return self.cached / self.prompt
 
 
-def replay_through(kind: str, records: list[CaptureRecord], log: Path) -> KindReplay:
-    runtime = LocalRuntime(default_spec(), log_path=log, startup_timeout=300.0)
-    with runtime, gateway_in_front_of(runtime.base_url, kind) as gw:
+def replay_openai(runtime: LocalRuntime, records: list[CaptureRecord]) -> KindReplay:
+    runtime.restart()  # a cold cache, as the Anthropic side had
+    with gateway_in_front_of(runtime.base_url, "openai") as gw:
 
         async def run() -> None:
             async with httpx.AsyncClient(timeout=1800, trust_env=False) as client:
@@ -67,16 +70,15 @@ def replay_through(kind: str, records: list[CaptureRecord], log: Path) -> KindRe
         asyncio.run(run())
         rows = gw.records(timeout=300, at_least=len(records))
     assert len(rows) == len(records)
-    return KindReplay(kind, rows)
+    return KindReplay("openai", rows)
 
 
 @pytest.fixture(scope="module")
-def paths(
-    corpus_directory: Path, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, KindReplay]:
-    records = load_capture(corpus_directory / "claude-code-2.1.197.jsonl")
-    logs = tmp_path_factory.mktemp("replay-runtimes")
-    out = {kind: replay_through(kind, records, logs / f"{kind}.log") for kind in KINDS}
+def paths(replayed: Replayed, local_runtime: LocalRuntime) -> dict[str, KindReplay]:
+    out = {
+        "anthropic": KindReplay("anthropic", replayed.rows),
+        "openai": replay_openai(local_runtime, replayed.records),
+    }
     _keep_table(out)
     return out
 

@@ -10,6 +10,7 @@ from configtables import ANTHROPIC, LOCAL
 from prefixgate.config import ConfigError, build_settings, is_first_party, upstream_from_table
 from prefixgate.core.policy import DEFAULT_NORMALIZE_KEEP, Policy
 from prefixgate.core.toolload import ToolLoads
+from prefixgate.upstreams.openai import OpenAISettings
 
 
 def test_upstream_table_fields() -> None:
@@ -137,16 +138,17 @@ def test_bad_upstream_url_from_the_environment_is_an_error() -> None:
 def test_unknown_upstream_kind_is_an_error() -> None:
     with pytest.raises(ConfigError, match=r"upstreams\.local\.kind: unknown kind 'grpc'"):
         upstream_from_table("local", {"url": LOCAL, "kind": "grpc"})
+    with pytest.raises(ConfigError, match=r"\('anthropic', 'openai'\)\)$"):
+        upstream_from_table("local", {"url": LOCAL, "kind": "grpc"})
+
+
+def test_the_anthropic_kind_has_no_settings_of_its_own() -> None:
+    assert upstream_from_table("local", {"url": LOCAL}).kind_settings is None
 
 
 def test_openai_kind_and_its_translation_settings() -> None:
     up = upstream_from_table("local", {"url": LOCAL, "kind": "openai"})
-    assert (up.kind, up.system_messages, up.prompt_cache_key, up.reasoning) == (
-        "openai",
-        "system",
-        "session",
-        True,
-    )
+    assert (up.kind, up.kind_settings) == ("openai", OpenAISettings("system", "session", True))
     table = {
         "url": LOCAL,
         "kind": "openai",
@@ -155,7 +157,7 @@ def test_openai_kind_and_its_translation_settings() -> None:
         "reasoning": False,
     }
     up = upstream_from_table("local", table)
-    assert (up.system_messages, up.prompt_cache_key, up.reasoning) == ("user", "prefix", False)
+    assert up.kind_settings == OpenAISettings("user", "prefix", False)
     for key, bad in (("system_messages", "top"), ("prompt_cache_key", "random")):
         with pytest.raises(ConfigError, match=rf"upstreams\.local\.{key}: expected one of"):
             upstream_from_table("local", {**table, key: bad})

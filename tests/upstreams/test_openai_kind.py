@@ -78,3 +78,14 @@ def test_the_kinds_own_settings_are_read_with_their_defaults() -> None:
 def test_a_setting_out_of_its_choices_is_refused_with_its_name() -> None:
     with pytest.raises(ConfigError, match=r"upstreams\.lm\.prompt_cache_key"):
         read_settings("upstreams.lm", {"prompt_cache_key": "always"})
+
+
+def test_the_call_follows_the_upstreams_kind_settings() -> None:
+    own = OpenAISettings(system_messages="user", prompt_cache_key="prefix", reasoning=False)
+    up = UpstreamConfig(name="lm", url="http://127.0.0.1:1234", kind="openai", kind_settings=own)
+    rw = rewrite(BODY)
+    body = json.loads(KIND.call(up, Incoming({}, "/v1/messages"), rw, "s-1").outgoing.body)
+    assert body["prompt_cache_key"] == rw.key.hex and body["user"] == "s-1"
+    assert KIND.read_settings("upstreams.lm", {"reasoning": False}) == OpenAISettings(
+        reasoning=False
+    )

@@ -92,9 +92,7 @@ from prefixgate.config.server import (
 )
 from prefixgate.config.upstream import (
     FIRST_PARTY_HOSTS,
-    PROMPT_CACHE_KEYS,
     SIDE_REQUESTS,
-    SYSTEM_MESSAGES,
     TOKENIZERS,
     UPSTREAM_KINDS,
     UpstreamConfig,
@@ -118,10 +116,8 @@ __all__ = [
     "IN_MEMORY",
     "LOOPBACK_NAMES",
     "METADATA_HEADER",
-    "PROMPT_CACHE_KEYS",
     "SERVER_FLAGS",
     "SIDE_REQUESTS",
-    "SYSTEM_MESSAGES",
     "TOKENIZERS",
     "UPSTREAM_KINDS",
     "ConfigError",

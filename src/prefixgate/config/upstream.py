@@ -1,8 +1,8 @@
 """Upstreams: one ``[upstreams.NAME]`` table each, read into an ``UpstreamConfig``.
 
-Settings every kind shares come first; the ``openai`` kind's own settings
-(``OpenAISettings``) and the replica settings (``ReplicaSettings``) are read by
-functions of their own.
+Settings every kind shares come first; a kind's own settings are read by the
+kind (``Kind.read_settings``, kept as ``kind_settings``) and the replica
+settings (``ReplicaSettings``) by a function of their own.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from prefixgate.config.values import (
     ConfigError,
     read_choice,
     read_factor,
-    read_flag,
     read_policy,
     read_seconds,
 )
@@ -25,9 +24,7 @@ from prefixgate.core.routing import ROUTING_POLICIES
 from prefixgate.core.toolload import ToolLoads
 
 FIRST_PARTY_HOSTS = ("api.anthropic.com",)
-UPSTREAM_KINDS = ("anthropic", "openai")
-SYSTEM_MESSAGES = ("system", "user")
-PROMPT_CACHE_KEYS = ("session", "prefix", "off")
+UPSTREAM_KINDS = ("anthropic", "openai")  # the CLI's choices: the names of upstreams.registry.KINDS
 TOKENIZERS = ("auto", "llama.cpp", "estimate")
 SIDE_REQUESTS = ("forward", "local")
 
@@ -46,11 +43,9 @@ class UpstreamConfig:
     read_timeout: float = 600.0
     stream_idle_timeout: float = 300.0  # longest silence inside a stream under way
     tokenizer: str = "auto"
-    # kind "openai" only: where mid-conversation system messages go, what
-    # `prompt_cache_key` carries, whether thinking becomes `reasoning_effort`
-    system_messages: str = "system"
-    prompt_cache_key: str = "session"
-    reasoning: bool = True
+    # the kind's own settings, as its ``read_settings`` returns them (e.g. the
+    # openai kind's ``OpenAISettings``); None: the kind has none
+    kind_settings: object | None = None
     # several servers behind this name (``url`` is the first) and how to spread them
     replicas: tuple[str, ...] = ()
     routing: str = "prefix_affinity"
@@ -76,14 +71,6 @@ class UpstreamConfig:
         return replace(self, url=url, replica=url if len(self.urls) > 1 else None)
 
 
-class OpenAISettings(TypedDict):
-    """The ``openai`` kind's own fields of ``UpstreamConfig``."""
-
-    system_messages: str
-    prompt_cache_key: str
-    reasoning: bool
-
-
 class ReplicaSettings(TypedDict):
     """How an upstream with several servers spreads requests over them."""
 
@@ -106,9 +93,12 @@ def upstream_from_table(
     where = f"upstreams.{name}"
     urls = _urls(name, table)
     url = urls[0]
+    # imported here: the kinds' modules import this package
+    from prefixgate.upstreams.registry import KINDS
+
     kind = str(table.get("kind", "anthropic"))
-    if kind not in UPSTREAM_KINDS:
-        raise ConfigError(f"{where}.kind: unknown kind {kind!r} ({UPSTREAM_KINDS})")
+    if kind not in KINDS:
+        raise ConfigError(f"{where}.kind: unknown kind {kind!r} ({tuple(KINDS)})")
     first_party = bool(table.get("first_party", is_first_party(url)))
     default_policy = Policy.PASSTHROUGH if first_party else Policy.STRIP
     default_loads = ToolLoads.AS_SENT if first_party else ToolLoads.INLINE
@@ -125,7 +115,7 @@ def upstream_from_table(
         read_timeout=read_seconds(f"{where}.read_timeout", table, 600.0),
         stream_idle_timeout=read_seconds(f"{where}.stream_idle_timeout", table, 300.0),
         tokenizer=read_choice(f"{where}.tokenizer", table.get("tokenizer", "auto"), TOKENIZERS),
-        **openai_settings(where, table),
+        kind_settings=KINDS[kind].read_settings(where, table),
         **replica_settings(where, table, urls),
         side_requests=read_choice(
             f"{where}.side_requests", table.get("side_requests", "forward"), SIDE_REQUESTS
@@ -137,21 +127,6 @@ def upstream_from_table(
                 tuple(m.value for m in ToolLoads),
             )
         ),
-    )
-
-
-def openai_settings(where: str, table: Mapping[str, Any]) -> OpenAISettings:
-    """``system_messages``, ``prompt_cache_key`` and ``reasoning`` (read for every kind)."""
-    return OpenAISettings(
-        system_messages=read_choice(
-            f"{where}.system_messages", table.get("system_messages", "system"), SYSTEM_MESSAGES
-        ),
-        prompt_cache_key=read_choice(
-            f"{where}.prompt_cache_key",
-            table.get("prompt_cache_key", "session"),
-            PROMPT_CACHE_KEYS,
-        ),
-        reasoning=read_flag(f"{where}.reasoning", table.get("reasoning", True)),
     )
 
 

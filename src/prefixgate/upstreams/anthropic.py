@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -154,6 +155,9 @@ class AnthropicKind:
         extra = {**incoming.added, **rw.upstream_headers}  # the body's block wins
         headers = forward_headers(incoming.headers, upstream, extra, drop=incoming.dropped)
         return AnthropicCall(Outgoing(incoming.path, rw.body, headers), upstream)
+
+    def read_settings(self, where: str, table: Mapping[str, Any]) -> None:
+        return None  # no settings of its own
 
     def models(self, upstream: UpstreamConfig, incoming: Incoming) -> Outgoing:
         headers = forward_headers(incoming.headers, upstream, incoming.added, drop=incoming.dropped)

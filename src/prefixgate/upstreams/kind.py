@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
@@ -115,6 +115,14 @@ class Kind(Protocol):
         self, upstream: UpstreamConfig, incoming: Incoming, rw: Rewrite, session: str | None
     ) -> Call:
         """The upstream request for ``rw``; ``session`` as the upstream may see it."""
+        ...
+
+    def read_settings(self, where: str, table: Mapping[str, Any]) -> object | None:
+        """The kind's own settings from an upstream's table (None: it has none).
+
+        ``where`` names the table in errors; the result is the upstream's
+        ``kind_settings``.
+        """
         ...
 
     def models(self, upstream: UpstreamConfig, incoming: Incoming) -> Outgoing:

@@ -123,17 +123,24 @@ def read_settings(where: str, table: Mapping[str, Any]) -> OpenAISettings:
     )
 
 
+def settings_of(upstream: UpstreamConfig) -> OpenAISettings:
+    """The upstream's ``kind_settings``, or the defaults where it has none."""
+    own = upstream.kind_settings
+    return own if isinstance(own, OpenAISettings) else OpenAISettings()
+
+
 def request_options(
     upstream: UpstreamConfig, rw: Rewrite, session: str | None
 ) -> OpenAIRequestOptions:
     """What the translation needs to know about this upstream and request."""
-    cache_key = {"session": session, "prefix": rw.key.hex, "off": None}[upstream.prompt_cache_key]
+    own = settings_of(upstream)
+    cache_key = {"session": session, "prefix": rw.key.hex, "off": None}[own.prompt_cache_key]
     loads = rw.tool_loads  # references the tool-load step replaced by definitions
     return OpenAIRequestOptions(
-        system_messages=upstream.system_messages,
+        system_messages=own.system_messages,
         user=session,
         prompt_cache_key=cache_key,
-        reasoning=upstream.reasoning,
+        reasoning=own.reasoning,
         loaded_tools=loads.loaded if loads is not None else (),
     )
 
@@ -217,6 +224,9 @@ class OpenAIKind:
         headers = openai_headers(incoming.headers, upstream, extra)
         outgoing = Outgoing(api_path(upstream, "/chat/completions"), body, headers)
         return OpenAICall(outgoing, upstream, translated.names, rw.model)
+
+    def read_settings(self, where: str, table: Mapping[str, Any]) -> OpenAISettings:
+        return read_settings(where, table)
 
     def models(self, upstream: UpstreamConfig, incoming: Incoming) -> Outgoing:
         headers = openai_headers(incoming.headers, upstream)

@@ -60,7 +60,7 @@ def create_app(
     metrics = Metrics()
     upstreams = UpstreamClient(transport)  # opened by the lifespan
     observer = CacheObserver(settings, sink, metrics, upstreams)
-    router = Router(settings, state)
+    router = Router(settings, upstreams, state)
     proxy = Proxy(settings, upstreams, observer, capture, router)
     views = Views(settings, sink, router)
     app = Starlette(
@@ -94,8 +94,7 @@ def _lifespan(proxy: Proxy) -> Callable[[Starlette], contextlib.AbstractAsyncCon
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
-            async with proxy.upstreams.opened() as client:
-                proxy.router.client = client
+            async with proxy.upstreams.opened():
                 try:
                     async with _watching(proxy.router):
                         for warning in proxy.settings.warnings():
@@ -103,7 +102,6 @@ def _lifespan(proxy: Proxy) -> Callable[[Starlette], contextlib.AbstractAsyncCon
                         yield
                 finally:
                     await proxy.observer.drain()
-                    proxy.router.client = None
         finally:
             await _close(proxy)
 

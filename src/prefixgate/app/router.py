@@ -29,6 +29,7 @@ from prefixgate.core.identity import Identity
 from prefixgate.core.pipeline import Rewrite
 from prefixgate.core.routing import ring_order, route_order
 from prefixgate.store.state import MemoryState, StateStore
+from prefixgate.upstreams.http import UpstreamClient
 
 log = logging.getLogger("prefixgate")
 PROBE_TIMEOUT_S = 2.0
@@ -43,10 +44,15 @@ class Target:
 
 
 class Router:
-    def __init__(self, settings: Settings, state: StateStore | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        upstreams: UpstreamClient | None = None,
+        state: StateStore | None = None,
+    ) -> None:
         self.settings = settings
+        self.upstreams = upstreams or UpstreamClient()  # for the health checks
         self.state: StateStore = state or MemoryState()
-        self.client: httpx.AsyncClient | None = None
         self._down: set[str] = set()
         self._busy: dict[str, int] = {}
         self._turns = itertools.count()
@@ -131,7 +137,7 @@ class Router:
 
     async def check(self, upstreams: Iterable[UpstreamConfig]) -> None:
         """One round of health checks over every replica of ``upstreams``."""
-        if self.client is None:
+        if not self.upstreams.started:
             return
         urls = {u for up in upstreams if len(up.urls) > 1 for u in up.urls}
         results = await asyncio.gather(*(self._healthy(u) for u in urls))
@@ -144,9 +150,8 @@ class Router:
                 self._down.add(url)
 
     async def _healthy(self, url: str) -> bool:
-        assert self.client is not None
         try:
-            response = await self.client.get(url + "/health", timeout=PROBE_TIMEOUT_S)
+            response = await self.upstreams.http.get(url + "/health", timeout=PROBE_TIMEOUT_S)
         except httpx.HTTPError:
             return False
         return response.status_code == 200

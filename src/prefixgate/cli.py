@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import click
 
 from prefixgate import __version__
-from prefixgate.config import UPSTREAM_KINDS, ConfigError, Settings, load_settings
+from prefixgate.config import ConfigError, Settings, load_settings
 from prefixgate.core.auth import hash_key, new_key
 from prefixgate.core.errors import PrefixgateError
 from prefixgate.core.pipeline import Rewrite, RewriteOptions, rewrite
@@ -37,6 +37,7 @@ from prefixgate.core.policy import Policy
 from prefixgate.core.prompt import KEY_SECTIONS
 from prefixgate.core.routing import ROUTING_POLICIES
 from prefixgate.core.toolload import ToolLoads
+from prefixgate.upstreams.registry import KINDS
 
 POLICIES = [p.value for p in Policy]
 LOG_LEVELS = ["critical", "error", "warning", "info", "debug", "trace"]
@@ -182,7 +183,7 @@ def keygen_cmd(tenant: str) -> None:
 )
 @click.option(
     "--upstream-kind",
-    type=click.Choice(UPSTREAM_KINDS),
+    type=click.Choice(tuple(KINDS)),
     default=None,
     help="What --upstream (or the bundled runtime) speaks: anthropic (/v1/messages, "
     "the default) or openai (/v1/chat/completions, translated both ways).",

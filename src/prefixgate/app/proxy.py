@@ -63,7 +63,7 @@ class Proxy:
         self.upstreams = upstreams
         self.observer = observer
         self.capture = capture
-        self.router = router or Router(settings)
+        self.router = router or Router(settings, upstreams)
         self.streams = Streams()  # answers under way, ended with an error at shutdown
 
     async def messages(self, request: Request) -> Response:

@@ -24,7 +24,7 @@ from prefixgate.config.server import (
     server_settings,
 )
 from prefixgate.config.tenants import read_tenants
-from prefixgate.config.upstream import UPSTREAM_KINDS, upstream_from_table
+from prefixgate.config.upstream import upstream_from_table
 from prefixgate.config.values import ConfigError, read_choice, read_policy, read_table
 from prefixgate.core.policy import Policy
 
@@ -110,7 +110,7 @@ def build_settings(
         upstreams=upstreams,
         routes=routes,
         policy_override=policy,
-        upstream_kind=read_choice("--upstream-kind", upstream_kind or "anthropic", UPSTREAM_KINDS),
+        upstream_kind=read_choice("--upstream-kind", upstream_kind or "anthropic", _kinds()),
         state_url=read_state_url(
             flags.get("state") or env.get("PREFIXGATE_STATE_URL") or server.get("state_url")
         ),
@@ -171,3 +171,10 @@ def _flag_urls(value: Any) -> list[str]:
         return []
     items = [value] if isinstance(value, str) else list(value)
     return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
+
+
+def _kinds() -> tuple[str, ...]:
+    """The upstream kinds' names (imported here: the kinds import the config)."""
+    from prefixgate.upstreams.registry import KINDS
+
+    return tuple(KINDS)

@@ -24,7 +24,6 @@ from prefixgate.core.routing import ROUTING_POLICIES
 from prefixgate.core.toolload import ToolLoads
 
 FIRST_PARTY_HOSTS = ("api.anthropic.com",)
-UPSTREAM_KINDS = ("anthropic", "openai")  # the CLI's choices: the names of upstreams.registry.KINDS
 TOKENIZERS = ("auto", "llama.cpp", "estimate")
 SIDE_REQUESTS = ("forward", "local")
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
+
+from support.observer import Told
 
 from prefixgate.app.exchange import INTERNAL, Exchange
 from prefixgate.app.metrics import Metrics
@@ -12,35 +13,10 @@ from prefixgate.config import Settings, UpstreamConfig
 from prefixgate.core.auth import Tenant
 from prefixgate.core.fold import summarize_message
 from prefixgate.core.pipeline import rewrite
-from prefixgate.store.audit import AuditRecord, MemoryAudit
+from prefixgate.store.audit import MemoryAudit
 
 LOCAL = UpstreamConfig(name="local", url="http://runtime.test")
 BODY = b'{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"hi"}]}'
-
-
-class Told:
-    """Stands for the observer: what the exchange reports, in order."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-        self.records: list[AuditRecord] = []
-
-    def answered(self, seen: Observation) -> None:
-        self.calls.append("answered")
-
-    def finish(
-        self,
-        rec: AuditRecord,
-        seen: Observation | None,
-        usage: Any,
-        *,
-        remembered: bool = False,
-        on_commit: Callable[[], None] | None = None,
-    ) -> None:
-        self.calls.append("finish")
-        self.records.append(rec)
-        if on_commit is not None:
-            on_commit()
 
 
 def observation(session: str | None = None) -> Observation:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import httpx
+from support.observer import Told
 
 from prefixgate.app.exchange import Exchange
 from prefixgate.app.metrics import Metrics
@@ -14,7 +14,7 @@ from prefixgate.app.relay import Passthrough, Relay
 from prefixgate.config import Settings, UpstreamConfig
 from prefixgate.core.pipeline import rewrite
 from prefixgate.core.sse import encode_event
-from prefixgate.store.audit import AuditRecord, MemoryAudit
+from prefixgate.store.audit import MemoryAudit
 
 LOCAL = UpstreamConfig(name="local", url="http://runtime.test")
 
@@ -40,31 +40,6 @@ def observation() -> Observation:
     rw = rewrite(body)
     who = observer.identify({}, "/v1/messages", rw, "default")
     return observer.begin(who, rw, LOCAL, "default")
-
-
-class Told:
-    """Stands for the observer: what the exchange reports, in order."""
-
-    def __init__(self, calls: list[str]) -> None:
-        self.calls = calls
-        self.records: list[AuditRecord] = []
-
-    def answered(self, seen: Any) -> None:
-        self.calls.append("answered")
-
-    def finish(
-        self,
-        rec: AuditRecord,
-        seen: Any,
-        usage: Any,
-        *,
-        remembered: bool = False,
-        on_commit: Callable[[], None] | None = None,
-    ) -> None:
-        self.calls.append("finish")
-        self.records.append(rec)
-        if on_commit is not None:
-            on_commit()
 
 
 def relay(content: bytes | httpx.AsyncByteStream, calls: list[str]) -> Relay:

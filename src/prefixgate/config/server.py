@@ -110,8 +110,19 @@ class Settings:
         return replace(self, upstreams={"default": up}, routes=(Route("*", "default"),))
 
 
-class ServerSettings(TypedDict):
-    """The fields of ``Settings`` read from the ``[server]`` table alone."""
+class LimitSettings(TypedDict):
+    """The request limits of ``Settings``: each breach is refused naming the limit."""
+
+    max_header_bytes: int
+    max_json_depth: int
+    max_messages: int
+    max_blocks: int
+    max_concurrent: int
+    max_active: int
+
+
+class ServerSettings(LimitSettings):
+    """The fields of ``Settings`` read from the ``[server]`` table alone (limits included)."""
 
     host: str
     port: int
@@ -120,12 +131,6 @@ class ServerSettings(TypedDict):
     capture_bodies: bool
     shutdown_grace: float
     allow_unauthenticated: bool
-    max_header_bytes: int
-    max_json_depth: int
-    max_messages: int
-    max_blocks: int
-    max_concurrent: int
-    max_active: int
 
 
 def server_settings(server: Mapping[str, Any]) -> ServerSettings:
@@ -144,17 +149,6 @@ def server_settings(server: Mapping[str, Any]) -> ServerSettings:
         ),
         **limit_settings(server),
     )
-
-
-class LimitSettings(TypedDict):
-    """The request limits of ``Settings``: each breach is refused naming the limit."""
-
-    max_header_bytes: int
-    max_json_depth: int
-    max_messages: int
-    max_blocks: int
-    max_concurrent: int
-    max_active: int
 
 
 def limit_settings(server: Mapping[str, Any]) -> LimitSettings:

@@ -1,5 +1,8 @@
 """Sending to an upstream, whatever its kind: one httpx client, typed errors.
 
+The client's wire work is done by aiohttp underneath (``transport.py``), for
+CPU; tests give the client an ``httpx.MockTransport`` instead.
+
 ``UpstreamClient`` is made with the app and opened while it runs (its
 lifespan); ``send`` opens one request with it and turns refused connections,
 timeouts and error statuses into the gateway's typed errors, naming the
@@ -26,6 +29,7 @@ from prefixgate.core.errors import (
     UpstreamUnavailable,
     error_type_for_status,
 )
+from prefixgate.upstreams.transport import AioHTTPTransport
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,8 @@ class UpstreamClient:
     @contextlib.asynccontextmanager
     async def opened(self) -> AsyncIterator[httpx.AsyncClient]:
         """Open the client for the app's lifetime; closed however it ends."""
-        client = httpx.AsyncClient(transport=self._transport, timeout=None, trust_env=False)
+        transport = self._transport or AioHTTPTransport()
+        client = httpx.AsyncClient(transport=transport, timeout=None, trust_env=False)
         self._client = client
         try:
             yield client

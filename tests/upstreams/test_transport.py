@@ -1,0 +1,184 @@
+"""The aiohttp transport keeps httpx's contract, against a raw socket server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpx
+import pytest
+from support.servers import free_port
+
+from prefixgate.upstreams.transport import AioHTTPTransport
+
+Answer = Callable[[bytes, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class RawServer:
+    """Reads each request's head and body, keeps them, lets ``answer`` reply."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.requests: list[tuple[bytes, bytes]] = []
+        self.connections = 0
+        self.url = ""
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                body = await reader.readexactly(length)
+                self.requests.append((head, body))
+                await self.answer(head, reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+@contextlib.asynccontextmanager
+async def raw_server(answer: Answer) -> AsyncIterator[RawServer]:
+    raw = RawServer(answer)
+    server = await asyncio.start_server(raw.serve, "127.0.0.1", 0)
+    raw.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        yield raw
+    finally:
+        server.close()
+
+
+@contextlib.asynccontextmanager
+async def client(**timeouts: float | None) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(
+        transport=AioHTTPTransport(), timeout=httpx.Timeout(5.0, **timeouts), trust_env=False
+    ) as http:
+        yield http
+
+
+async def ok(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok")
+    await writer.drain()
+
+
+async def test_the_request_goes_out_with_httpx_headers_only_and_the_connection_is_kept() -> None:
+    async with raw_server(ok) as server, client() as http:
+        body = b'{"model":"m"}'
+        for _ in range(2):
+            response = await http.post(
+                server.url + "/v1/messages?beta=true",
+                content=body,
+                headers={"x-api-key": "k", "anthropic-version": "2023-06-01"},
+            )
+            assert (response.status_code, response.text) == (200, "ok")
+    head, sent = server.requests[0]
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "POST /v1/messages?beta=true HTTP/1.1"
+    names = [line.split(":", 1)[0].lower() for line in lines[1:] if line]
+    assert sorted(names) == sorted(
+        [
+            "host",
+            "accept",
+            "accept-encoding",
+            "connection",
+            "user-agent",
+            "content-length",
+            "x-api-key",
+            "anthropic-version",
+        ]
+    )
+    assert f"user-agent: python-httpx/{httpx.__version__}" in head.decode().lower()
+    assert sent == body
+    assert server.connections == 1  # the second request reused the first connection
+
+
+async def test_a_compressed_body_reaches_httpx_as_sent_and_httpx_decodes_it() -> None:
+    packed = gzip.compress(b'{"ok":true}')
+
+    async def gzipped(head: bytes, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(
+            b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\n"
+            + f"content-length: {len(packed)}\r\n\r\n".encode()
+            + packed
+        )
+        await w.drain()
+
+    async with raw_server(gzipped) as server, client() as http:
+        response = await http.post(server.url + "/", content=b"x")
+        assert response.json() == {"ok": True}
+        async with http.stream("POST", server.url + "/", content=b"x") as streamed:
+            assert b"".join([c async for c in streamed.aiter_raw()]) == packed
+
+
+async def test_a_refused_connection_is_a_connect_error() -> None:
+    async with client() as http:
+        with pytest.raises(httpx.ConnectError):
+            await http.post(f"http://127.0.0.1:{free_port()}/", content=b"x")
+
+
+async def test_a_connection_closed_before_the_answer_is_a_remote_protocol_error() -> None:
+    async def close(head: bytes, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.close()
+
+    async with raw_server(close) as server, client() as http:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await http.post(server.url + "/", content=b"x")
+
+
+async def test_a_body_cut_short_is_a_remote_protocol_error() -> None:
+    async def cut(head: bytes, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await w.drain()
+        w.close()
+
+    async with (
+        raw_server(cut) as server,
+        client() as http,
+        http.stream("POST", server.url + "/", content=b"x") as response,
+    ):
+        assert response.status_code == 200
+        with pytest.raises(httpx.RemoteProtocolError):
+            await response.aread()
+
+
+async def _slow_body(head: bytes, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    await w.drain()
+    await asyncio.sleep(0.5)
+    w.write(b"5\r\nworld\r\n0\r\n\r\n")
+    await w.drain()
+
+
+async def test_silence_past_the_read_timeout_is_a_read_timeout_before_and_inside_the_body() -> None:
+    async def silent(head: bytes, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(5)
+
+    async with raw_server(silent) as server, client(read=0.2) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            await http.post(server.url + "/", content=b"x")
+    async with (
+        raw_server(_slow_body) as server,
+        client(read=0.2) as http,
+        http.stream("POST", server.url + "/", content=b"x") as response,
+    ):
+        with pytest.raises(httpx.ReadTimeout):
+            await response.aread()
+
+
+async def test_the_read_timeout_is_looked_up_before_every_read() -> None:
+    """A relay lifts the read timeout once the stream has begun (app/relay.py)."""
+    async with raw_server(_slow_body) as server, client(read=0.2) as http:
+        request = http.build_request("POST", server.url + "/", content=b"x")
+        response = await http.send(request, stream=True)
+        request.extensions["timeout"]["read"] = None
+        try:
+            assert await response.aread() == b"helloworld"
+        finally:
+            await response.aclose()

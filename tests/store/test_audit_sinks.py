@@ -30,7 +30,17 @@ def rec(n: int = 0, **changes: Any) -> AuditRecord:
 
 def test_new_fields_come_last_and_round_trip() -> None:
     names = [f.name for f in dataclasses.fields(AuditRecord)]
-    assert names[-3:] == ["request_id", "attribution_headers", "tool_loads"]
+    assert names[-7:-4] == ["request_id", "attribution_headers", "tool_loads"]
+    assert names[-4:] == [
+        "oracle_tokens",
+        "runtime_expected_tokens",
+        "lost_by_runtime",
+        "lost_cause",
+    ]
+    reached = rec(
+        4, oracle_tokens=9, runtime_expected_tokens=7, lost_by_runtime=0, lost_cause="capacity"
+    )
+    assert AuditRecord.from_dict(json.loads(reached.to_json())) == reached
     loads = {"mode": "inline", "loaded": ["WebFetch"], "moved": ["WebFetch"]}
     with_loads = rec(3, tool_loads=loads)
     assert AuditRecord.from_dict(json.loads(with_loads.to_json())) == with_loads

@@ -135,7 +135,7 @@ def test_is_an_audit_sink(sink: SqliteAudit) -> None:
 def test_new_database_has_latest_schema_wal_and_id(sink: SqliteAudit, db: Path) -> None:
     with raw(db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_version() == 5
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_version() == 6
         assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
         indexes = {
             row[0]: row[1]
@@ -225,9 +225,10 @@ def test_migrates_forward_and_keeps_old_rows(db: Path, monkeypatch: pytest.Monke
             (4, store._V3),
             (5, store._V4),
             (6, store._V5),
+            (7, store._V6),
         ],
     )
-    assert schema_version() == 6
+    assert schema_version() == 7
     with SqliteAudit(db) as audit:
         audit.record(rec(5, agent="main"))
         audit.flush(10)
@@ -249,7 +250,7 @@ def test_migrates_forward_and_keeps_old_rows(db: Path, monkeypatch: pytest.Monke
     ]
     assert got[0].kind == "message"
     with raw(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 6
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 7
     assert set(columns(db)) == {"id", *(f.name for f in dataclasses.fields(AuditRecord))}
 
 
@@ -271,8 +272,9 @@ def test_version_1_database_gains_the_replica_column(db: Path) -> None:
 def test_version_4_database_gains_the_tool_loads_column(db: Path) -> None:
     with SqliteAudit(db) as audit:
         audit.record(rec(1))
-    with raw(db) as conn:  # back to version 4: the column did not exist then
-        conn.execute("ALTER TABLE requests DROP COLUMN tool_loads")
+    with raw(db) as conn:  # back to version 4: the columns did not exist then
+        for column in ("tool_loads", *ORACLE_COLUMNS):
+            conn.execute(f"ALTER TABLE requests DROP COLUMN {column}")
         conn.execute("PRAGMA user_version = 4")
     loads = {"mode": "inline", "loaded": ["WebFetch"], "moved": ["WebFetch"]}
     with SqliteAudit(db) as audit:
@@ -281,7 +283,36 @@ def test_version_4_database_gains_the_tool_loads_column(db: Path) -> None:
     assert old.tool_loads is None
     assert new.tool_loads == loads
     with raw(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_version() == 5
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_version() == 6
+
+
+ORACLE_COLUMNS = ("oracle_tokens", "runtime_expected_tokens", "lost_by_runtime", "lost_cause")
+
+
+def test_version_5_database_gains_the_oracle_columns(db: Path) -> None:
+    with SqliteAudit(db) as audit:
+        audit.record(rec(1, expected_cached_tokens=10))
+    with raw(db) as conn:  # back to version 5: the columns did not exist then
+        for column in ORACLE_COLUMNS:
+            conn.execute(f"ALTER TABLE requests DROP COLUMN {column}")
+        conn.execute("PRAGMA user_version = 5")
+    with pytest.raises(AuditDBError, match="version 5 is older"):
+        read_records(db)
+    reached = {
+        "oracle_tokens": 900,
+        "runtime_expected_tokens": 700,
+        "lost_by_runtime": 700,
+        "lost_cause": "evicted",
+    }
+    with SqliteAudit(db) as audit:
+        audit.record(rec(2, **reached))
+    old, new = read_records(db)
+    assert old.expected_cached_tokens == 10
+    assert (old.oracle_tokens, old.runtime_expected_tokens, old.lost_by_runtime) == (None,) * 3
+    assert old.lost_cause is None
+    assert new == rec(2, **reached)
+    with raw(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_version() == 6
 
 
 def make_v2_db(path: Path) -> None:
@@ -327,7 +358,15 @@ def test_migrates_from_empty_through_every_step(db: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(
         store,
         "MIGRATIONS",
-        [(1, OLD_V1), (2, V2), (3, store._V2), (4, store._V3), (5, store._V4), (6, store._V5)],
+        [
+            (1, OLD_V1),
+            (2, V2),
+            (3, store._V2),
+            (4, store._V3),
+            (5, store._V4),
+            (6, store._V5),
+            (7, store._V6),
+        ],
     )
     with SqliteAudit(db) as audit:
         audit.record(FULL)
@@ -351,7 +390,7 @@ def test_refuses_newer_schema(db: Path) -> None:
         pass
     with raw(db) as conn:
         conn.execute("PRAGMA user_version = 7")
-    with pytest.raises(SchemaTooNewError, match=r"version 7 .*versions 1 to 5"):
+    with pytest.raises(SchemaTooNewError, match=r"version 7 .*versions 1 to 6"):
         SqliteAudit(db)
     with pytest.raises(SchemaTooNewError, match="version 7"):
         read_records(db)

@@ -21,6 +21,19 @@ Cache fields, all ``None`` when unknown (unknown is never 0):
 ``cause``                   one of ``core.misses.CAUSES`` (``none`` for a hit)
 ``cause_detail``            a line a person reads: the first differing line,
                             the tool's name, the session that evicted it
+``oracle_tokens``           the longest prefix shared with any earlier prompt
+                            on the same upstream replica, any tenant (a count
+                            only: nothing of the other prompt is recorded)
+``runtime_expected_tokens`` what the upstream should have served given what it
+                            can hold (its slots and RAM prompt cache, modelled)
+``lost_by_runtime``         ``runtime_expected_tokens - cached_tokens`` when
+                            more than noise, else 0
+``lost_cause``              one of ``core.oracle.LOSS_CAUSES``: why tokens were
+                            lost between the oracle and what was served
+
+``expected_cached_tokens`` is the older, narrower reference: the same session's
+previous request and the upstream's last one (``core/misses.py``); the oracle is
+never less. ``core/oracle.py`` defines the last four fields precisely.
 
 ``replica`` names which server of a replicated upstream answered (``None``
 for an upstream with one server).
@@ -102,6 +115,10 @@ class AuditRecord:
     # tools loaded through ToolSearch that the tool_loads step rewrote:
     # {"mode", "loaded": [names placed where referenced], "moved": [names moved in tools[]]}
     tool_loads: Mapping[str, Any] | None = None
+    oracle_tokens: int | None = None
+    runtime_expected_tokens: int | None = None
+    lost_by_runtime: int | None = None
+    lost_cause: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -126,12 +126,21 @@ _V4: Final = ("ALTER TABLE requests ADD COLUMN attribution_headers TEXT",)
 
 _V5: Final = ("ALTER TABLE requests ADD COLUMN tool_loads TEXT",)
 
+# The oracle, the runtime model's expectation and what the runtime lost (core/oracle.py).
+_V6: Final = (
+    "ALTER TABLE requests ADD COLUMN oracle_tokens INTEGER",
+    "ALTER TABLE requests ADD COLUMN runtime_expected_tokens INTEGER",
+    "ALTER TABLE requests ADD COLUMN lost_by_runtime INTEGER",
+    "ALTER TABLE requests ADD COLUMN lost_cause TEXT",
+)
+
 MIGRATIONS: list[tuple[int, Sequence[str]]] = [
     (1, _V1),
     (2, _V2),
     (3, _V3),
     (4, _V4),
     (5, _V5),
+    (6, _V6),
 ]
 
 _FIELDS: Final = tuple(f.name for f in fields(AuditRecord))

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import click
 import uvicorn
 from starlette.applications import Starlette
+from uvicorn.config import LOG_LEVELS as UVICORN_LEVELS
 
 from prefixgate.app.gateway import create_app
 from prefixgate.config import Settings
@@ -30,8 +31,10 @@ STOPPING = "the gateway is shutting down"
 
 def run(settings: Settings, *, log_level: str = "info") -> None:
     """Serve until interrupted; stop the embedded runtime, if any, on the way out."""
+    # uvicorn's names, "trace" (below debug) included, which logging alone lacks
     logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=UVICORN_LEVELS[log_level.lower()],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal with
     # the handler it found at start. With Python's default that kills the
@@ -50,7 +53,8 @@ def run(settings: Settings, *, log_level: str = "info") -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     with contextlib.ExitStack() as stack:
         if settings.embedded:
-            settings = settings.with_upstream(_start_embedded(stack))
+            url, cache = _start_embedded(stack)
+            settings = settings.with_upstream(url, cache=cache)
         audit = _open_audit(settings)
         app = create_app(
             settings,
@@ -180,7 +184,10 @@ def _open_capture(path: str | None) -> CaptureLog | None:
         raise click.ClickException(f"cannot open the capture file {path}: {exc.strerror}") from None
 
 
-def _start_embedded(stack: contextlib.ExitStack) -> str:
+def _start_embedded(stack: contextlib.ExitStack) -> tuple[str, dict[str, int]]:
+    """The bundled runtime started: its URL, and what it can hold (its slots and
+    its RAM prompt cache in tokens, for the expected cached tokens)."""
+    from prefixgate.core.oracle import ram_cache_tokens
     from prefixgate.runtime.local import LocalRuntime, RuntimeMissing, default_spec
 
     try:
@@ -195,4 +202,5 @@ def _start_embedded(stack: contextlib.ExitStack) -> str:
     runtime.start()
     stack.callback(runtime.stop)
     log.info("bundled runtime ready at %s", runtime.base_url)
-    return runtime.base_url
+    cache = {"cache_slots": spec.slots, "cache_tokens": ram_cache_tokens(spec.cache_ram_mib)}
+    return runtime.base_url, cache

@@ -3,7 +3,9 @@
 ``begin`` runs on the request path, after the rewrite and before the upstream
 is called, so requests are compared in the order they reach the upstream: it
 names the session and agent and compares the prompt with the session's and
-the upstream's previous ones (``core/misses.py``; no I/O, microseconds).
+the upstream's previous ones (``core/misses.py``), with every earlier prompt
+on the same replica (the oracle) and with what a runtime of the upstream's
+capacity holds (``core/oracle.py``); no I/O, microseconds.
 
 ``finish`` runs when the answer is over (or failed). It schedules the rest in
 a task of its own so the client never waits for it: count the shared prefix's
@@ -22,13 +24,21 @@ from dataclasses import dataclass, replace
 from prefixgate.app.metrics import Metrics
 from prefixgate.config import Settings, UpstreamConfig
 from prefixgate.core.identity import AgentLabeller, Identity, identify
-from prefixgate.core.misses import CacheTracker, Comparison, Owner, expected_tokens, verdict
+from prefixgate.core.misses import (
+    CacheTracker,
+    Comparison,
+    Owner,
+    expected_tokens,
+    prefix_tokens,
+    verdict,
+)
+from prefixgate.core.oracle import Capacity, Chain, Reach, ReachTracker, judge_loss, prompt_chain
 from prefixgate.core.pipeline import Rewrite
 from prefixgate.core.side import UNCACHED_KINDS
 from prefixgate.core.usage import CacheUsage
 from prefixgate.store.audit import AuditRecord, AuditSink
 from prefixgate.upstreams.http import UpstreamClient
-from prefixgate.upstreams.tokenize import TokenCounter
+from prefixgate.upstreams.tokenize import TokenCounter, estimate
 
 log = logging.getLogger("prefixgate")
 
@@ -43,6 +53,8 @@ class Observation:
     upstream: UpstreamConfig
     rewrite: Rewrite
     where: str  # the cache it was compared with: the upstream's, or one replica's
+    chain: Chain = ()  # the prompt's piece-hash chain (core/oracle.py)
+    reach: Reach | None = None  # oracle and runtime model, in pieces
 
 
 class CacheObserver:
@@ -58,6 +70,7 @@ class CacheObserver:
         self.metrics = metrics
         self.upstreams = upstreams or UpstreamClient()  # for the upstreams' tokenizers
         self._tracker = CacheTracker()
+        self._reach = ReachTracker()
         self._labeller = AgentLabeller()
         self._counters: dict[str, TokenCounter] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -79,7 +92,15 @@ class CacheObserver:
         where = upstream.target
         scope = where if upstream.replica else ""  # a replica holds only its own turns
         comparison = self._tracker.compare(where, owner, rw.view, scope=scope)
-        return Observation(who, owner, comparison, upstream, rw, where)
+        chain = prompt_chain(rw.view)
+        floor = max(comparison.session_common, comparison.upstream_common)
+        reach = self._reach.reach(where, chain, capacity(upstream), floor=floor)
+        return Observation(who, owner, comparison, upstream, rw, where, chain, reach)
+
+    def restarted(self, target: str) -> None:
+        """The runtime behind ``target`` (``UpstreamConfig.target``) restarted: what
+        it held before is lost there (lost tokens are then named ``restarted``)."""
+        self._reach.restarted(target)
 
     def answered(self, seen: Observation) -> None:
         """The upstream has answered ``seen`` in full: it now holds that prompt.
@@ -91,6 +112,18 @@ class CacheObserver:
         if seen.identity.kind not in UNCACHED_KINDS:  # never reached the upstream's cache
             scope = seen.where if seen.upstream.replica else ""
             self._tracker.remember(seen.where, seen.owner, seen.rewrite.view, scope=scope)
+            tokens = self._weight(seen)
+            self._reach.remember(seen.where, seen.chain, tokens, capacity(seen.upstream))
+
+    def _weight(self, seen: Observation) -> int:
+        """The prompt's tokens for the runtime model's RAM cache: the upstream's
+        counts when known, else an estimate."""
+        pieces = seen.rewrite.view.pieces
+        counter = self._counters.get(seen.upstream.url)
+        known = counter.known(pieces) if counter is not None else None
+        if known is not None:
+            return sum(known[0].values())
+        return sum(estimate(p.text) for p in pieces)
 
     def finish(
         self,
@@ -161,6 +194,14 @@ class CacheObserver:
         expected = None if tokens is None else expected_tokens(view, cmp, tokens, rec.prompt_tokens)
         ok = rec.status == 200 and rec.error is None
         judged = verdict(cmp, expected, rec.cached_tokens if ok else None)
+        oracle = runtime = lost = None
+        lost_cause = None
+        if tokens is not None and seen.reach is not None:
+            oracle = prefix_tokens(view, seen.reach.oracle, tokens, rec.prompt_tokens)
+            runtime = prefix_tokens(view, seen.reach.expected, tokens, rec.prompt_tokens)
+            loss = judge_loss(seen.reach, oracle, runtime, rec.cached_tokens if ok else None)
+            if loss is not None:
+                lost, lost_cause = loss.lost_by_runtime, loss.cause
         return replace(
             rec,
             expected_cached_tokens=expected,
@@ -168,6 +209,10 @@ class CacheObserver:
             changed_segment=judged.changed_segment,
             cause=judged.cause,
             cause_detail=judged.detail,
+            oracle_tokens=oracle,
+            runtime_expected_tokens=runtime,
+            lost_by_runtime=lost,
+            lost_cause=lost_cause,
         )
 
     def counter(self, upstream: UpstreamConfig) -> TokenCounter:
@@ -215,10 +260,18 @@ def log_line(rec: AuditRecord) -> str:
         ("prompt", rec.prompt_tokens),
         ("cached", rec.cached_tokens if rec.cached_tokens is not None else "unknown"),
         ("expected", rec.expected_cached_tokens),
+        ("oracle", rec.oracle_tokens),
+        ("runtime_expected", rec.runtime_expected_tokens),
         ("cause", rec.cause),
+        ("lost", f"{rec.lost_by_runtime}:{rec.lost_cause}" if rec.lost_by_runtime else None),
         ("output", rec.output_tokens),
         ("ms", None if rec.total_ms is None else round(rec.total_ms)),
     ]
     if rec.error:
         parts.append(("error", rec.error))
     return " ".join(f"{k}={v}" for k, v in parts if v is not None)
+
+
+def capacity(upstream: UpstreamConfig) -> Capacity:
+    """What ``upstream``'s runtime can hold, from its ``cache_slots`` / ``cache_tokens``."""
+    return Capacity(slots=upstream.cache_slots, tokens=upstream.cache_tokens)

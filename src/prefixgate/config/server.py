@@ -100,10 +100,18 @@ class Settings:
                 )
         return out
 
-    def with_upstream(self, url: str | Sequence[str], kind: str | None = None) -> Settings:
-        """These settings with every route sent to one upstream at ``url`` (or replicas)."""
+    def with_upstream(
+        self,
+        url: str | Sequence[str],
+        kind: str | None = None,
+        cache: Mapping[str, int] | None = None,
+    ) -> Settings:
+        """These settings with every route sent to one upstream at ``url`` (or replicas).
+
+        ``cache``: the upstream's ``cache_slots`` / ``cache_tokens`` (the
+        bundled runtime's, from its launch spec)."""
         urls = [url] if isinstance(url, str) else list(url)
-        table: dict[str, Any] = {"urls": urls, "kind": kind or self.upstream_kind}
+        table: dict[str, Any] = {"urls": urls, "kind": kind or self.upstream_kind, **(cache or {})}
         if self.policy_override is not None:
             table["policy"] = self.policy_override.value
         up = upstream_from_table("default", table)

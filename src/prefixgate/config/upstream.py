@@ -10,20 +10,29 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypedDict
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from prefixgate.config.values import (
     ConfigError,
     read_choice,
     read_factor,
+    read_int,
     read_policy,
     read_seconds,
 )
 from prefixgate.core.policy import DEFAULT_NORMALIZE_KEEP, Policy
 from prefixgate.core.routing import ROUTING_POLICIES
+from prefixgate.core.secrets import secret_values
 from prefixgate.core.toolload import ToolLoads
 
 FIRST_PARTY_HOSTS = ("api.anthropic.com",)
+# What the runtime model (core/oracle.py) assumes an upstream holds, unless its
+# table says ``cache_slots`` / ``cache_tokens``: llama-server's default of 4
+# slots and no RAM prompt cache modelled; a first-party API keeps every recent
+# prefix (many slots).
+DEFAULT_CACHE_SLOTS = 4
+FIRST_PARTY_CACHE_SLOTS = 1024
+DEFAULT_CACHE_TOKENS = 0
 TOKENIZERS = ("auto", "llama.cpp", "estimate")
 SIDE_REQUESTS = ("forward", "local")
 
@@ -54,6 +63,13 @@ class UpstreamConfig:
     side_requests: str = "forward"
     tool_loads: ToolLoads = ToolLoads.INLINE  # first-party: AS_SENT (the API expands them)
     replica: str | None = None  # set on the copy that stands for one replica
+    # what the runtime can hold, for the expected cached tokens (core/oracle.py):
+    # slots, each holding its last prompt, and a RAM prompt cache in tokens
+    cache_slots: int = DEFAULT_CACHE_SLOTS
+    cache_tokens: int = DEFAULT_CACHE_TOKENS
+    # ``user:password@`` taken out of the configured URLs, by the URL without it:
+    # URLs are shown in errors, logs, /healthz and audit rows, credentials never
+    userinfo: tuple[tuple[str, str, str], ...] = field(default=(), repr=False)
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -64,6 +80,18 @@ class UpstreamConfig:
     def target(self) -> str:
         """What the cache is tracked by: the upstream, or one replica of it."""
         return f"{self.name}@{self.replica}" if self.replica else self.name
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values never to relay, log or store: the API key, the URLs' passwords."""
+        return secret_values((self.api_key, *(password for _, _, password in self.userinfo)))
+
+    def basic_auth(self) -> tuple[str, str] | None:
+        """The user and password the configured URL carried for ``url``, if any."""
+        for url, user, password in self.userinfo:
+            if url == self.url:
+                return user, password
+        return None
 
     def for_replica(self, url: str) -> UpstreamConfig:
         """This upstream narrowed to one of its replicas."""
@@ -90,7 +118,7 @@ def upstream_from_table(
 ) -> UpstreamConfig:
     """Build one upstream from its TOML table (pure apart from the given env)."""
     where = f"upstreams.{name}"
-    urls = _urls(name, table)
+    urls, userinfo = _urls(name, table)
     url = urls[0]
     # imported here: the kinds' modules import this package
     from prefixgate.upstreams.registry import KINDS
@@ -103,7 +131,8 @@ def upstream_from_table(
     default_loads = ToolLoads.AS_SENT if first_party else ToolLoads.INLINE
     return UpstreamConfig(
         name=name,
-        url=url.rstrip("/"),
+        url=url,
+        userinfo=userinfo,
         kind=kind,
         api_key=_api_key(name, table, env or {}),
         first_party=first_party,
@@ -126,6 +155,16 @@ def upstream_from_table(
                 tuple(m.value for m in ToolLoads),
             )
         ),
+        cache_slots=read_int(
+            f"{where}.cache_slots",
+            table.get(
+                "cache_slots", FIRST_PARTY_CACHE_SLOTS if first_party else DEFAULT_CACHE_SLOTS
+            ),
+            low=1,
+        ),
+        cache_tokens=read_int(
+            f"{where}.cache_tokens", table.get("cache_tokens", DEFAULT_CACHE_TOKENS)
+        ),
     )
 
 
@@ -147,22 +186,50 @@ def _is_http_url(url: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
-def _urls(name: str, table: Mapping[str, Any]) -> list[str]:
-    """``urls`` (replicas) or ``url``, each an http(s) URL without a trailing slash."""
+def split_userinfo(url: str) -> tuple[str, tuple[str, str] | None]:
+    """``url`` without its ``user:password@`` part, and that part (percent-decoded)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    clean = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return clean, (unquote(parts.username or ""), unquote(parts.password or ""))
+
+
+def shown_url(url: object) -> str:
+    """A configured URL as it may be shown: ``user:password@`` replaced by ``***@``."""
+    if not isinstance(url, str):
+        return repr(url)
+    parts = urlsplit(url) if "@" in url else None
+    if parts is None or "@" not in parts.netloc:
+        return repr(url)
+    return repr(urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2])))
+
+
+def _urls(
+    name: str, table: Mapping[str, Any]
+) -> tuple[list[str], tuple[tuple[str, str, str], ...]]:
+    """``urls`` (replicas) or ``url``, each an http(s) URL without a trailing slash
+    nor userinfo, and the userinfo taken out of them (by the URL without it)."""
     if "urls" in table:
         where, value = f"upstreams.{name}.urls", table["urls"]
         if not isinstance(value, list | tuple) or not value:
-            raise ConfigError(f"{where}: a non-empty list of URLs is required, got {value!r}")
+            raise ConfigError(
+                f"{where}: a non-empty list of URLs is required, got {shown_url(value)}"
+            )
     else:
         where, value = f"upstreams.{name}.url", [table.get("url")]
     urls: list[str] = []
-    for url in value:
-        if not isinstance(url, str) or not _is_http_url(url):
-            raise ConfigError(f"{where}: an http(s) URL is required, got {url!r}")
-        if url.rstrip("/") in urls:
+    userinfo: list[tuple[str, str, str]] = []
+    for given in value:
+        if not isinstance(given, str) or not _is_http_url(given):
+            raise ConfigError(f"{where}: an http(s) URL is required, got {shown_url(given)}")
+        url, auth = split_userinfo(given.rstrip("/"))
+        if url in urls:
             raise ConfigError(f"{where}: {url!r} is listed twice")
-        urls.append(url.rstrip("/"))
-    return urls
+        urls.append(url)
+        if auth is not None:
+            userinfo.append((url, *auth))
+    return urls, tuple(userinfo)
 
 
 def _names(where: str, table: Mapping[str, Any]) -> tuple[str, ...]:

@@ -96,7 +96,27 @@ SOURCES = ("none", "slot", "ram_exact", "ram_partial")
 #: Prefixes the oracle keeps per upstream replica (about 0.2 KB each in CPython).
 DEFAULT_ORACLE_NODES = 200_000
 
+#: KV cache bytes per token of the bundled model, Gemma 3 270M: 18 layers x 1 KV
+#: head x 256 dimensions x 2 (K and V) x 2 bytes (f16); with ``--swa-full`` every
+#: layer keeps the whole context. An estimate: a cached prompt also carries
+#: llama-server's bookkeeping.
+BUNDLED_KV_BYTES_PER_TOKEN = 18 * 1 * 256 * 2 * 2
+#: llama-server's ``--cache-ram`` when none is given, in MiB.
+LLAMA_SERVER_CACHE_RAM_MIB = 8192
+#: ``--cache-ram -1`` (no limit), in tokens.
+UNLIMITED_TOKENS = 1 << 40
+
 Chain = tuple[int, ...]
+
+
+def ram_cache_tokens(mib: int | None, bytes_per_token: int = BUNDLED_KV_BYTES_PER_TOKEN) -> int:
+    """The tokens a ``--cache-ram`` of ``mib`` MiB holds (``None``: llama-server's
+    default; -1: no limit; 0: no RAM cache)."""
+    if mib is None:
+        mib = LLAMA_SERVER_CACHE_RAM_MIB
+    if mib < 0:
+        return UNLIMITED_TOKENS
+    return mib * 1024 * 1024 // bytes_per_token
 
 
 def prompt_chain(view: PromptView) -> Chain:

@@ -402,3 +402,14 @@ def test_another_conversation_of_the_same_project_is_no_change() -> None:
 def test_every_cause_has_words() -> None:
     assert set(CAUSE_WORDS) == set(CAUSES)
     assert all(CAUSE_WORDS[c] for c in CAUSES)
+
+
+def test_another_tenants_request_is_counted_but_never_described() -> None:
+    current = view("hi", tools=("Bash", "Read"))
+    mine = compared(current, None, (BOB, view("hi", tools=("Grep",))))
+    assert mine.change is not None and "Grep" in mine.change.detail
+    theirs = compared(current, None, (MALLORY, view("hi", tools=("Grep",))))
+    assert theirs.upstream_change is None and theirs.change is None
+    assert theirs.upstream_common == mine.upstream_common > 0
+    judged = verdict(theirs, 10_000, 0)
+    assert judged.detail is not None and "Grep" not in judged.detail

@@ -12,7 +12,8 @@ tokens. The cause, first match wins:
 ``model_changed`` ... ``messages_rewritten``
     the prompt stops extending the session's previous request at that
     piece (for a session's first request: at that piece of the upstream's
-    last request; a different conversation there is no change): the
+    last request, unless another tenant sent it; a different conversation
+    there is no change): the
     attribution block, a system block, a built-in or MCP tool, a tool
     loaded through ToolSearch, the deferred-tool list, the project context,
     the git status, the environment, the date, an earlier message
@@ -146,6 +147,10 @@ def compare(
         upstream_change = _in_place(
             first_change(prev_view, view, across_sessions=across), new_conversation=other
         )
+        if prev_owner.tenant != owner.tenant:
+            # another tenant's prompt is counted (upstream_common), never described:
+            # a change against it would name its pieces (tools, lines of text)
+            upstream_change = None
         if prev_owner != owner and session_prev is not None:
             interloper = prev_owner.describe(owner.tenant)
     if session_prev is not None:

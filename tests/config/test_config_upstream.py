@@ -214,3 +214,23 @@ def test_tool_loads_default_for_an_upstream_given_as_a_flag() -> None:
     assert s.with_upstream("http://127.0.0.1:9").upstreams["default"].tool_loads is (
         ToolLoads.INLINE
     )
+
+
+def test_credentials_in_a_url_are_taken_out_of_it_and_kept_apart() -> None:
+    up = upstream_from_table(
+        "u",
+        {"urls": ["http://me:p%40ss-word@10.0.0.1:8080/", "http://10.0.0.2:8080"]},
+    )
+    assert up.urls == ("http://10.0.0.1:8080", "http://10.0.0.2:8080")
+    assert up.url == "http://10.0.0.1:8080"
+    assert up.basic_auth() == ("me", "p@ss-word")
+    assert up.for_replica("http://10.0.0.2:8080").basic_auth() is None
+    assert "p@ss-word" in up.secrets
+    assert "p@ss-word" not in repr(up) and "p%40ss" not in repr(up)
+
+
+def test_a_bad_url_with_credentials_is_refused_without_showing_them() -> None:
+    with pytest.raises(ConfigError) as refused:
+        upstream_from_table("u", {"url": "ftp://me:hunter2-secret@host"})
+    assert "hunter2-secret" not in str(refused.value)
+    assert "***@host" in str(refused.value)

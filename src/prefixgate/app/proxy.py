@@ -38,6 +38,7 @@ from prefixgate.core.headers import HeaderRewrite, rewrite_headers
 from prefixgate.core.identity import Identity
 from prefixgate.core.pipeline import Rewrite, RewriteOptions, parse_request, rewrite_parsed
 from prefixgate.core.policy import Policy
+from prefixgate.core.secrets import redact_bytes
 from prefixgate.core.side import LOCAL_PROBE
 from prefixgate.store.capture import CaptureLog
 from prefixgate.upstreams.http import UpstreamClient, read_all, send
@@ -205,7 +206,8 @@ class Proxy:
             return RelayResponse(
                 relay.events(), relay.close, status_code=streamed.status, headers=streamed.headers
             )
-        content = await read_all(upstream, response)
+        # an upstream that echoes its own key must not hand it to the client or the store
+        content = redact_bytes(await read_all(upstream, response), upstream.secrets)
         answer = call.answer(response.status_code, response.headers, content)
         ex.answered(answer.status, answer.summary, answer.usage, answer.error)
         return answer_response(answer)

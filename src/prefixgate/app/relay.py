@@ -37,6 +37,7 @@ from prefixgate.core.errors import (
     UpstreamUnavailable,
     error_body,
 )
+from prefixgate.core.secrets import redact_bytes
 from prefixgate.core.sse import SSEDecoder, SSEEvent, encode_event
 from prefixgate.upstreams.anthropic import Passthrough
 from prefixgate.upstreams.http import transport_error
@@ -122,9 +123,10 @@ class Relay:
             self._streams.add(self)
             if self._streams.stopping is not None:
                 self._stopping = self._streams.stopping
+        secrets = self._upstream.secrets  # an upstream may echo its own key
         try:
             async for out in self._relay():
-                yield out
+                yield redact_bytes(out, secrets) if secrets else out
         finally:
             if self._streams is not None:
                 self._streams.discard(self)

@@ -139,8 +139,14 @@ class Router:
         """One round of health checks over every replica of ``upstreams``."""
         if not self.upstreams.started:
             return
-        urls = {u for up in upstreams if len(up.urls) > 1 for u in up.urls}
-        results = await asyncio.gather(*(self._healthy(u) for u in urls))
+        replicas = {
+            u: up.for_replica(u).basic_auth()
+            for up in upstreams
+            if len(up.urls) > 1
+            for u in up.urls
+        }
+        urls = list(replicas)
+        results = await asyncio.gather(*(self._healthy(u, replicas[u]) for u in urls))
         for url, healthy in zip(urls, results, strict=True):
             if healthy and url in self._down:
                 log.info("replica %s is healthy again", url)
@@ -149,9 +155,11 @@ class Router:
                 log.warning("replica %s failed its health check", url)
                 self._down.add(url)
 
-    async def _healthy(self, url: str) -> bool:
+    async def _healthy(self, url: str, auth: tuple[str, str] | None = None) -> bool:
         try:
-            response = await self.upstreams.http.get(url + "/health", timeout=PROBE_TIMEOUT_S)
+            response = await self.upstreams.http.get(
+                url + "/health", timeout=PROBE_TIMEOUT_S, auth=auth
+            )
         except httpx.HTTPError:
             return False
         return response.status_code == 200

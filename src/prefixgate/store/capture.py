@@ -16,9 +16,7 @@ from pathlib import Path
 
 from starlette.datastructures import URL
 
-CREDENTIAL_HEADERS = frozenset(
-    {"authorization", "proxy-authorization", "x-api-key", "cookie", "api-key", "x-goog-api-key"}
-)
+from prefixgate.core.secrets import CREDENTIAL_HEADERS
 
 
 def capture_line(

@@ -18,6 +18,7 @@ from prefixgate.core.cachekey import ADAPTER_VERSION
 from prefixgate.core.errors import PrefixgateError, UpstreamUnavailable
 from prefixgate.core.fold import MessageSummary, StreamFold, summarize_message
 from prefixgate.core.pipeline import Rewrite
+from prefixgate.core.secrets import CREDENTIAL_HEADERS
 from prefixgate.core.sse import SSEEvent, encode_event
 from prefixgate.core.usage import cache_usage
 from prefixgate.upstreams.http import Outgoing, check_header_values, json_object
@@ -54,6 +55,9 @@ DROPPED_RESPONSE_HEADERS = frozenset(
         "trailer",
         "server",
         "date",
+        # never handed on: an upstream's cookies and its cross-origin grants are its own
+        "set-cookie",
+        "set-cookie2",
     }
 )
 
@@ -71,6 +75,8 @@ def forward_headers(
     the (lower-case) names in ``drop`` (attribution headers the policy removes).
     """
     dropped = DROPPED_REQUEST_HEADERS | _connection_options(client_headers) | set(drop)
+    if upstream.api_key:  # the gateway's credential replaces every one of the client's
+        dropped |= CREDENTIAL_HEADERS
     out = {k: v for k, v in client_headers.items() if k.lower() not in dropped}
     check_header_values(out)
     if upstream.api_key:
@@ -94,7 +100,11 @@ def _connection_options(headers: Mapping[str, str]) -> frozenset[str]:
 def response_headers(headers: httpx.Headers) -> dict[str, str]:
     """The upstream answer's headers that are relayed to the client."""
     dropped = DROPPED_RESPONSE_HEADERS | _connection_options(headers)
-    return {k: v for k, v in headers.items() if k.lower() not in dropped}
+    return {
+        k: v
+        for k, v in headers.items()
+        if k.lower() not in dropped and not k.lower().startswith("access-control-")
+    }
 
 
 class Passthrough:

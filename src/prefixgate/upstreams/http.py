@@ -16,6 +16,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import httpx
@@ -29,6 +30,7 @@ from prefixgate.core.errors import (
     UpstreamUnavailable,
     error_type_for_status,
 )
+from prefixgate.core.secrets import redact_text
 from prefixgate.upstreams.transport import AioHTTPTransport
 
 
@@ -66,13 +68,21 @@ class UpstreamClient:
     async def opened(self) -> AsyncIterator[httpx.AsyncClient]:
         """Open the client for the app's lifetime; closed however it ends."""
         transport = self._transport or AioHTTPTransport()
-        client = httpx.AsyncClient(transport=transport, timeout=None, trust_env=False)
+        client = httpx.AsyncClient(
+            transport=transport, timeout=None, trust_env=False, cookies=_no_cookies()
+        )
         self._client = client
         try:
             yield client
         finally:
             self._client = None
             await client.aclose()
+
+
+def _no_cookies() -> CookieJar:
+    """A jar that keeps nothing: one upstream serves many clients, and a cookie
+    set for one of them must never be sent on another's request."""
+    return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
 
 
 async def send(
@@ -94,12 +104,12 @@ async def send(
     )
     try:
         try:
-            response = await client.send(request, stream=True)
+            response = await client.send(request, stream=True, auth=config.basic_auth())
         except httpx.RemoteProtocolError:
             # A kept-alive connection the server had just closed (llama-server
             # drops idle ones after a few seconds): nothing was answered, so
             # send once more on a fresh connection.
-            response = await client.send(request, stream=True)
+            response = await client.send(request, stream=True, auth=config.basic_auth())
     except httpx.HTTPError as exc:
         raise transport_error(config, exc) from None
     if response.status_code >= 400:
@@ -125,7 +135,8 @@ def transport_error(config: UpstreamConfig, exc: httpx.HTTPError) -> PrefixgateE
         return UpstreamTimeout(f"{where} did not answer in time ({type(exc).__name__})")
     if isinstance(exc, httpx.ConnectError):
         return UpstreamUnavailable(f"{where} refused the connection or could not be reached")
-    return UpstreamUnavailable(f"{where} failed: {type(exc).__name__}: {exc}")
+    detail = redact_text(str(exc), config.secrets)
+    return UpstreamUnavailable(f"{where} failed: {type(exc).__name__}: {detail}")
 
 
 def status_error(config: UpstreamConfig, status: int, content: bytes) -> UpstreamStatus:
@@ -141,6 +152,7 @@ def status_error(config: UpstreamConfig, status: int, content: bytes) -> Upstrea
         message = str(error.get("message", message))
         if isinstance(error.get("type"), str) and payload.get("type") == "error":
             error_type = error["type"]
+    message = redact_text(message, config.secrets)  # an upstream may echo its own key
     return UpstreamStatus(status, error_type, f"upstream {config.name!r}: {message}")
 
 

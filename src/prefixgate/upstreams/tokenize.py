@@ -117,11 +117,21 @@ class TokenCounter:
         url, payload = f"{self._upstream.url}/tokenize", {"content": text, "add_special": False}
         async with self._limit:
             try:
-                return await self._client.post(url, json=payload, timeout=self._timeout)
+                return await self._client.post(
+                    url,
+                    json=payload,
+                    timeout=self._timeout,
+                    auth=self._upstream.basic_auth() or httpx.USE_CLIENT_DEFAULT,
+                )
             except httpx.RemoteProtocolError:
                 # llama-server now and then closes a kept-alive connection just
                 # as it is reused; tokenizing changes nothing, so ask again once
-                return await self._client.post(url, json=payload, timeout=self._timeout)
+                return await self._client.post(
+                    url,
+                    json=payload,
+                    timeout=self._timeout,
+                    auth=self._upstream.basic_auth() or httpx.USE_CLIENT_DEFAULT,
+                )
 
     def _remember(self, digest: str, count: int) -> None:
         self._cache[digest] = count

@@ -1,0 +1,68 @@
+"""One real ``prefixgate serve`` process per module, in front of a hostile upstream.
+
+The gateway runs as users run it (``python -m prefixgate serve --config``),
+with the upstream's credentials in its URL (``user:password@``) and an API key
+from ``api_key_env``; its log and its JSON-lines audit file are read back.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from support.hostile import HostileUpstream
+from support.servers import ServerThread, free_port
+
+from prefixgate.demo import ManagedProcess
+
+UPSTREAM_KEY = "sk-upstream-KEY-0123456789abcdef"
+URL_USER = "gatewayuser"
+URL_PASSWORD = "url-PASSWORD-s3cret"
+SECRETS = (UPSTREAM_KEY, URL_PASSWORD)
+REDACTED = "[redacted]"  # what the gateway writes in a secret's place
+
+
+@dataclass
+class Running:
+    url: str
+    upstream: HostileUpstream
+    audit: Path
+    process: ManagedProcess
+
+    def log(self) -> str:
+        path = self.process.log_path
+        return path.read_text(encoding="utf-8", errors="replace") if path else ""
+
+    def stored(self) -> str:
+        return self.audit.read_text(encoding="utf-8") if self.audit.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def hostile_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    folder = tmp_path_factory.mktemp("security")
+    upstream = HostileUpstream()
+    with ServerThread(upstream.app) as server:
+        port = free_port()
+        audit = folder / "audit.jsonl"
+        config = folder / "prefixgate.toml"
+        config.write_text(
+            f'[server]\nport = {port}\naudit_path = "{audit}"\n'
+            f"[upstreams.hostile]\n"
+            f'url = "http://{URL_USER}:{URL_PASSWORD}@127.0.0.1:{server.port}"\n'
+            f'api_key_env = "PG_TEST_UPSTREAM_KEY"\n',
+            encoding="utf-8",
+        )
+        env = {**os.environ, "PG_TEST_UPSTREAM_KEY": UPSTREAM_KEY}
+        gateway = ManagedProcess(
+            "gateway",
+            [sys.executable, "-m", "prefixgate", "serve", "--config", str(config)],
+            f"http://127.0.0.1:{port}/healthz",
+            env=env,
+            keep_log=True,
+        )
+        with gateway:
+            yield Running(f"http://127.0.0.1:{port}", upstream, audit, gateway)

@@ -1,0 +1,143 @@
+"""Credentials and cookies across a real ``prefixgate serve`` (issue: hostile clients,
+tenants and upstreams). Each test names the defect it guards against."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+
+import httpx
+from conftest import REDACTED, SECRETS, UPSTREAM_KEY, URL_PASSWORD, URL_USER, Running
+
+
+def body(model: str, stream: bool = False) -> dict[str, object]:
+    return {
+        "model": model,
+        "max_tokens": 8,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+
+
+def post(gw: Running, payload: dict[str, object], **headers: str) -> httpx.Response:
+    with httpx.Client(timeout=30, trust_env=False) as client:
+        return client.post(f"{gw.url}/v1/messages", json=payload, headers=headers)
+
+
+def assert_no_secret(where: str, text: str) -> None:
+    for secret in SECRETS:
+        assert secret not in text, f"{where} holds a configured secret"
+
+
+def test_credentials_in_the_upstream_url_are_used_but_never_shown(
+    hostile_gateway: Running,
+) -> None:
+    """Defect 6: ``url = "http://user:secret@host"`` put the secret into 502 bodies,
+    /healthz, logs and audit rows."""
+    gw = hostile_gateway
+    ok = post(gw, body("plain"))
+    assert ok.status_code == 200, ok.text
+    seen = gw.upstream.seen[-1].headers
+    assert seen["authorization"].startswith("Basic ")  # the URL's credentials were sent
+    assert seen["x-api-key"] == UPSTREAM_KEY
+    with httpx.Client(timeout=10, trust_env=False) as client:
+        health = client.get(f"{gw.url}/healthz")
+    assert health.status_code == 200
+    assert "127.0.0.1" in health.text and URL_PASSWORD not in health.text
+    assert URL_USER not in health.text
+    error = post(gw, body("echo-error"))
+    assert error.status_code == 400
+    assert_no_secret("an error answer", error.text)
+    assert_no_secret("the gateway's log", gw.log())
+    assert_no_secret("the audit file", gw.stored())
+
+
+def test_an_upstream_that_echoes_its_key_is_redacted_everywhere(hostile_gateway: Running) -> None:
+    """Defect 7: an upstream answer or error text holding the configured upstream key
+    was relayed to the client verbatim and stored."""
+    gw = hostile_gateway
+    whole = post(gw, body("echo-key"))
+    assert whole.status_code == 200
+    text = whole.json()["content"][0]["text"]
+    assert REDACTED in text and UPSTREAM_KEY not in text
+    error = post(gw, body("echo-error"))
+    assert error.json()["type"] == "error" and REDACTED in error.json()["error"]["message"]
+    streamed = post(gw, body("echo-stream", stream=True))
+    assert streamed.status_code == 200 and "message_stop" in streamed.text
+    assert REDACTED in streamed.text
+    for answer in (whole, error, streamed):
+        assert_no_secret("an answer", answer.text)
+    assert_no_secret("the audit file", gw.stored())
+    assert_no_secret("the gateway's log", gw.log())
+
+
+def test_no_client_credential_header_reaches_the_upstream(hostile_gateway: Running) -> None:
+    """Defect 8: ``api-key``, ``x-goog-api-key`` and ``anthropic-api-key`` from the
+    client went upstream although ``api_key_env`` replaces the client's credentials."""
+    gw = hostile_gateway
+    client_values = {
+        "api-key": "client-azure-key-1",
+        "x-goog-api-key": "client-google-key-2",
+        "anthropic-api-key": "client-anthropic-key-3",
+        "x-api-key": "client-x-api-key-4",
+        "authorization": "Bearer client-bearer-5",
+        "ocp-apim-subscription-key": "client-apim-key-6",
+    }
+    assert post(gw, body("plain"), **client_values).status_code == 200
+    seen = gw.upstream.seen[-1].headers
+    sent = json.dumps(seen)
+    for value in client_values.values():
+        assert value.split()[-1] not in sent
+    assert seen["x-api-key"] == UPSTREAM_KEY
+
+
+def test_an_upstream_cookie_is_never_replayed_nor_relayed(hostile_gateway: Running) -> None:
+    """Defect 9: cookies an upstream set for one client's request were sent on every
+    later request, whoever made it. Exposure: ``set-cookie``, ``access-control-*`` and
+    hop-by-hop headers were relayed from the upstream to the client."""
+    gw = hostile_gateway
+    first = post(gw, body("cookies"))
+    assert first.status_code == 200
+    assert first.headers.get("x-upstream-note") == "kept"  # other headers still travel
+    for name in ("set-cookie", "access-control-allow-origin", "keep-alive"):
+        assert name not in first.headers, name
+    assert not any(k.startswith("access-control-") for k in first.headers)
+    second = post(gw, body("plain"))
+    assert second.status_code == 200
+    assert "cookie" not in gw.upstream.seen[-1].headers
+
+
+def test_log_level_trace_is_accepted_and_an_unknown_one_is_a_usage_error() -> None:
+    """Defect 10: ``--log-level trace`` crashed ``serve`` with a traceback."""
+    from support.servers import free_port
+
+    port = free_port()
+    trace = subprocess.Popen(
+        [sys.executable, "-m", "prefixgate", "serve", "--log-level", "trace",
+         "--upstream", "http://127.0.0.1:9", "--port", str(port), "--audit", "memory"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        healthy = False
+        with httpx.Client(timeout=2, trust_env=False) as client:
+            for _ in range(120):
+                if trace.poll() is not None:
+                    break
+                with contextlib.suppress(httpx.HTTPError):
+                    healthy = client.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+                if healthy:
+                    break
+                subprocess.run(["sleep", "0.25"], check=True)
+        assert healthy, trace.stdout.read() if trace.poll() is not None and trace.stdout else ""
+    finally:
+        trace.terminate()
+        output, _ = trace.communicate(timeout=30)
+    assert "Traceback" not in output
+    bad = subprocess.run(
+        [sys.executable, "-m", "prefixgate", "serve", "--log-level", "loud"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "--log-level" in bad.stderr

@@ -1,0 +1,113 @@
+"""An upstream that misbehaves the way a careless or hostile one does, on a real socket.
+
+Run it with ``support.servers.ServerThread(HostileUpstream().app)``. Every request
+is kept in ``seen`` (path, headers, body). What it answers is chosen by the
+request's ``model``:
+
+``echo-key``      a message whose text repeats every credential header it received
+``echo-error``    a 400 error whose message repeats them
+``echo-stream``   the same text as an SSE stream
+``cookies``       a plain message with ``set-cookie``, ``access-control-*`` and
+                  hop-by-hop headers on it
+anything else     a plain message
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+# Request headers that carry a credential (its own list: the gateway's is under test).
+CREDENTIAL_HEADERS = frozenset(
+    {"authorization", "x-api-key", "api-key", "anthropic-api-key", "x-goog-api-key", "cookie"}
+    | {"ocp-apim-subscription-key"}
+)
+
+
+@dataclass(frozen=True)
+class Seen:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+def message(text: str) -> dict[str, Any]:
+    return {
+        "id": "msg_hostile",
+        "type": "message",
+        "role": "assistant",
+        "model": "hostile",
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 5, "output_tokens": 3},
+    }
+
+
+def sse(text: str) -> bytes:
+    start = {**message(""), "content": []}
+    block = {"type": "text", "text": ""}
+    delta = {"type": "text_delta", "text": text}
+    events = [
+        {"type": "message_start", "message": start},
+        {"type": "content_block_start", "index": 0, "content_block": block},
+        {"type": "content_block_delta", "index": 0, "delta": delta},
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn"},
+            "usage": {"output_tokens": 3},
+        },
+        {"type": "message_stop"},
+    ]
+    return b"".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events)
+
+
+class HostileUpstream:
+    def __init__(self) -> None:
+        self.seen: list[Seen] = []
+        self.app = Starlette(
+            routes=[
+                Route("/v1/messages", self.messages, methods=["POST"]),
+                Route("/health", self.health),
+            ]
+        )
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def messages(self, request: Request) -> Response:
+        body = await request.body()
+        self.seen.append(Seen(request.url.path, dict(request.headers), body))
+        try:
+            model = json.loads(body).get("model", "")
+        except ValueError:
+            model = ""
+        creds = "; ".join(
+            f"{k}={v}" for k, v in request.headers.items() if k.lower() in CREDENTIAL_HEADERS
+        )
+        if model == "echo-key":
+            return JSONResponse(message(f"you sent me {creds}"))
+        if model == "echo-error":
+            error = {"type": "invalid_request_error", "message": f"bad credentials: {creds}"}
+            return JSONResponse({"type": "error", "error": error}, status_code=400)
+        if model == "echo-stream":
+            return StreamingResponse(
+                iter([sse(f"you sent me {creds}")]), media_type="text/event-stream"
+            )
+        if model == "cookies":
+            headers = {
+                "set-cookie": "upstream_session=abc123; Path=/",
+                "access-control-allow-origin": "*",
+                "access-control-allow-credentials": "true",
+                "keep-alive": "timeout=5",
+                "x-upstream-note": "kept",
+            }
+            return JSONResponse(message("have a cookie"), headers=headers)
+        return JSONResponse(message("hello"))

@@ -286,3 +286,66 @@ def test_report_json_carries_the_same_numbers() -> None:
     assert cause["example"]["changed_segment"] == "system[0]"
     (rate,) = data["prefill_rates"]
     assert rate == {"upstream": "local", "ms_per_token": pytest.approx(0.1), "samples": 2}
+
+
+# -- oracle, runtime expected, lost -----------------------------------------------
+
+
+def reached() -> list[AuditRecord]:
+    """Three requests: one lost nothing, one lost to capacity, one the runtime evicted
+    (and lost to capacity besides); one more from before the oracle was recorded."""
+    common = {"prompt_tokens": 10_000}
+    return [
+        rec(cached_tokens=4000, oracle_tokens=4000, runtime_expected_tokens=4000,
+            lost_by_runtime=0, lost_cause="none", **common),
+        rec(cached_tokens=1000, oracle_tokens=9000, runtime_expected_tokens=1000,
+            lost_by_runtime=0, lost_cause="capacity", **common),
+        rec(cached_tokens=0, oracle_tokens=8000, runtime_expected_tokens=5000,
+            lost_by_runtime=5000, lost_cause="evicted", **common),
+        rec(cached_tokens=500, **common),
+    ]  # fmt: skip
+
+
+def test_oracle_runtime_expected_and_lost_by_cause() -> None:
+    t = build_report(reached()).totals
+    assert (t.oracle_tokens, t.runtime_expected_tokens) == (21_000, 10_000)
+    assert (t.reached_tokens, t.reached_base_tokens) == (5000, 21_000)
+    assert t.oracle_share == pytest.approx(5000 / 21_000)
+    lost = [(row.cause, row.tokens, row.requests) for row in t.lost]
+    assert lost == [("capacity", 11_000, 2), ("evicted", 5000, 1)]
+    # together, the causes make up the gap between oracle and actual
+    assert sum(row.tokens for row in t.lost) == t.reached_base_tokens - t.reached_tokens
+    assert "more slots" in t.lost[0].words
+
+
+def test_oracle_unknown_is_not_zero() -> None:
+    t = build_report([rec(prompt_tokens=100, cached_tokens=10)]).totals
+    assert t.oracle_tokens is None and t.runtime_expected_tokens is None
+    assert t.oracle_share is None and t.lost == ()
+    assert "oracle unknown, runtime expected unknown, unknown of the oracle reached" in show(
+        render_report(build_report([rec(prompt_tokens=100, cached_tokens=10)]))
+    )
+
+
+def test_report_shows_the_oracle_and_what_was_lost() -> None:
+    report = build_report(reached())
+    text = show(render_report(report))
+    assert "Lost between oracle and actual" in text
+    line = next(row for row in text.splitlines() if row.strip().startswith("evicted"))
+    assert "5,000" in line and "dropped a prefix" in line
+    assert "oracle 21,000, runtime expected 10,000, 23.8% of the oracle reached" in text
+    session = next(row for row in text.splitlines() if row.strip().startswith("s1"))
+    assert "21,000" in session and "23.8%" in session
+    data = report_json(report)["totals"]
+    assert data["oracle_share"] == pytest.approx(5000 / 21_000)
+    assert data["lost"] == {
+        "capacity": {"tokens": 11_000, "requests": 2},
+        "evicted": {"tokens": 5000, "requests": 1},
+    }
+
+
+def test_a_lost_cause_from_elsewhere_counts_as_unknown() -> None:
+    odd = rec(prompt_tokens=100, cached_tokens=0, oracle_tokens=90, runtime_expected_tokens=90,
+              lost_by_runtime=90, lost_cause="made-up")  # fmt: skip
+    (row,) = build_report([odd]).totals.lost
+    assert (row.cause, row.tokens) == ("unknown", 90)

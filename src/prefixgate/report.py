@@ -21,6 +21,13 @@ Rules, shared with the dashboard (which is built from ``build_report``):
   successful requests where that denominator is positive); ``None`` when no
   measured request has an upstream with such a rate.
 * An error is a request with ``error`` set or a status of 400 or more.
+* Oracle, runtime expected and lost (``core/oracle.py``): ``oracle_tokens`` and
+  ``runtime_expected_tokens`` are summed over requests where each is known. The
+  share of the oracle reached is actual / oracle over requests where both are
+  known. Lost tokens are counted by cause: ``capacity`` is oracle - runtime
+  expected where that is more than noise, every other cause is the record's
+  ``lost_by_runtime`` (``lost_by_cause``); together they make up the gap
+  between oracle and actual.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from rich.table import Table
 from rich.text import Text
 
 from prefixgate.core.misses import CAUSE_WORDS
+from prefixgate.core.oracle import LOSS_CAUSES, LOSS_WORDS, capacity_gap
 from prefixgate.store.audit import AuditRecord
 
 __all__ = [
@@ -46,6 +54,7 @@ __all__ = [
     "UNKNOWN",
     "CauseExample",
     "CauseRow",
+    "LostRow",
     "PrefillRate",
     "Report",
     "SessionRow",
@@ -58,6 +67,7 @@ __all__ = [
     "format_share",
     "format_time",
     "is_error",
+    "lost_by_cause",
     "render_report",
     "report_json",
 ]
@@ -65,6 +75,19 @@ __all__ = [
 CACHE_KINDS = frozenset({"message", "probe"})
 HIT = "none"
 UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class LostRow:
+    """Tokens lost between oracle and actual for one cause, and in how many requests."""
+
+    cause: str
+    tokens: int
+    requests: int
+
+    @property
+    def words(self) -> str:
+        return LOSS_WORDS.get(self.cause, LOSS_WORDS["unknown"])
 
 
 @dataclass(frozen=True)
@@ -83,6 +106,16 @@ class Totals:
     expected_base_tokens: int
     time_saved_estimate_ms: float | None
     agents: tuple[tuple[str, int], ...]
+    oracle_tokens: int | None = None
+    runtime_expected_tokens: int | None = None
+    reached_tokens: int = 0  # actual, over requests whose oracle is known
+    reached_base_tokens: int = 0  # their oracle
+    lost: tuple[LostRow, ...] = ()
+
+    @property
+    def oracle_share(self) -> float | None:
+        """Actual over oracle tokens, where both are known: how much of the oracle was reached."""
+        return _share(self.reached_tokens, self.reached_base_tokens)
 
     @property
     def hit_share(self) -> float | None:
@@ -200,6 +233,7 @@ def _totals(records: Sequence[AuditRecord], rates: dict[str | None, float]) -> T
         r for r in cache if r.prompt_tokens is not None and r.expected_cached_tokens is not None
     ]
     saved = [(r.cached_tokens or 0) * rates[r.upstream] for r in measured if r.upstream in rates]
+    reached = [r for r in measured if r.oracle_tokens is not None]
     agents = Counter(r.agent or "?" for r in records)
     return Totals(
         requests=len(records),
@@ -213,7 +247,37 @@ def _totals(records: Sequence[AuditRecord], rates: dict[str | None, float]) -> T
         expected_base_tokens=sum(r.prompt_tokens or 0 for r in expected),
         time_saved_estimate_ms=sum(saved) if saved else None,
         agents=tuple(sorted(agents.items(), key=lambda kv: (-kv[1], kv[0]))),
+        oracle_tokens=_sum(r.oracle_tokens for r in cache),
+        runtime_expected_tokens=_sum(r.runtime_expected_tokens for r in cache),
+        reached_tokens=sum(r.cached_tokens or 0 for r in reached),
+        reached_base_tokens=sum(r.oracle_tokens or 0 for r in reached),
+        lost=_lost(cache),
     )
+
+
+def lost_by_cause(rec: AuditRecord) -> list[tuple[str, int]]:
+    """Tokens ``rec`` lost between oracle and actual, by cause (see the module docstring).
+
+    Causes outside ``LOSS_CAUSES`` count as ``unknown``, so the values stay bounded."""
+    out = []
+    capacity = capacity_gap(rec.oracle_tokens, rec.runtime_expected_tokens)
+    if capacity:
+        out.append(("capacity", capacity))
+    if rec.lost_by_runtime:
+        cause = rec.lost_cause if rec.lost_cause in LOSS_CAUSES else "unknown"
+        out.append((cause if cause not in ("none", "capacity") else "unknown", rec.lost_by_runtime))
+    return out
+
+
+def _lost(records: Sequence[AuditRecord]) -> tuple[LostRow, ...]:
+    tokens: Counter[str] = Counter()
+    requests: Counter[str] = Counter()
+    for rec in records:
+        for cause, lost in lost_by_cause(rec):
+            tokens[cause] += lost
+            requests[cause] += 1
+    rows = [LostRow(cause, tokens[cause], requests[cause]) for cause in tokens]
+    return tuple(sorted(rows, key=lambda row: (-row.tokens, row.cause)))
 
 
 def _sum(values: Iterable[int | None]) -> int | None:
@@ -287,6 +351,10 @@ def _totals_json(totals: Totals) -> dict[str, Any]:
     data["hit_share"] = totals.hit_share
     data["expected_share"] = totals.expected_share
     data["tokens_saved"] = totals.tokens_saved
+    data["oracle_share"] = totals.oracle_share
+    data["lost"] = {
+        row.cause: {"tokens": row.tokens, "requests": row.requests} for row in totals.lost
+    }
     return data
 
 
@@ -332,6 +400,7 @@ def render_report(report: Report) -> RenderableType:
         _sessions_table(report),
         _causes_table(report),
         *_cause_words(report),
+        *_lost_table(report.totals),
         _totals_line(report.totals),
     )
 
@@ -352,6 +421,8 @@ def _sessions_table(report: Report) -> Table:
     for name in ("requests", "errors", "unknown", "prompt", "cached\n= saved", "expected"):
         table.add_column(name, justify="right", no_wrap=True)
     table.add_column("hit share\nvs expected", justify="right", no_wrap=True)
+    for name in ("oracle", "runtime\nexpected", "of oracle\nreached"):
+        table.add_column(name, justify="right", no_wrap=True)
     table.add_column("time saved\n(estimate)", justify="right", no_wrap=True)
     for row in report.sessions:
         t = row.totals
@@ -361,6 +432,9 @@ def _sessions_table(report: Report) -> Table:
             Text(format_agents(t.agents)),
             *_counts(t),
             _shares(t),
+            format_count(t.oracle_tokens),
+            format_count(t.runtime_expected_tokens),
+            format_share(t.oracle_share),
             format_duration(t.time_saved_estimate_ms),
         )
     return table
@@ -400,6 +474,20 @@ def _example_text(ex: CauseExample) -> str:
     return "  ".join(parts)
 
 
+def _lost_table(t: Totals) -> list[RenderableType]:
+    """Tokens lost between oracle and actual, by cause, with what each means."""
+    if not t.lost:
+        return []
+    table = _table("Lost between oracle and actual")
+    table.add_column("cause", no_wrap=True)
+    table.add_column("tokens", justify="right", no_wrap=True)
+    table.add_column("requests", justify="right", no_wrap=True)
+    table.add_column("what it means")
+    for row in t.lost:
+        table.add_row(Text(row.cause), f"{row.tokens:,}", f"{row.requests:,}", Text(row.words))
+    return [table]
+
+
 def _totals_line(t: Totals) -> Text:
     errors = f", {t.errors:,} failed" if t.errors else ""
     unknown = f", {t.unknown_cached:,} with unknown cache" if t.unknown_cached else ""
@@ -408,6 +496,9 @@ def _totals_line(t: Totals) -> Text:
         f"prompt {format_count(t.prompt_tokens)}, "
         f"cached {_with_share(t.cached_tokens, t.hit_share)}, "
         f"expected {_with_share(t.expected_cached_tokens, t.expected_share)}; "
+        f"oracle {format_count(t.oracle_tokens)}, "
+        f"runtime expected {format_count(t.runtime_expected_tokens)}, "
+        f"{format_share(t.oracle_share)} of the oracle reached; "
         f"tokens saved {format_count(t.tokens_saved)}, time saved {_estimate(t)}"
     )
 

@@ -167,6 +167,9 @@ def test_latest_request_cells() -> None:
         "prompt": "12,345",
         "cached": "11,000",
         "expected": "12,000",
+        "oracle": "unknown",
+        "runtime": "unknown",
+        "lost": "unknown",
         "cause": "attribution_changed",
         "detail": "system[0]: cch=abc12 -&gt; cch=def34",
     }
@@ -214,3 +217,28 @@ def test_endpoint_serves_fresh_html_that_is_never_cached() -> None:
     assert totals(empty.text)["requests"] == ("0", "0")
     assert totals(full.text)["cached_tokens"] == ("11000", "11,000")
     assert totals(full.text) == totals(render_dashboard(sample()))
+
+
+def test_the_oracle_and_what_was_lost_are_shown() -> None:
+    records = [
+        rec(prompt_tokens=10_000, cached_tokens=0, oracle_tokens=8000,
+            runtime_expected_tokens=5000, lost_by_runtime=5000, lost_cause="evicted"),
+        rec(time=T0 + 1, prompt_tokens=10_000, cached_tokens=1000, oracle_tokens=9000,
+            runtime_expected_tokens=1000, lost_by_runtime=0, lost_cause="capacity"),
+    ]  # fmt: skip
+    page = render_dashboard(records)
+    shown = totals(page)
+    assert shown["oracle_tokens"] == ("17000", "17,000")
+    assert shown["runtime_expected_tokens"] == ("6000", "6,000")
+    assert shown["oracle_share"][1] == "5.9%"
+    lost = table_rows(page, "lost")
+    assert 'data-cause="capacity" data-tokens="11000" data-requests="2"' in lost[0]
+    assert 'data-cause="evicted" data-tokens="5000" data-requests="1"' in lost[1]
+    capacity, evicted = (cells(r) for r in table_rows(page, "requests"))
+    assert (evicted["oracle"], evicted["runtime"], evicted["lost"]) == (
+        "8,000",
+        "5,000",
+        "5,000 evicted",
+    )
+    assert (capacity["lost"], capacity["runtime"]) == ("capacity", "1,000")
+    assert "Nothing lost between oracle and actual." in render_dashboard([rec(prompt_tokens=5)])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -17,6 +18,7 @@ from starlette.applications import Starlette
 from support.app import running
 
 from prefixgate.app.gateway import create_app
+from prefixgate.app.metrics import Metrics
 from prefixgate.config import build_settings
 from prefixgate.core.pipeline import rewrite
 from prefixgate.report import build_report
@@ -255,9 +257,39 @@ async def test_the_dashboard_shows_the_report_of_the_apps_records() -> None:
         "expected_cached_tokens": raw(totals.expected_cached_tokens),
         "hit_share": raw(totals.hit_share),
         "expected_share": raw(totals.expected_share),
+        "oracle_tokens": raw(totals.oracle_tokens),
+        "runtime_expected_tokens": raw(totals.runtime_expected_tokens),
+        "oracle_share": raw(totals.oracle_share),
         "time_saved_estimate_ms": raw(totals.time_saved_estimate_ms),
     }
     # real numbers, not an empty page that happens to agree
     assert (shown["requests"], shown["errors"]) == ("6", "1")
     assert shown["cached_tokens"] == str(ideal(body(3), body(5)))
     assert "upstream_dropped" in response.text
+
+
+def test_oracle_runtime_expected_and_lost_tokens_by_cause() -> None:
+    metrics = Metrics()
+    base = AuditRecord(
+        time=0.0, route="/v1/messages", tenant=TENANT, session="s", model="m",
+        upstream="local", policy="strip", status=200, prompt_tokens=10_000,
+    )  # fmt: skip
+    metrics.observe(replace(base, cached_tokens=0, oracle_tokens=8000,
+                            runtime_expected_tokens=5000, lost_by_runtime=5000,
+                            lost_cause="evicted"))  # fmt: skip
+    metrics.observe(replace(base, cached_tokens=900, oracle_tokens=1000,
+                            runtime_expected_tokens=1000, lost_by_runtime=0,
+                            lost_cause="none"))  # fmt: skip
+    metrics.observe(replace(base, cached_tokens=9, oracle_tokens=90,
+                            runtime_expected_tokens=90, lost_by_runtime=90,
+                            lost_cause="not-a-cause"))  # fmt: skip
+    text = metrics.exposition().decode()
+    up = {"tenant": TENANT, "upstream": "local"}
+    assert value(text, "prefixgate_oracle_cached_tokens_total", **up) == 9090
+    assert value(text, "prefixgate_runtime_expected_tokens_total", **up) == 6090
+    lost = "prefixgate_lost_tokens_total"
+    assert value(text, lost, cause="capacity", **up) == 3000
+    assert value(text, lost, cause="evicted", **up) == 5000
+    assert value(text, lost, cause="unknown", **up) == 90
+    causes = {have["cause"] for n, have, _ in samples(text) if n == lost}
+    assert causes == {"capacity", "evicted", "unknown"}

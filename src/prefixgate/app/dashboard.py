@@ -1,5 +1,5 @@
 """A one-page HTML dashboard over the audit: cache reuse over time, misses by cause,
-the latest requests.
+the latest requests, the oracle and what the runtime lost.
 
 ``render_dashboard`` is pure and returns one self-contained page (inline CSS and
 SVG, no script, nothing fetched). Its totals come from ``report.build_report``,
@@ -26,6 +26,7 @@ from prefixgate.report import (
     CACHE_KINDS,
     HIT,
     CauseRow,
+    LostRow,
     Report,
     Totals,
     build_report,
@@ -77,6 +78,8 @@ def render_dashboard(
         f'<div class="card">{_chart(ordered)}</div>',
         "<h2>Misses by cause</h2>",
         f'<div class="card">{_causes(report)}</div>',
+        "<h2>Lost between oracle and actual</h2>",
+        f'<div class="card">{_lost(report.totals)}</div>',
         f"<h2>Latest {min(latest, len(ordered)):,} requests</h2>",
         f'<div class="card">{_latest(ordered, latest)}</div>',
     ]
@@ -137,6 +140,9 @@ def _headline(t: Totals) -> str:
         ("expected_cached_tokens", "expected cached", *_count(t.expected_cached_tokens)),
         ("hit_share", "hit share", *_share(t.hit_share)),
         ("expected_share", "expected share", *_share(t.expected_share)),
+        ("oracle_tokens", "oracle (any earlier prompt)", *_count(t.oracle_tokens)),
+        ("runtime_expected_tokens", "runtime expected", *_count(t.runtime_expected_tokens)),
+        ("oracle_share", "of oracle reached", *_share(t.oracle_share)),
         (
             "time_saved_estimate_ms",
             "time saved (estimate)",
@@ -336,6 +342,27 @@ def _cause_row(row: CauseRow, top: int) -> str:
     )
 
 
+def _lost(t: Totals) -> str:
+    if not t.lost:
+        return '<p class="empty">Nothing lost between oracle and actual.</p>'
+    top = max(row.tokens for row in t.lost) or 1
+    rows = "".join(_lost_row(row, top) for row in t.lost)
+    return (
+        '<table id="lost"><thead><tr><th>cause</th><th>tokens</th><th>requests</th>'
+        f"<th>what it means</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
+def _lost_row(row: LostRow, top: int) -> str:
+    width = max(2.0, 240 * row.tokens / top)
+    return (
+        f'<tr data-cause="{_e(row.cause)}" data-tokens="{row.tokens}" '
+        f'data-requests="{row.requests}"><td class="miss">{_e(row.cause)}</td>'
+        f'<td><span class="bar" style="width:{width:.0f}px"></span> {row.tokens:,}</td>'
+        f'<td class="num">{row.requests:,}</td><td class="words">{_e(row.words)}</td></tr>'
+    )
+
+
 _COLUMNS = (
     ("time", "time (UTC)", ""),
     ("session", "session", ""),
@@ -347,6 +374,9 @@ _COLUMNS = (
     ("prompt", "prompt", "num"),
     ("cached", "cached", "num"),
     ("expected", "expected", "num"),
+    ("oracle", "oracle", "num"),
+    ("runtime", "runtime expected", "num"),
+    ("lost", "lost by runtime", "num"),
     ("cause", "cause", ""),
     ("detail", "detail", "detail"),
 )
@@ -374,11 +404,23 @@ def _request_row(rec: AuditRecord) -> str:
         "prompt": _token_cell(rec.prompt_tokens),
         "cached": _token_cell(rec.cached_tokens),
         "expected": _token_cell(rec.expected_cached_tokens),
+        "oracle": _token_cell(rec.oracle_tokens),
+        "runtime": _token_cell(rec.runtime_expected_tokens),
+        "lost": _lost_cell(rec),
         "cause": (rec.cause or "-", "miss" if rec.cause not in (None, HIT) else ""),
         "detail": (detail, ""),
     }
     tds = "".join(_cell(col, cls, *cells[col]) for col, _, cls in _COLUMNS)
     return f'<tr class="{"error" if is_error(rec) else ""}">{tds}</tr>'
+
+
+def _lost_cell(rec: AuditRecord) -> tuple[str, str]:
+    """``1,234 evicted``, or ``capacity`` / nothing when the runtime lost nothing."""
+    if rec.lost_by_runtime is None:
+        return format_count(None), "unknown"
+    if rec.lost_by_runtime:
+        return f"{rec.lost_by_runtime:,} {rec.lost_cause or ''}".strip(), "miss"
+    return ("capacity" if rec.lost_cause == "capacity" else ""), ""
 
 
 def _token_cell(value: int | None) -> tuple[str, str]:

@@ -10,6 +10,13 @@ share counters). Every series carries the tenant.
                                                in the report; not token counts)
 ``prefixgate_cached_tokens_total``             of which it served from cache
 ``prefixgate_expected_cached_tokens_total``    what an ideal prefix cache would serve
+                                               (the session's and upstream's last)
+``prefixgate_oracle_cached_tokens_total``      the longest prefix of any earlier
+                                               prompt on the replica (the oracle)
+``prefixgate_runtime_expected_tokens_total``   what the modelled runtime holds
+``prefixgate_lost_tokens_total``               between oracle and actual, by cause
+                                               (``core/oracle.py``; ``capacity``
+                                               counts oracle - runtime expected)
 ``prefixgate_cache_unknown_total``             requests whose cache use was not reported
 ``prefixgate_cache_misses_total``              by cause (``none`` is not counted)
 ``prefixgate_attribution_blocks_total``        blocks found, by the policy that handled them
@@ -37,7 +44,7 @@ from prometheus_client.metrics_core import Metric
 from starlette.requests import Request
 from starlette.responses import Response
 
-from prefixgate.report import CACHE_KINDS, is_error
+from prefixgate.report import CACHE_KINDS, is_error, lost_by_cause
 from prefixgate.store.audit import AuditRecord
 
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -65,6 +72,24 @@ class Metrics:
             "prefixgate_expected_cached_tokens",
             "Prompt tokens an ideal prefix cache on the upstream would have served.",
             up,
+            registry=self.registry,
+        )
+        self.oracle = Counter(
+            "prefixgate_oracle_cached_tokens",
+            "Prompt tokens shared with any earlier prompt on the same replica (the oracle).",
+            up,
+            registry=self.registry,
+        )
+        self.runtime_expected = Counter(
+            "prefixgate_runtime_expected_tokens",
+            "Prompt tokens the upstream should have served given what it can hold.",
+            up,
+            registry=self.registry,
+        )
+        self.lost = Counter(
+            "prefixgate_lost_tokens",
+            "Prompt tokens between the oracle and what the upstream served, by cause.",
+            [*up, "cause"],
             registry=self.registry,
         )
         self.unknown = Counter(
@@ -154,6 +179,12 @@ class Metrics:
             self.unknown.labels(*up).inc()
         if rec.expected_cached_tokens is not None:
             self.expected.labels(*up).inc(rec.expected_cached_tokens)
+        if rec.oracle_tokens is not None:
+            self.oracle.labels(*up).inc(rec.oracle_tokens)
+        if rec.runtime_expected_tokens is not None:
+            self.runtime_expected.labels(*up).inc(rec.runtime_expected_tokens)
+        for cause, tokens in lost_by_cause(rec):
+            self.lost.labels(*up, cause).inc(tokens)
 
     def exposition(self, tenant: str | None = None) -> bytes:
         """The text format: every series, or only ``tenant``'s."""

@@ -234,3 +234,20 @@ def test_a_bad_url_with_credentials_is_refused_without_showing_them() -> None:
         upstream_from_table("u", {"url": "ftp://me:hunter2-secret@host"})
     assert "hunter2-secret" not in str(refused.value)
     assert "***@host" in str(refused.value)
+
+
+def test_cache_capacity_for_the_runtime_model() -> None:
+    plain = upstream_from_table("p", {"url": LOCAL})
+    assert (plain.cache_slots, plain.cache_tokens) == (4, 0)
+    assert upstream_from_table("a", {"url": ANTHROPIC}).cache_slots == 1024
+    sized = upstream_from_table("s", {"url": LOCAL, "cache_slots": 2, "cache_tokens": 50_000})
+    assert (sized.cache_slots, sized.cache_tokens) == (2, 50_000)
+    with pytest.raises(ConfigError, match="cache_slots"):
+        upstream_from_table("s", {"url": LOCAL, "cache_slots": 0})
+    with pytest.raises(ConfigError, match="cache_tokens"):
+        upstream_from_table("s", {"url": LOCAL, "cache_tokens": -5})
+    settings = build_settings({}, {}, {}).with_upstream(
+        LOCAL, cache={"cache_slots": 1, "cache_tokens": 455_111}
+    )
+    up = settings.upstreams["default"]
+    assert (up.cache_slots, up.cache_tokens) == (1, 455_111)

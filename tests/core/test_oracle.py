@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from prefixgate.core.misses import TOLERANCE_TOKENS
 from prefixgate.core.oracle import (
+    BUNDLED_KV_BYTES_PER_TOKEN,
     LOSS_CAUSES,
     LOSS_WORDS,
     Capacity,
@@ -22,6 +23,7 @@ from prefixgate.core.oracle import (
     common_prefix,
     judge_loss,
     prompt_chain,
+    ram_cache_tokens,
 )
 from prefixgate.core.prompt import PromptView, prompt_view
 
@@ -257,3 +259,11 @@ def test_noise_is_no_loss_and_unknown_actual_is_no_verdict() -> None:
 
 def test_every_loss_cause_has_words() -> None:
     assert set(LOSS_WORDS) == set(LOSS_CAUSES)
+
+
+def test_the_bundled_runtimes_ram_cache_in_tokens() -> None:
+    assert BUNDLED_KV_BYTES_PER_TOKEN == 18_432
+    assert ram_cache_tokens(None) == ram_cache_tokens(8192) == 466_033
+    assert ram_cache_tokens(0) == 0
+    assert ram_cache_tokens(-1) > 10**9
+    assert ram_cache_tokens(1, bytes_per_token=1024) == 1024

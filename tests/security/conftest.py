@@ -10,35 +10,12 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from support.hostile import HostileUpstream
+from support.hostile import UPSTREAM_KEY, URL_PASSWORD, URL_USER, HostileUpstream, Running
 from support.servers import ServerThread, free_port
 
 from prefixgate.demo import ManagedProcess
-
-UPSTREAM_KEY = "sk-upstream-KEY-0123456789abcdef"
-URL_USER = "gatewayuser"
-URL_PASSWORD = "url-PASSWORD-s3cret"
-SECRETS = (UPSTREAM_KEY, URL_PASSWORD)
-REDACTED = "[redacted]"  # what the gateway writes in a secret's place
-
-
-@dataclass
-class Running:
-    url: str
-    upstream: HostileUpstream
-    audit: Path
-    process: ManagedProcess
-
-    def log(self) -> str:
-        path = self.process.log_path
-        return path.read_text(encoding="utf-8", errors="replace") if path else ""
-
-    def stored(self) -> str:
-        return self.audit.read_text(encoding="utf-8") if self.audit.exists() else ""
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+from urllib.parse import quote
 
 from prefixgate.core.attribution import HEADER_NAME, Attribution, render_fields
 
@@ -99,9 +100,10 @@ def apply_policy(
 
 
 def metadata_value(found: Attribution) -> str:
-    """The block's fields as one header-safe line (no control characters)."""
+    """The block's fields as one header-safe ASCII line: no control characters,
+    anything beyond ASCII percent-encoded (as UTF-8)."""
     value = render_fields(found.fields)
-    return "".join(ch for ch in value if ch.isprintable())
+    return "".join(ch if ch <= "~" else quote(ch) for ch in value if ch.isprintable())
 
 
 def _replace_head(body: Mapping[str, Any], found: Attribution, replacement: str) -> dict[str, Any]:

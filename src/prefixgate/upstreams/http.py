@@ -99,7 +99,7 @@ async def send(
         outgoing.method,
         config.url + outgoing.path,
         content=outgoing.body if outgoing.method == "POST" else None,
-        headers=dict(outgoing.headers),
+        headers={k.encode("latin-1"): wire_value(v) for k, v in outgoing.headers.items()},
         timeout=timeout,
     )
     try:
@@ -156,16 +156,37 @@ def status_error(config: UpstreamConfig, status: int, content: bytes) -> Upstrea
     return UpstreamStatus(status, error_type, f"upstream {config.name!r}: {message}")
 
 
-_UNSAFE = ("\r", "\n", "\0")
-
-
 def check_header_values(headers: Mapping[str, str]) -> None:
-    """Refuse a header that could become two upstream (CR, LF or NUL in it)."""
+    """Refuse a header value HTTP does not carry, before anything is sent.
+
+    Values arrive as the server read them (each byte one character, latin-1).
+    Control characters (CR, LF and NUL would split the request) are refused,
+    and so are bytes that are not UTF-8: obsolete ``obs-text`` that the client
+    library underneath cannot send unchanged. UTF-8 text is forwarded byte for
+    byte (``wire_value``).
+    """
     for name, value in headers.items():
-        if any(c in name or c in value for c in _UNSAFE):
+        raw = wire_value(value)
+        if any((b < 0x20 and b != 0x09) or b == 0x7F for b in raw):
             raise InvalidRequest(
-                f"header {name[:40]!r} holds a line break or NUL; it is not forwarded"
+                f"header {name[:40]!r} holds a control character (a line break, NUL, ...); "
+                "it is not forwarded"
             )
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequest(
+                f"header {name[:40]!r} holds bytes that are not UTF-8; it is not forwarded"
+            ) from None
+
+
+def wire_value(value: str) -> bytes:
+    """A header value as bytes on the wire: the bytes the client sent (the server
+    decoded them as latin-1); a value the gateway made beyond latin-1 as UTF-8."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8")
 
 
 def json_object(content: bytes) -> dict[str, Any] | None:

@@ -102,6 +102,13 @@ class _Body(httpx.AsyncByteStream):
         self._response.release()
 
 
+def _text(value: bytes) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:  # not sent by the gateway (it refuses such values)
+        return value.decode("latin-1")
+
+
 class AioHTTPTransport(httpx.AsyncBaseTransport):
     """``httpx.AsyncBaseTransport`` over one ``aiohttp.ClientSession``, made on first use."""
 
@@ -126,8 +133,9 @@ class AioHTTPTransport(httpx.AsyncBaseTransport):
         session = self._open()
         body: Any = await request.aread() or None
         # httpx already set Host, Accept, Accept-Encoding, User-Agent and the length:
-        # send its headers as they are, and let aiohttp add nothing.
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
+        # send its headers as they are, and let aiohttp add nothing. aiohttp writes
+        # header text as UTF-8, so a UTF-8 value goes out as the bytes it came in.
+        headers = [(k.decode("latin-1"), _text(v)) for k, v in request.headers.raw]
         timeouts = _timeouts(request)
         # The head waits at most ``read`` (httpx's meaning); the body's reads are
         # bounded in ``_Body``, so aiohttp's own read timeout stays off.

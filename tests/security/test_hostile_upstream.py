@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import httpx
-from conftest import REDACTED, SECRETS, UPSTREAM_KEY, URL_PASSWORD, URL_USER, Running
+from support.hostile import REDACTED, SECRETS, UPSTREAM_KEY, URL_PASSWORD, URL_USER, Running
 
 
 def body(model: str, stream: bool = False) -> dict[str, object]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -23,11 +24,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from prefixgate.demo import ManagedProcess
+
 # Request headers that carry a credential (its own list: the gateway's is under test).
 CREDENTIAL_HEADERS = frozenset(
     {"authorization", "x-api-key", "api-key", "anthropic-api-key", "x-goog-api-key", "cookie"}
     | {"ocp-apim-subscription-key"}
 )
+
+
+UPSTREAM_KEY = "sk-upstream-KEY-0123456789abcdef"
+URL_USER = "gatewayuser"
+URL_PASSWORD = "url-PASSWORD-s3cret"
+SECRETS = (UPSTREAM_KEY, URL_PASSWORD)
+REDACTED = "[redacted]"  # what the gateway writes in a secret's place
 
 
 @dataclass(frozen=True)
@@ -111,3 +121,20 @@ class HostileUpstream:
             }
             return JSONResponse(message("have a cookie"), headers=headers)
         return JSONResponse(message("hello"))
+
+
+@dataclass
+class Running:
+    """A ``prefixgate serve`` process in front of a ``HostileUpstream``."""
+
+    url: str
+    upstream: HostileUpstream
+    audit: Path
+    process: ManagedProcess
+
+    def log(self) -> str:
+        path = self.process.log_path
+        return path.read_text(encoding="utf-8", errors="replace") if path else ""
+
+    def stored(self) -> str:
+        return self.audit.read_text(encoding="utf-8") if self.audit.exists() else ""

@@ -229,7 +229,8 @@ class RuntimeModel:
         self._slots: list[_Held | None] = [None] * capacity.slots
         self._ram: OrderedDict[int, _Held] = OrderedDict()  # by last chain hash, LRU first
         self._ram_tokens = 0
-        self._index: dict[int, int] = {}  # chain hash -> RAM entries holding it
+        # chain hash -> the RAM entries holding it (by key, the latest cached last)
+        self._index: dict[int, dict[int, None]] = {}
         self._clock = 0
 
     def restarted(self) -> None:
@@ -252,8 +253,12 @@ class RuntimeModel:
             if chain[i] in self._ram:
                 ram_exact = i + 1
                 break
-        if ram_common > best_common:
-            key = chain[ram_exact - 1] if ram_exact == ram_common else self._ram_holding(chain)
+        if ram_common > best_common:  # an entry holding the longest shared prefix
+            key = (
+                chain[ram_exact - 1]
+                if ram_exact == ram_common
+                else next(reversed(self._index[chain[ram_common - 1]]))
+            )
         holder = self._ram.get(key) if key is not None else self._slots[best]
         stale = (
             holder is not None and holder.epoch < self.epoch and max(best_common, ram_common) > 0
@@ -282,15 +287,6 @@ class RuntimeModel:
         held = self._slots[slot]
         return -1 if held is None else held.used
 
-    def _ram_holding(self, chain: Chain) -> int | None:
-        """The RAM entry sharing the most of ``chain`` (a scan: the cache holds few prompts)."""
-        best, best_common = None, 0
-        for key, held in self._ram.items():
-            common = common_prefix(chain, held.members)
-            if common > best_common:
-                best, best_common = key, common
-        return best
-
     def _cache(self, held: _Held) -> None:
         limit = self.capacity.tokens
         if not held.chain or held.tokens > limit:
@@ -302,20 +298,26 @@ class RuntimeModel:
             self._drop(next(iter(self._ram)))
         self._ram[key] = held
         self._ram_tokens += held.tokens
-        for h in held.members:
-            self._index[h] = self._index.get(h, 0) + 1
+        index = self._index
+        for h in held.chain:
+            found = index.get(h)
+            if found is None:
+                index[h] = {key: None}
+            else:
+                found[key] = None
 
     def _drop(self, key: int) -> None:
         held = self._ram.pop(key, None)
         if held is None:
             return
         self._ram_tokens -= held.tokens
-        for h in held.members:
-            left = self._index[h] - 1
-            if left:
-                self._index[h] = left
+        index = self._index
+        for h in held.chain:
+            found = index[h]
+            if len(found) == 1:
+                del index[h]
             else:
-                del self._index[h]
+                del found[key]
 
 
 # -- per upstream replica, and the verdict ----------------------------------------------
@@ -365,6 +367,11 @@ class ReachTracker:
         model = self._models.get(target)
         if model is not None:
             model.restarted()
+
+    def held_prompts(self, target: str) -> int:
+        """Prompts the runtime model of ``target`` holds (slots and RAM cache)."""
+        found = self._models.get(target)
+        return found.held_prompts if found is not None else 0
 
     def nodes(self, target: str) -> int:
         found = self._oracles.get(target)

@@ -17,6 +17,14 @@ Memory is what ``tracemalloc`` sees allocated by the tracker (the oracle's
 prefixes, the slots and the RAM cache's index), the prompts themselves not
 counted: the gateway holds them anyway while a request is under way. Times are
 per request, the mean over all of them, on this machine; nothing is asserted.
+
+A second table replays each corpus file in its recorded order as the observer
+would (``identify``, ``CacheTracker``, ``ReachTracker``; tokens estimated at 4
+characters each, no runtime involved) and prints the old expected (the
+session's previous request or the upstream's last), the oracle and the runtime
+expected (the bundled runtime's defaults; and what it serves if it restores
+from its RAM cache only a prompt the new one extends exactly) as shares of the
+prompt tokens.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from prefixgate.core.identity import AgentLabeller, identify
+from prefixgate.core.misses import CacheTracker, Owner, expected_tokens, prefix_tokens
 from prefixgate.core.oracle import (
     DEFAULT_ORACLE_NODES,
     Capacity,
@@ -41,8 +51,9 @@ from prefixgate.core.oracle import (
     prompt_chain,
     ram_cache_tokens,
 )
-from prefixgate.core.pipeline import rewrite
+from prefixgate.core.pipeline import Rewrite, rewrite
 from prefixgate.core.prompt import Piece, PromptView
+from prefixgate.core.side import UNCACHED_KINDS
 from prefixgate.upstreams.tokenize import estimate
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -50,25 +61,63 @@ CORPUS = REPO_ROOT / "corpus"
 TARGET = "local"
 
 
+def corpus_requests(path: Path) -> list[tuple[dict[str, str], Rewrite]]:
+    """The ``POST /v1/messages`` requests of one corpus file, headers and rewrite."""
+    found = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        where = str(record.get("path", ""))
+        if not where.startswith("/v1/messages") or "count_tokens" in where:
+            continue
+        try:
+            rw = rewrite(str(record["body"]).encode())
+        except Exception:  # a body the pipeline refuses is no prompt to count
+            continue
+        headers = {k.lower(): str(v) for k, v in record.get("headers", {}).items()}
+        found.append((headers, rw))
+    return found
+
+
 def corpus_views() -> list[PromptView]:
     """Every ``POST /v1/messages`` request of the shipped corpus, as the gateway sees it."""
-    views = []
-    for path in sorted(CORPUS.glob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            if not str(record.get("path", "")).startswith("/v1/messages"):
-                continue
-            if "count_tokens" in str(record.get("path")):
-                continue
-            try:
-                views.append(rewrite(str(record["body"]).encode()).view)
-            except Exception:  # a body the pipeline refuses is no prompt to count
-                continue
+    views = [rw.view for path in sorted(CORPUS.glob("*.jsonl")) for _, rw in corpus_requests(path)]
     if not views:
         raise SystemExit(f"no requests found in {CORPUS}")
     return views
+
+
+def replay_corpus(path: Path, capacity: Capacity) -> dict[str, Any]:
+    """One corpus file in recorded order: old expected, oracle and runtime expected tokens."""
+    tracker, reach_tracker, labeller = CacheTracker(), ReachTracker(), AgentLabeller()
+    prompt = old = oracle = runtime = exact = 0
+    for headers, rw in corpus_requests(path):
+        who = identify(headers, "/v1/messages", rw, "bench", labeller)
+        owner = Owner("bench", who.session, who.agent)
+        view = rw.view
+        cmp = tracker.compare(TARGET, owner, view)
+        chain = prompt_chain(view)
+        floor = max(cmp.session_common, cmp.upstream_common)
+        reach = reach_tracker.reach(TARGET, chain, capacity, floor=floor)
+        tokens = {p.digest: estimate(p.text) for p in view.pieces}
+        total = sum(tokens[p.digest] for p in view.pieces)
+        prompt += total
+        old += expected_tokens(view, cmp, tokens, None)
+        oracle += prefix_tokens(view, reach.oracle, tokens, None)
+        runtime += prefix_tokens(view, reach.expected, tokens, None)
+        exact += prefix_tokens(view, reach.exact, tokens, None)
+        if who.kind not in UNCACHED_KINDS:
+            tracker.remember(TARGET, owner, view)
+            reach_tracker.remember(TARGET, chain, total, capacity)
+    return {
+        "corpus": path.name,
+        "prompt": prompt,
+        "old": old,
+        "oracle": oracle,
+        "runtime": runtime,
+        "exact_restores_only": exact,
+    }
 
 
 def message(session: int, index: int, words: int = 60) -> Piece:
@@ -210,9 +259,31 @@ def main() -> None:
             f"{total:.1f}",
             f"{row['oracle_share']:.1%} / {row['expected_share']:.1%}",
         )
-    Console(width=200).print(table)
+    console = Console(width=200)
+    console.print(table)
+    bundled = Capacity(slots=1, tokens=ram_cache_tokens(None))
+    replayed = [replay_corpus(path, bundled) for path in sorted(CORPUS.glob("*.jsonl"))]
+    shares = Table(
+        title="Each corpus in recorded order, tokens estimated: shares of the prompt tokens "
+        f"(runtime: the bundled runtime's defaults, 1 slot, RAM cache {bundled.tokens:,} tokens)"
+    )
+    columns = ("corpus", "prompt tokens", "old expected", "oracle", "runtime expected",
+               "runtime, exact RAM restores only")  # fmt: skip
+    for name in columns:
+        shares.add_column(name, justify="right" if name != "corpus" else "left")
+    for row in replayed:
+        whole = max(1, row["prompt"])
+        shares.add_row(
+            row["corpus"],
+            f"{row['prompt']:,}",
+            f"{row['old'] / whole:.1%}",
+            f"{row['oracle'] / whole:.1%}",
+            f"{row['runtime'] / whole:.1%}",
+            f"{row['exact_restores_only'] / whole:.1%}",
+        )
+    console.print(shares)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        args.json.write_text(json.dumps({"bench": rows, "corpus": replayed}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

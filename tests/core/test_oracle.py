@@ -162,6 +162,18 @@ def test_a_partial_ram_match_is_expected_and_named() -> None:
     assert (landing.pieces, landing.source) == (len(main) - 1, "ram_partial")
 
 
+def test_reach_says_what_exact_restores_alone_would_serve() -> None:
+    tracker = ReachTracker()
+    cap = Capacity(slots=1, tokens=10_000)
+    main = chain("fix the bug", "looking", "go on")
+    tracker.remember("t", main, 1000, cap)
+    tracker.remember("t", chain("search", system=SUBAGENT), 300, cap)
+    rewound = tracker.reach("t", chain("fix the bug", "looking", "something else"), cap)
+    assert (rewound.expected, rewound.source, rewound.exact) == (len(main) - 1, "ram_partial", 0)
+    resumed = tracker.reach("t", chain("fix the bug", "looking", "go on", "ok", "more"), cap)
+    assert (resumed.expected, resumed.source, resumed.exact) == (len(main), "ram_exact", len(main))
+
+
 def test_the_ram_cache_is_bounded_by_tokens() -> None:
     model = RuntimeModel(Capacity(slots=1, tokens=1500))
     prompts = [chain(f"conversation {i}", system=f"s{i}") for i in range(4)]

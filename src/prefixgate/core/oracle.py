@@ -331,6 +331,7 @@ class Reach:
     expected: int
     source: str  # one of SOURCES
     stale: bool  # the expected prefix predates the runtime's last restart
+    exact: int = 0  # expected, were only exact extensions restored from the RAM cache
 
 
 class ReachTracker:
@@ -355,6 +356,7 @@ class ReachTracker:
             expected=expected,
             source=landing.source,
             stale=landing.stale,
+            exact=max(landing.slot_common, landing.ram_exact),
         )
 
     def remember(self, target: str, chain: Chain, tokens: int, capacity: Capacity) -> None:

@@ -9,16 +9,25 @@ request's ``model``:
 ``echo-stream``   the same text as an SSE stream
 ``cookies``       a plain message with ``set-cookie``, ``access-control-*`` and
                   hop-by-hop headers on it
+``*surrogate``    a message whose text holds a lone surrogate escape (``\\ud800``),
+                  whole or streamed as the request asks
 anything else     a plain message
+
+``POST /v1/chat/completions`` answers in the OpenAI shape: a chat completion
+(a lone surrogate in its text for a ``*surrogate`` model), whole or streamed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -85,6 +94,7 @@ class HostileUpstream:
         self.app = Starlette(
             routes=[
                 Route("/v1/messages", self.messages, methods=["POST"]),
+                Route("/v1/chat/completions", self.chat, methods=["POST"]),
                 Route("/health", self.health),
             ]
         )
@@ -92,13 +102,46 @@ class HostileUpstream:
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    async def messages(self, request: Request) -> Response:
+    async def _read(self, request: Request) -> tuple[str, bool]:
         body = await request.body()
         self.seen.append(Seen(request.url.path, dict(request.headers), body))
         try:
-            model = json.loads(body).get("model", "")
+            parsed = json.loads(body)
         except ValueError:
-            model = ""
+            return "", False
+        return str(parsed.get("model", "")), parsed.get("stream") is True
+
+    async def chat(self, request: Request) -> Response:
+        model, stream = await self._read(request)
+        text = "bad \\ud800 x" if model.endswith("surrogate") else "hello"
+        if stream:
+            chunk = (
+                '{"id":"c","object":"chat.completion.chunk","created":1,"model":"m",'
+                '"choices":[{"index":0,"delta":{"role":"assistant","content":"%s"},'
+                '"finish_reason":null}]}'
+            ).replace("%s", text)
+            end = (
+                '{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":'
+                '[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,'
+                '"completion_tokens":1,"total_tokens":2}}'
+            )
+            events = f"data: {chunk}\n\ndata: {end}\n\ndata: [DONE]\n\n"
+            return Response(events.encode(), media_type="text/event-stream")
+        whole = (
+            '{"id":"c","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,'
+            '"message":{"role":"assistant","content":"%s"},"finish_reason":"stop"}],'
+            '"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}'
+        ).replace("%s", text)
+        return Response(whole.encode(), media_type="application/json")
+
+    async def messages(self, request: Request) -> Response:
+        model, stream = await self._read(request)
+        if model.endswith("surrogate"):
+            if stream:
+                raw = sse("@@").replace(b"@@", b"bad \\ud800 x")
+                return Response(raw, media_type="text/event-stream")
+            whole = json.dumps(message("@@")).replace("@@", "bad \\ud800 x")
+            return Response(whole.encode(), media_type="application/json")
         creds = "; ".join(
             f"{k}={v}" for k, v in request.headers.items() if k.lower() in CREDENTIAL_HEADERS
         )
@@ -138,3 +181,27 @@ class Running:
 
     def stored(self) -> str:
         return self.audit.read_text(encoding="utf-8") if self.audit.exists() else ""
+
+
+def row_of(audit: Path, answer: httpx.Response | str) -> dict[str, object]:
+    """The audit row of ``answer`` (or of a request id) in a JSON-lines or SQLite
+    audit file, once written (within 10 s)."""
+    request_id = answer if isinstance(answer, str) else answer.headers["x-prefixgate-request-id"]
+    deadline = time.monotonic() + 10
+    while True:
+        for row in _rows(audit):
+            if row["request_id"] == request_id:
+                return row
+        assert time.monotonic() < deadline, f"no audit row for {request_id}"
+        time.sleep(0.05)
+
+
+def _rows(audit: Path) -> list[dict[str, object]]:
+    if not audit.exists():
+        return []
+    if audit.suffix == ".db":
+        with contextlib.closing(sqlite3.connect(audit)) as db:
+            db.row_factory = sqlite3.Row
+            return [dict(row) for row in db.execute("SELECT * FROM requests")]
+    lines = audit.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]

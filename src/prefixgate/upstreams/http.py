@@ -199,7 +199,12 @@ def json_object(content: bytes) -> dict[str, Any] | None:
 
 
 def json_bytes(content: object) -> bytes:
-    """JSON as the gateway writes it to clients (as Starlette's ``JSONResponse`` does)."""
-    return json.dumps(
+    """JSON as the gateway writes it to clients (as Starlette's ``JSONResponse`` does);
+    ASCII ``\\u`` escapes when a lone surrogate (from an upstream) cannot be UTF-8."""
+    text = json.dumps(
         content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
-    ).encode("utf-8")
+    )
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")

@@ -1,0 +1,80 @@
+"""Lone surrogates in requests and answers, through a real ``prefixgate serve`` on both
+upstream kinds (issue: hostile clients, tenants and upstreams)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from support.hostile import HostileUpstream, row_of
+from support.servers import ServerThread, free_port
+
+from prefixgate.demo import ManagedProcess
+
+LONE = b'{"model":"%s","max_tokens":8,"messages":[{"role":"user","content":"hi \\ud800 x"}]}'
+PAIR = b'{"model":"%s","max_tokens":8,"messages":[{"role":"user","content":"hi \\ud83d\\ude00"}]}'
+
+
+@pytest.fixture(scope="module")
+def two_kinds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """One gateway: models ``oai-*`` go to the openai kind, the rest to anthropic."""
+    folder = tmp_path_factory.mktemp("bodies")
+    upstream = HostileUpstream()
+    with ServerThread(upstream.app) as server:
+        port, audit = free_port(), folder / "audit.db"
+        config = folder / "prefixgate.toml"
+        config.write_text(
+            f'[server]\nport = {port}\naudit_path = "{audit}"\n'
+            f'[upstreams.ant]\nurl = "{server.url}"\n'
+            f'[upstreams.oai]\nurl = "{server.url}"\nkind = "openai"\n'
+            '[[routes]]\nmodel = "oai-*"\nupstream = "oai"\n',
+            encoding="utf-8",
+        )
+        command = [sys.executable, "-m", "prefixgate", "serve", "--config", str(config)]
+        with ManagedProcess("gateway", command, f"http://127.0.0.1:{port}/healthz"):
+            yield f"http://127.0.0.1:{port}", audit
+
+
+@pytest.mark.parametrize("model", ["plain", "oai-plain"])
+def test_a_request_with_a_lone_surrogate_is_a_400_with_a_row_on_both_kinds(
+    two_kinds: tuple[str, Path], model: str
+) -> None:
+    """Defect 5: a body with an escaped lone surrogate was answered 200 with its audit
+    row silently dropped (anthropic kind) or a 500 (openai kind)."""
+    url, audit = two_kinds
+    with httpx.Client(timeout=30, trust_env=False) as client:
+        headers = {"content-type": "application/json"}
+        refused = client.post(f"{url}/v1/messages", content=LONE % model.encode(), headers=headers)
+        paired = client.post(f"{url}/v1/messages", content=PAIR % model.encode(), headers=headers)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["type"] == "invalid_request_error"
+    assert "surrogate" in refused.json()["error"]["message"]
+    assert paired.status_code == 200, paired.text  # a valid pair is an ordinary character
+    assert row_of(audit, refused)["status"] == 400
+    assert row_of(audit, paired)["status"] == 200
+
+
+@pytest.mark.parametrize("model", ["surrogate", "oai-surrogate"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_answer_with_a_lone_surrogate_is_relayed_as_sent_with_a_row(
+    two_kinds: tuple[str, Path], model: str, stream: bool
+) -> None:
+    """Defect 5: the same escape in an upstream's answer was relayed with no audit row
+    (anthropic kind) or gave a 500 (openai kind)."""
+    url, audit = two_kinds
+    body = {"model": model, "max_tokens": 8, "stream": stream,
+            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+    with httpx.Client(timeout=30, trust_env=False) as client:
+        answer = client.post(f"{url}/v1/messages", json=body)
+    assert answer.status_code == 200, answer.text
+    assert b"bad \\ud800 x" in answer.content  # the escape as the upstream wrote it
+    if stream:
+        assert b"event: message_stop" in answer.content and b"event: error" not in answer.content
+    else:
+        assert json.loads(answer.content)["content"][0]["text"] == "bad \ud800 x"
+    row = row_of(audit, answer)
+    assert (row["status"], row["error"]) == (200, None)

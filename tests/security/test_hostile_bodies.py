@@ -20,7 +20,9 @@ PAIR = b'{"model":"%s","max_tokens":8,"messages":[{"role":"user","content":"hi \
 
 
 @pytest.fixture(scope="module")
-def two_kinds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+def two_kinds(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[str, Path, HostileUpstream]]:
     """One gateway: models ``oai-*`` go to the openai kind, the rest to anthropic."""
     folder = tmp_path_factory.mktemp("bodies")
     upstream = HostileUpstream()
@@ -36,36 +38,42 @@ def two_kinds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, P
         )
         command = [sys.executable, "-m", "prefixgate", "serve", "--config", str(config)]
         with ManagedProcess("gateway", command, f"http://127.0.0.1:{port}/healthz"):
-            yield f"http://127.0.0.1:{port}", audit
+            yield f"http://127.0.0.1:{port}", audit, upstream
 
 
 @pytest.mark.parametrize("model", ["plain", "oai-plain"])
-def test_a_request_with_a_lone_surrogate_is_a_400_with_a_row_on_both_kinds(
-    two_kinds: tuple[str, Path], model: str
+def test_a_request_with_a_lone_surrogate_is_forwarded_as_sent_with_a_row_on_both_kinds(
+    two_kinds: tuple[str, Path, HostileUpstream], model: str
 ) -> None:
     """Defect 5: a body with an escaped lone surrogate was answered 200 with its audit
-    row silently dropped (anthropic kind) or a 500 (openai kind)."""
-    url, audit = two_kinds
+    row silently dropped (anthropic kind) or a 500 (openai kind). A client may well
+    send one (a JavaScript string read from a broken file): it is forwarded as the
+    same escape, on both kinds, and its row written."""
+    url, audit, upstream = two_kinds
     with httpx.Client(timeout=30, trust_env=False) as client:
         headers = {"content-type": "application/json"}
-        refused = client.post(f"{url}/v1/messages", content=LONE % model.encode(), headers=headers)
+        lone = client.post(f"{url}/v1/messages", content=LONE % model.encode(), headers=headers)
         paired = client.post(f"{url}/v1/messages", content=PAIR % model.encode(), headers=headers)
-    assert refused.status_code == 400, refused.text
-    assert refused.json()["error"]["type"] == "invalid_request_error"
-    assert "surrogate" in refused.json()["error"]["message"]
-    assert paired.status_code == 200, paired.text  # a valid pair is an ordinary character
-    assert row_of(audit, refused)["status"] == 400
+    assert lone.status_code == 200, lone.text
+    assert paired.status_code == 200, paired.text
+    sent = upstream.seen[-2].body
+    assert b"hi \\ud800 x" in sent  # the escape itself, not bytes UTF-8 cannot carry
+    assert json.loads(sent)["messages"][-1]["content"] in (
+        "hi \ud800 x",
+        [{"type": "text", "text": "hi \ud800 x"}],
+    )
+    assert row_of(audit, lone)["status"] == 200
     assert row_of(audit, paired)["status"] == 200
 
 
 @pytest.mark.parametrize("model", ["surrogate", "oai-surrogate"])
 @pytest.mark.parametrize("stream", [False, True])
 def test_an_answer_with_a_lone_surrogate_is_relayed_as_sent_with_a_row(
-    two_kinds: tuple[str, Path], model: str, stream: bool
+    two_kinds: tuple[str, Path, HostileUpstream], model: str, stream: bool
 ) -> None:
     """Defect 5: the same escape in an upstream's answer was relayed with no audit row
     (anthropic kind) or gave a 500 (openai kind)."""
-    url, audit = two_kinds
+    url, audit, _ = two_kinds
     body = {"model": model, "max_tokens": 8, "stream": stream,
             "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
     with httpx.Client(timeout=30, trust_env=False) as client:

@@ -172,37 +172,7 @@ def _loads(raw: bytes) -> Any:
     else:
         if _floatless(body):
             return body
-    body = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
-    if _SURROGATE_ESCAPE.search(raw) and has_lone_surrogate(body):
-        # Not Unicode text: no upstream, tokenizer or store could take it as it is.
-        raise InvalidRequest(
-            "request body holds a lone UTF-16 surrogate escape (such as \\ud800), which is "
-            "not Unicode text; escape a pair, or send the character itself"
-        )
-    return body
-
-
-# ``\ud800``-``\udfff`` as a JSON escape: a surrogate, maybe one half of a valid pair.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-
-
-def has_lone_surrogate(value: Any) -> bool:
-    """Whether a string anywhere in ``value`` (a parsed JSON value, keys included)
-    holds a surrogate that is not half of a pair (Python joins pairs as it parses)."""
-    stack = [value]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, str):
-            try:
-                node.encode("utf-8")
-            except UnicodeEncodeError:
-                return True
-        elif isinstance(node, dict):
-            stack.extend(node.keys())
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return False
+    return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
 
 
 def _reject_constant(name: str) -> Any:

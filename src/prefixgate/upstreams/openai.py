@@ -216,7 +216,7 @@ class OpenAIKind:
         self, upstream: UpstreamConfig, incoming: Incoming, rw: Rewrite, session: str | None
     ) -> OpenAICall:
         translated = to_openai(rw.parsed, request_options(upstream, rw, session))
-        body = json.dumps(translated.body, ensure_ascii=False, separators=(",", ":")).encode()
+        body = json_bytes(translated.body)  # a client's lone surrogate stays a \\u escape
         # Client headers never reach an OpenAI server (user-agent and accept aside):
         # the attribution headers are gone under every policy, and only what the
         # policy adds (a normalized value, the metadata header) is sent.

@@ -19,7 +19,6 @@ answers it, without touching the upstream's slots.
 from __future__ import annotations
 
 import datetime
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any

@@ -126,7 +126,9 @@ def message(session: int, index: int, words: int = 60) -> Piece:
     return Piece("messages", f"messages[{index}]", hashlib.sha256(text.encode()).hexdigest(), text)
 
 
-def synthetic(views: list[PromptView], count: int, seed: int = 1) -> list[PromptView]:
+def synthetic(
+    views: list[PromptView], count: int, seed: int = 1, turns: tuple[int, int] = (6, 20)
+) -> list[PromptView]:
     """``count`` prompts: sessions grown from recorded requests, subagents between turns."""
     rng = random.Random(seed)
     out: list[PromptView] = []
@@ -139,7 +141,7 @@ def synthetic(views: list[PromptView], count: int, seed: int = 1) -> list[Prompt
             recorded = [p for p in base.pieces if p.section == "messages"]
             pair.append((session, base.model, head + recorded, len(recorded)))
             session += 1
-        for turn in range(rng.randint(6, 20)):
+        for turn in range(rng.randint(*turns)):
             for sid, model, pieces, start in pair:
                 grown = pieces + [message(sid, start + i) for i in range(2 * turn + 1)]
                 out.append(PromptView(model, tuple(grown)))
@@ -232,7 +234,13 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for count in args.prompts:
         prompts = synthetic(views, count)
-        for kind, batch in (("sessions", prompts), ("all distinct", distinct(prompts))):
+        long = synthetic(views, count, turns=(60, 120))
+        batches = (
+            ("sessions", prompts),
+            ("all distinct", distinct(prompts)),
+            ("long sessions", long),
+        )
+        for kind, batch in batches:
             rows.append({"kind": kind, **run(batch, capacity, args.max_nodes, args.repeat)})
     table = Table(
         title=f"Oracle and runtime model per request ({len(views)} corpus requests as seeds, "

@@ -242,3 +242,14 @@ def test_the_oracle_and_what_was_lost_are_shown() -> None:
     )
     assert (capacity["lost"], capacity["runtime"]) == ("capacity", "1,000")
     assert "Nothing lost between oracle and actual." in render_dashboard([rec(prompt_tokens=5)])
+
+
+def test_the_chart_draws_the_oracle_when_it_is_known() -> None:
+    known = [
+        rec(time=T0 + i, prompt_tokens=100, cached_tokens=50, oracle_tokens=80) for i in range(3)
+    ]
+    page = render_dashboard(known)
+    oracle = re.search(r'data-series="oracle">(.*?)</g>', page, re.S)
+    assert oracle and oracle.group(1).count("<circle") == 3 and "oracle 80.0%" in page
+    assert [p.oracle for p in share_points(known)] == [0.8] * 3
+    assert 'data-series="oracle"' not in render_dashboard([rec(prompt_tokens=100)])

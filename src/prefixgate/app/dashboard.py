@@ -42,7 +42,7 @@ __all__ = ["CHART_POINTS", "dashboard_endpoint", "render_dashboard", "share_poin
 
 CHART_POINTS = 120
 _W, _H, _LEFT, _RIGHT, _TOP, _BOTTOM = 960, 300, 48, 16, 36, 40
-_ACTUAL, _EXPECTED = "#2563eb", "#ea580c"
+_ACTUAL, _EXPECTED, _ORACLE = "#2563eb", "#ea580c", "#16a34a"
 
 _CSS = """
 body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px;color:#111827;
@@ -184,6 +184,7 @@ class SharePoint:
     end: float
     hit: float | None
     expected: float | None
+    oracle: float | None = None  # the oracle's share (any earlier prompt on the replica)
 
 
 def share_points(
@@ -199,6 +200,7 @@ def share_points(
         bucket = charted[first : first + size]
         measured = [r for r in bucket if r.cached_tokens is not None]
         expected = [r for r in bucket if r.expected_cached_tokens is not None]
+        oracle = [r for r in bucket if r.oracle_tokens is not None]
         points.append(
             SharePoint(
                 first=first,
@@ -209,6 +211,7 @@ def share_points(
                 expected=_ratio(
                     [(r.expected_cached_tokens or 0, r.prompt_tokens or 0) for r in expected]
                 ),
+                oracle=_ratio([(r.oracle_tokens or 0, r.prompt_tokens or 0) for r in oracle]),
             )
         )
     return points
@@ -231,9 +234,14 @@ def _chart(ordered: Sequence[AuditRecord]) -> str:
         return round(x, 1), round(_TOP + plot_h * (1 - min(max(share, 0.0), 1.0)), 1)
 
     parts = [_grid(plot_w, plot_h), _legend(), _x_labels(points, plot_w)]
-    for name, color, dash in (("expected", _EXPECTED, "6 4"), ("hit", _ACTUAL, "")):
-        values = [p.expected if name == "expected" else p.hit for p in points]
-        parts.append(_series(name, color, dash, values, xy, points))
+    series = (
+        ("oracle", _ORACLE, "2 3", [p.oracle for p in points]),
+        ("expected", _EXPECTED, "6 4", [p.expected for p in points]),
+        ("hit", _ACTUAL, "", [p.hit for p in points]),
+    )
+    for name, color, dash, values in series:
+        if any(v is not None for v in values) or name != "oracle":
+            parts.append(_series(name, color, dash, values, xy, points))
     return (
         f'<svg id="share-chart" data-points="{len(points)}" viewBox="0 0 {_W} {_H}" '
         f'width="{_W}" height="{_H}" role="img" aria-label="hit share and expected share '
@@ -254,7 +262,11 @@ def _grid(plot_w: float, plot_h: float) -> str:
 
 
 def _legend() -> str:
-    items = [("actual hit share", _ACTUAL, ""), ("expected share", _EXPECTED, "6 4")]
+    items = [
+        ("actual hit share", _ACTUAL, ""),
+        ("expected share", _EXPECTED, "6 4"),
+        ("oracle share", _ORACLE, "2 3"),
+    ]
     out, x = [], _LEFT
     for label, color, dash in items:
         out.append(

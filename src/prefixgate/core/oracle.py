@@ -19,7 +19,8 @@ counted (``misses.prefix_tokens``):
     from the last to the first, so a prefix is always at least as recent as
     any longer one and eviction keeps the set prefix-closed (a lookup is a
     binary search over the new prompt's chain). Bounded by ``max_nodes``
-    prefixes (about 0.2 KB each).
+    prefixes per replica (about 0.2 KB each: ``DEFAULT_ORACLE_NODES`` is
+    about 45 MB at most; ``bench/oracle.py``).
 ``expected``
     what the runtime should have served, given what it can hold
     (``RuntimeModel``): ``Capacity.slots`` slots, each holding the last
@@ -30,11 +31,14 @@ counted (``misses.prefix_tokens``):
     and reuses that prefix; when a prompt in the RAM cache shares a longer
     prefix, it is restored into the slot (and leaves the cache). The slot's
     previous prompt goes to the RAM cache unless the new one extends it.
-    Every slot counts as idle: requests are modelled one at a time, in the
-    order the upstream answered them. Expected is the longest prefix the
-    model holds, partial RAM matches included: a runtime that throws one
+    Every slot counts as idle: a request is compared when it arrives and
+    remembered once the upstream answered it. Expected is the longest prefix
+    the model holds, partial RAM matches included: a runtime that throws one
     away (llama-server restores only a cached prompt the new one extends
-    exactly) loses it, and says so below.
+    exactly) loses it, and says so below; ``Reach.exact`` is what exact
+    restores alone would serve. A restart empties nothing in the model (a
+    runtime that saves its prefixes would still have them): what it loses
+    then is named ``restarted``.
 ``actual``
     what the upstream reported (``cached_tokens`` in the audit record).
 

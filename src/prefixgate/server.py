@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import math
+import resource
 import signal
 import socket
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ from uvicorn.config import LOG_LEVELS as UVICORN_LEVELS
 
 from prefixgate.app.gateway import create_app
 from prefixgate.config import Settings
+from prefixgate.connections import protocol_class
 from prefixgate.store.audit import AuditSink
 from prefixgate.store.capture import CaptureLog
 from prefixgate.store.sinks import AuditLogError, open_audit
@@ -27,6 +29,7 @@ from prefixgate.store.state import StateStore
 log = logging.getLogger("prefixgate")
 KEEP_ALIVE_S = 30
 STOPPING = "the gateway is shutting down"
+SPARE_FILES = 256  # descriptors beyond max_connections: upstream sockets, the audit log
 
 
 def run(settings: Settings, *, log_level: str = "info") -> None:
@@ -71,11 +74,15 @@ def run(settings: Settings, *, log_level: str = "info") -> None:
             log.info("upstream %s: %s (policy %s)", name, where, up.policy.value)
         if settings.state_url:
             log.info("routing state shared through %s", _redacted(settings.state_url))
+        _raise_file_limit(settings.max_connections + SPARE_FILES)
         server = DrainingServer(
             uvicorn.Config(
                 app,
                 host=settings.host,
                 port=settings.port,
+                # uvicorn's protocol, with a deadline on request heads and caps on
+                # connections in all and per client address (connections.py)
+                http=protocol_class(settings),
                 log_level=log_level,
                 access_log=False,
                 timeout_graceful_shutdown=math.ceil(settings.shutdown_grace) + 5,
@@ -143,6 +150,24 @@ async def abort_streams(app: Starlette, message: str = STOPPING) -> None:
     streams = getattr(app.state.proxy, "streams", None)
     if streams is not None:
         await streams.abort(message)
+
+
+def _raise_file_limit(wanted: int) -> None:
+    """Let the process open ``wanted`` descriptors, as far as its hard limit allows
+    (many systems start services with a soft limit of 1024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        log.warning(
+            "open files are limited to %d: fewer than server.max_connections (%d) "
+            "connections can be held",
+            target,
+            wanted - SPARE_FILES,
+        )
 
 
 def _open_audit(settings: Settings) -> AuditSink:

@@ -1,4 +1,4 @@
-"""The door: header size, keys, and requests under way per tenant.
+"""The door: header size, keys, requests under way per tenant, and slow bodies.
 
 ``Guard`` is plain ASGI middleware in front of every route, so a refused
 request costs no routing, no body read and no JSON parse:
@@ -8,11 +8,32 @@ request costs no routing, no body read and no JSON parse:
    ``authentication_error`` (``/healthz`` answers without one, saying less);
 3. more than the tenant's ``max_concurrent`` requests under way on ``/v1/``:
    429 ``rate_limit_error`` with ``retry-after``. A stream counts until it ends;
+   a request counts from its arrival, its body's arrival included;
 4. beyond ``max_active`` requests being handled, across tenants, the next one
    waits its turn before its body is read. The server then holds only what
    the socket buffered of a waiting body (about 64 KiB) instead of a parsed,
    rewritten request (about 0.5 MB for a Claude Code turn), which keeps the
-   memory of a gateway under a burst bounded.
+   memory of a gateway under a burst bounded;
+5. the body is read here, once its turn has come, against two deadlines:
+   ``body_idle_timeout`` (the longest pause between two of its pieces) and
+   ``body_timeout`` (the whole body, from its first read). A body that misses
+   either is answered 408 ``timeout_error`` with ``connection: close`` (the
+   rest of it is never read) and an audit row.
+
+Slow bodies and ``max_active``: a body still arriving ``SLOW_BODY_S`` after its
+turn came gives the turn back and goes on arriving outside it; once it is
+whole it waits for a turn again. So a turn is held only by a body arriving
+faster than that floor (its whole body within ``SLOW_BODY_S``, under a
+millisecond for a Claude Code turn on a LAN), and by the handling of a
+request whose body is whole; 64 clients sending a few bytes a second hold no
+turn after their first second and starve no one. The simplest alternatives
+were worse: reading every body before taking a turn gives up the memory bound
+of 4. (a burst of waiting requests would each hold its whole body), and a
+rate computed per piece needs a floor in bytes per second that no single
+value fits. The body read here is handed to the app as one ``http.request``
+message, then ``receive`` is the server's again (a disconnect still reaches
+a stream). A body beyond ``max_body_bytes`` is not read past the limit: what
+was read is handed on and the request path refuses it (413), as before.
 
 The tenant it found is put in the request's state; ``tenant_of`` reads it.
 Without tenants every request is the configured default tenant's. A refusal
@@ -25,11 +46,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from prefixgate.app.exchange import REQUEST_ID_HEADER, Exchange, Observer
 from prefixgate.app.metrics import Metrics
@@ -41,6 +63,7 @@ log = logging.getLogger("prefixgate")
 OPEN_PATHS = frozenset({"/healthz"})
 BROWSER_PATHS = frozenset({"/dashboard"})
 RETRY_AFTER_S = 1
+SLOW_BODY_S = 1.0  # a body still arriving this long after its turn came gives it back
 
 
 class Guard:
@@ -97,13 +120,73 @@ class Guard:
             await self._refuse(scope, receive, send, 429, "rate_limit_error", message, name, extra)
             return
         self.busy[name] = self.busy.get(name, 0) + 1
+        turn = Turn(self.active)
         try:
-            async with self.active:  # waits, its body unread, while the gateway is full
-                await self.app(scope, receive, send)
+            await turn.take()  # waits, its body unread, while the gateway is full
+            body = await self._read_body(scope, receive, turn)
+            if body.late is not None:
+                turn.give_back()
+                headers = {"connection": "close"}
+                await self._refuse(
+                    scope, receive, send, 408, "timeout_error", body.late, name, headers
+                )
+                return
+            if not turn.held:  # a slow body, whole now: its turn again
+                await turn.take()
+            await self.app(scope, body.replay(receive), send)
         finally:
+            turn.give_back()
             self.busy[name] -= 1
             if not self.busy[name]:
                 del self.busy[name]
+
+    async def _read_body(self, scope: Scope, receive: Receive, turn: Turn) -> Body:
+        """The request's body, read against its deadlines; ``turn`` is given
+        back when the body is slow (see the module's docstring)."""
+        body = Body()
+        declared = Headers(scope=scope).get("content-length", "")
+        limit = self.settings.max_body_bytes
+        if declared.isdigit() and int(declared) > limit:
+            return body  # the request path refuses it (413) without reading it
+        idle, total = self.settings.body_idle_timeout, self.settings.body_timeout
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        slow_at, deadline = start + SLOW_BODY_S, start + total
+        while True:
+            piece = asyncio.ensure_future(receive())
+            idle_at = loop.time() + idle
+            try:
+                while not piece.done():
+                    now = loop.time()
+                    ends = min(idle_at, deadline)
+                    if now >= ends:
+                        body.late = self._late(now >= deadline, body.size)
+                        return body
+                    wake = min(ends, slow_at) if turn.held else ends
+                    await asyncio.wait({piece}, timeout=max(wake - now, 0.0))
+                    if turn.held and loop.time() >= slow_at and not piece.done():
+                        turn.give_back()
+            finally:
+                if not piece.done():
+                    piece.cancel()
+            message = piece.result()
+            body.messages.append(message)
+            if message["type"] != "http.request":
+                return body  # the client left: the request path sees it go
+            body.size += len(message.get("body", b""))
+            if not message.get("more_body", False) or body.size > limit:
+                return body
+
+    def _late(self, whole: bool, size: int) -> str:
+        if whole:
+            return (
+                f"request body not received within the gateway's limit "
+                f"body_timeout={self.settings.body_timeout:g}s ({size} bytes arrived)"
+            )
+        return (
+            f"request body stalled: nothing arrived for the gateway's limit "
+            f"body_idle_timeout={self.settings.body_idle_timeout:g}s ({size} bytes arrived)"
+        )
 
     def _tenant(self, headers: Headers) -> Tenant | None:
         if not self.settings.keyed:
@@ -137,6 +220,47 @@ class Guard:
             headers={**(headers or {}), REQUEST_ID_HEADER: ex.request_id},
         )
         await response(scope, receive, send)
+
+
+class Turn:
+    """A hold on one of ``max_active`` turns, which may be given back and taken again."""
+
+    def __init__(self, turns: asyncio.Semaphore) -> None:
+        self.turns = turns
+        self.held = False
+
+    async def take(self) -> None:
+        await self.turns.acquire()
+        self.held = True
+
+    def give_back(self) -> None:
+        if self.held:
+            self.held = False
+            self.turns.release()
+
+
+@dataclass
+class Body:
+    """What the guard read of a request's body; ``late``: why it was refused (408)."""
+
+    messages: list[Message] = field(default_factory=list)
+    size: int = 0
+    late: str | None = None
+
+    def replay(self, receive: Receive) -> Receive:
+        """``receive`` for the app: the body read, as one message, then the server's."""
+        pending = list(self.messages)
+        if len(pending) > 1 and all(m["type"] == "http.request" for m in pending):
+            more = bool(pending[-1].get("more_body", False))
+            whole = b"".join(m.get("body", b"") for m in pending)
+            pending = [{"type": "http.request", "body": whole, "more_body": more}]
+
+        async def replayed() -> Message:
+            if pending:
+                return pending.pop(0)
+            return await receive()
+
+        return replayed
 
 
 def tenant_of(request: Request, default: str) -> tuple[str, Tenant | None]:

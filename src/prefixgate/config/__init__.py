@@ -27,6 +27,11 @@ it. Example file::
     max_blocks = 100000            # content blocks, system blocks and tools (400)
     max_concurrent = 64            # requests under way per tenant (429 + retry-after)
     max_active = 64                # handled at once, all tenants; more wait their turn
+    body_idle_timeout = 30         # seconds of silence inside a request body (408)
+    body_timeout = 120             # seconds for a whole request body (408)
+    header_timeout = 10            # seconds for a request head; then the connection closes
+    max_connections = 4096         # open client connections; more are refused (503)
+    max_connections_per_client = 256  # from one address (429); raise it behind a proxy
     shutdown_grace = 30            # on SIGTERM, seconds streams under way may finish
     allow_unauthenticated = false  # true: serve without keys on a non-loopback host
 

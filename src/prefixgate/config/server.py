@@ -26,6 +26,11 @@ DEFAULT_MAX_BODY = 32 * 1024 * 1024
 DEFAULT_MAX_HEADER_BYTES = 32 * 1024
 DEFAULT_MAX_CONCURRENT = 64
 DEFAULT_MAX_ACTIVE = 64
+DEFAULT_BODY_IDLE_TIMEOUT = 30.0
+DEFAULT_BODY_TIMEOUT = 120.0
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_MAX_CONNECTIONS = 4096
+DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 256
 LOOPBACK_NAMES = ("localhost",)
 IN_MEMORY = ("memory", "none")
 
@@ -53,6 +58,11 @@ class Settings:
     max_blocks: int = 100_000
     max_concurrent: int = DEFAULT_MAX_CONCURRENT  # per tenant
     max_active: int = DEFAULT_MAX_ACTIVE  # handled at once, all tenants; more wait
+    body_idle_timeout: float = DEFAULT_BODY_IDLE_TIMEOUT  # longest pause inside a body (408)
+    body_timeout: float = DEFAULT_BODY_TIMEOUT  # a whole body, from its first read (408)
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT  # a request head, from its first byte
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # open client connections, all addresses
+    max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT  # per address
 
     @property
     def limits(self) -> Limits:
@@ -127,6 +137,11 @@ class LimitSettings(TypedDict):
     max_blocks: int
     max_concurrent: int
     max_active: int
+    body_idle_timeout: float
+    body_timeout: float
+    header_timeout: float
+    max_connections: int
+    max_connections_per_client: int
 
 
 class ServerSettings(LimitSettings):
@@ -160,7 +175,8 @@ def server_settings(server: Mapping[str, Any]) -> ServerSettings:
 
 
 def limit_settings(server: Mapping[str, Any]) -> LimitSettings:
-    """Header bytes, body shape and concurrency limits, from ``[server]``."""
+    """Header bytes, body shape, concurrency, slow-client and connection limits,
+    from ``[server]``."""
     return LimitSettings(
         max_header_bytes=read_int(
             "server.max_header_bytes",
@@ -174,6 +190,19 @@ def limit_settings(server: Mapping[str, Any]) -> LimitSettings:
             "server.max_concurrent", server.get("max_concurrent", DEFAULT_MAX_CONCURRENT), 1
         ),
         max_active=read_int("server.max_active", server.get("max_active", DEFAULT_MAX_ACTIVE), 1),
+        body_idle_timeout=read_seconds(
+            "server.body_idle_timeout", server, DEFAULT_BODY_IDLE_TIMEOUT
+        ),
+        body_timeout=read_seconds("server.body_timeout", server, DEFAULT_BODY_TIMEOUT),
+        header_timeout=read_seconds("server.header_timeout", server, DEFAULT_HEADER_TIMEOUT),
+        max_connections=read_int(
+            "server.max_connections", server.get("max_connections", DEFAULT_MAX_CONNECTIONS), 1
+        ),
+        max_connections_per_client=read_int(
+            "server.max_connections_per_client",
+            server.get("max_connections_per_client", DEFAULT_MAX_CONNECTIONS_PER_CLIENT),
+            1,
+        ),
     )
 
 

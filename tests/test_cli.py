@@ -298,7 +298,8 @@ def test_serve_reports_a_broken_config_file(tmp_path: Path) -> None:
 
 
 def test_serve_reports_an_audit_log_it_cannot_open(tmp_path: Path) -> None:
-    audit = tmp_path / "missing-dir" / "audit.jsonl"
+    (tmp_path / "a-file").write_text("", encoding="utf-8")
+    audit = tmp_path / "a-file" / "audit.jsonl"  # no folder can be made under a file
     result = CliRunner().invoke(
         main,
         ["serve", "--upstream", "http://127.0.0.1:9"],

@@ -85,9 +85,10 @@ def test_open_audit_returns_the_sink_the_path_names(tmp_path: Path) -> None:
 
 
 def test_open_audit_errors_say_which_log_and_why(tmp_path: Path) -> None:
-    missing = tmp_path / "missing-dir" / "audit.jsonl"
-    with pytest.raises(AuditLogError, match=f"cannot open the audit log {missing}: "):
-        open_audit(missing)
+    (tmp_path / "a-file").write_text("", encoding="utf-8")
+    under_a_file = tmp_path / "a-file" / "audit.jsonl"  # no folder can be made there
+    with pytest.raises(AuditLogError, match=f"cannot open the audit log {under_a_file}: "):
+        open_audit(under_a_file)
     text = tmp_path / "notes.db"
     text.write_text("not a database\n" * 200, encoding="utf-8")
     with pytest.raises(AuditLogError, match=f"cannot open the audit log {text}: "):

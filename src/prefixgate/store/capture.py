@@ -17,6 +17,7 @@ from pathlib import Path
 from starlette.datastructures import URL
 
 from prefixgate.core.secrets import CREDENTIAL_HEADERS
+from prefixgate.store.files import private_file
 
 
 def capture_line(
@@ -40,7 +41,7 @@ class CaptureLog:
     """Appends capture lines to ``path``; one line per request, written whole."""
 
     def __init__(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        private_file(path)  # mode 0600, its new folders 0700 (store/files.py)
         self._lock = threading.Lock()
         self._file = Path(path).open("a", encoding="utf-8")  # noqa: SIM115
 

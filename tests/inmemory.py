@@ -17,6 +17,6 @@ async def running(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
-            transport=transport, base_url="http://gateway.test", timeout=10.0
+            transport=transport, base_url="http://localhost", timeout=10.0
         ) as client:
             yield client

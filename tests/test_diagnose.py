@@ -356,8 +356,8 @@ async def test_keys_and_predicted_causes_equal_the_gateway_s(plain: list[Capture
     )
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw.test") as client:
-            results = await replay(plain, "http://gw.test", client=client, max_tokens=2)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+            results = await replay(plain, "http://localhost", client=client, max_tokens=2)
         await app.state.proxy.observer.drain()
     assert [r.error for r in results] == [None] * len(plain)
     live = list(audit.records)

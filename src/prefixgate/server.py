@@ -94,6 +94,9 @@ def run(settings: Settings, *, log_level: str = "info") -> None:
                 # reuses a connection just as the server closes it (a ReadError
                 # with no status, seen under load).
                 timeout_keep_alive=KEEP_ALIVE_S,
+                # X-Forwarded-For rewrites the client's address only when the
+                # operator says a proxy of theirs sets it (server.trust_forwarded)
+                proxy_headers=settings.trust_forwarded,
             ),
             grace=settings.shutdown_grace,
             on_grace_over=functools.partial(abort_streams, app),

@@ -796,7 +796,7 @@ async def test_the_app_opens_its_upstream_client_only_when_started() -> None:
     app = create_app(make_settings(), transport=upstream.transport)
     # Without the lifespan nothing is open and no request can reach any network.
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
         response = await post_record(client, load_corpus("sdk")[0])
     assert response.status_code == 500
     assert response.json()["type"] == "error"
@@ -811,7 +811,8 @@ def test_the_app_works_under_starlettes_test_client() -> None:
     upstream = FakeUpstream(lambda request: sse_response(SSE_BYTES))
     app = create_app(make_settings(), transport=upstream.transport)
     record = load_corpus("sdk")[0]
-    with TestClient(app) as client:
+    # TestClient's default host ("testserver") is no loopback name: the door refuses it
+    with TestClient(app, base_url="http://localhost") as client:
         response = client.post(
             record["path"], content=record["body"].encode(), headers=client_headers(record)
         )

@@ -54,9 +54,9 @@ def sdk(client: httpx.AsyncClient) -> anthropic.AsyncAnthropic:
     transport = client._transport
     assert isinstance(transport, httpx.ASGITransport)
     app = transport.app
-    http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://gw.test")
+    http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://localhost")
     return anthropic.AsyncAnthropic(
-        api_key="dummy", base_url="http://gw.test", http_client=http, max_retries=0
+        api_key="dummy", base_url="http://localhost", http_client=http, max_retries=0
     )
 
 

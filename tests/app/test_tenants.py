@@ -245,7 +245,7 @@ async def test_header_values_cannot_inject_headers_upstream() -> None:
         "query_string": b"",
         "root_path": "",
         "headers": [
-            (b"host", b"gateway.test"),
+            (b"host", b"localhost"),
             (b"content-type", b"application/json"),
             (b"content-length", str(len(raw)).encode()),
             (b"x-api-key", BETA.encode()),

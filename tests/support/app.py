@@ -22,7 +22,7 @@ async def running(
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
         async with httpx.AsyncClient(
-            transport=transport, base_url="http://gateway.test", timeout=timeout
+            transport=transport, base_url="http://localhost", timeout=timeout
         ) as client:
             yield client
 

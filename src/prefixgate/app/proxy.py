@@ -33,6 +33,7 @@ from prefixgate.app.observer import CacheObserver
 from prefixgate.app.relay import Relay, RelayResponse, Streams
 from prefixgate.app.router import Router, Target
 from prefixgate.config import Settings, UpstreamConfig
+from prefixgate.core.door import forwarded_names
 from prefixgate.core.errors import NotFound, PermissionDenied, PrefixgateError
 from prefixgate.core.headers import HeaderRewrite, rewrite_headers
 from prefixgate.core.identity import Identity
@@ -91,7 +92,7 @@ class Proxy:
     async def _models(self, config: UpstreamConfig, request: Request) -> Response:
         kind = KINDS[config.kind]
         found = attribution_headers(request, config, config.policy)
-        outgoing = kind.models(config, incoming(request, found))
+        outgoing = kind.models(config, incoming(request, found, self.settings.trust_forwarded))
         response = await send(self.upstreams.http, config, outgoing)
         content = await read_all(config, response)
         return answer_response(kind.model_list(response.status_code, response.headers, content))
@@ -197,7 +198,8 @@ class Proxy:
         self, request: Request, ex: Exchange, kind: Kind, upstream: UpstreamConfig, rw: Rewrite
     ) -> Response:
         """Forward to ``upstream``; raises ``PrefixgateError`` only before an answer."""
-        call = kind.call(upstream, incoming(request, ex.headers), rw, ex.scoped_session)
+        trusted = self.settings.trust_forwarded
+        call = kind.call(upstream, incoming(request, ex.headers, trusted), rw, ex.scoped_session)
         response = await send(self.upstreams.http, upstream, call.outgoing)
         ex.ttfb = time.perf_counter()
         streamed = call.stream(response.status_code, response.headers)
@@ -249,10 +251,12 @@ class Proxy:
         return route
 
 
-def incoming(request: Request, found: HeaderRewrite) -> Incoming:
-    """What of ``request`` an upstream request is built from."""
+def incoming(request: Request, found: HeaderRewrite, trust_forwarded: bool = False) -> Incoming:
+    """What of ``request`` an upstream request is built from; a client's claims about
+    the proxies it came through are dropped unless ``trust_forwarded``."""
     path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    return Incoming(request.headers, path, found.add, found.drop)
+    drop = found.drop if trust_forwarded else found.drop | forwarded_names(request.headers.keys())
+    return Incoming(request.headers, path, found.add, drop)
 
 
 def answer_response(answer: Answer) -> Response:

@@ -63,6 +63,12 @@ class Settings:
     header_timeout: float = DEFAULT_HEADER_TIMEOUT  # a request head, from its first byte
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # open client connections, all addresses
     max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT  # per address
+    # the door against web pages (core/door.py): Host names beyond loopback, IP
+    # literals and ``host``; browser origins beyond the gateway's own ("*": any)
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    # X-Forwarded-* / Forwarded from clients: believed and passed upstream only if set
+    trust_forwarded: bool = False
 
     @property
     def limits(self) -> Limits:
@@ -154,6 +160,9 @@ class ServerSettings(LimitSettings):
     capture_bodies: bool
     shutdown_grace: float
     allow_unauthenticated: bool
+    allowed_hosts: tuple[str, ...]
+    allowed_origins: tuple[str, ...]
+    trust_forwarded: bool
 
 
 def server_settings(server: Mapping[str, Any]) -> ServerSettings:
@@ -170,6 +179,9 @@ def server_settings(server: Mapping[str, Any]) -> ServerSettings:
         allow_unauthenticated=read_flag(
             "server.allow_unauthenticated", server.get("allow_unauthenticated", False)
         ),
+        allowed_hosts=read_names("server.allowed_hosts", server.get("allowed_hosts", [])),
+        allowed_origins=read_names("server.allowed_origins", server.get("allowed_origins", [])),
+        trust_forwarded=read_flag("server.trust_forwarded", server.get("trust_forwarded", False)),
         **limit_settings(server),
     )
 
@@ -204,6 +216,13 @@ def limit_settings(server: Mapping[str, Any]) -> LimitSettings:
             1,
         ),
     )
+
+
+def read_names(where: str, value: Any) -> tuple[str, ...]:
+    """A list of host names or origins."""
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}: a list of names is required, got {value!r}")
+    return tuple(value)
 
 
 def read_audit_path(value: Any, default: str | None) -> str | None:

@@ -9,7 +9,15 @@ import subprocess
 import sys
 
 import httpx
-from support.hostile import REDACTED, SECRETS, UPSTREAM_KEY, URL_PASSWORD, URL_USER, Running
+from support.hostile import (
+    REDACTED,
+    SECRETS,
+    UPSTREAM_KEY,
+    URL_PASSWORD,
+    URL_USER,
+    Running,
+    row_of,
+)
 
 
 def body(model: str, stream: bool = False) -> dict[str, object]:
@@ -141,3 +149,47 @@ def test_log_level_trace_is_accepted_and_an_unknown_one_is_a_usage_error() -> No
     )  # fmt: skip
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "--log-level" in bad.stderr
+
+
+def test_web_pages_of_other_sites_and_rebound_names_are_turned_away(
+    hostile_gateway: Running,
+) -> None:
+    """Exposure "Host and Origin": the keyless loopback gateway accepted any Host and
+    any Origin, so a page the user visits could POST to it and a DNS-rebinding page
+    could read /report and the dashboard."""
+    gw = hostile_gateway
+    with httpx.Client(timeout=30, trust_env=False) as client:
+        page = client.post(
+            f"{gw.url}/v1/messages",
+            content=json.dumps(body("plain")),
+            headers={"origin": "https://evil.example", "content-type": "text/plain"},
+        )
+        rebound = client.get(f"{gw.url}/dashboard", headers={"host": "evil.example:8787"})
+        rebound_report = client.get(f"{gw.url}/report", headers={"host": "evil.example"})
+        own = client.post(
+            f"{gw.url}/v1/messages",
+            json=body("plain"),
+            headers={"origin": gw.url},  # the gateway's own pages
+        )
+        sdk = client.post(f"{gw.url}/v1/messages", json=body("plain"))
+    assert page.status_code == 403 and page.json()["error"]["type"] == "permission_error"
+    assert "allowed_origins" in page.json()["error"]["message"]
+    assert rebound.status_code == 403 and rebound_report.status_code == 403
+    assert "allowed_hosts" in rebound.json()["error"]["message"]
+    assert own.status_code == 200 and sdk.status_code == 200
+    assert row_of(gw.audit, page)["status"] == 403
+
+
+def test_a_clients_forwarding_headers_do_not_reach_the_upstream(hostile_gateway: Running) -> None:
+    """Exposure "What is relayed back": X-Forwarded-* from clients were relayed upstream
+    although no proxy of the operator's set them (``trust_forwarded`` is off)."""
+    gw = hostile_gateway
+    claims = {
+        "x-forwarded-for": "203.0.113.9",
+        "x-forwarded-host": "admin.example",
+        "forwarded": "for=203.0.113.9",
+        "x-real-ip": "203.0.113.9",
+    }
+    assert post(gw, body("plain"), **claims).status_code == 200
+    seen = gw.upstream.seen[-1].headers
+    assert not set(claims) & set(seen), seen

@@ -128,14 +128,14 @@ async def test_the_oracle_sees_the_prompt_before_the_subagent() -> None:
     assert main.oracle_tokens == main.runtime_expected_tokens == 0
     assert (main.lost_by_runtime, main.lost_cause) == (0, "none")
     assert sub.oracle_tokens is not None and sub.oracle_tokens > 0  # the system prompt
-    # the old expected stops where the subagent's prompt parts (its tools); the
-    # oracle reaches through alpha's main prompt, tools included
-    assert beta.expected_cached_tokens is not None and beta.oracle_tokens is not None
-    assert 0 < beta.expected_cached_tokens < beta.oracle_tokens
+    # the old expected stays inside one tenant: beta has no earlier prompt of its
+    # own; the oracle counts (never shows) alpha's, main prompt and tools included
+    assert beta.expected_cached_tokens == 0 and beta.oracle_tokens is not None
     assert is_miss(beta.oracle_tokens, beta.expected_cached_tokens)
     # one slot, no RAM cache: the subagent's prompt took the slot; it shares the
     # system prompt, which this runtime should still have served
-    assert beta.runtime_expected_tokens == beta.expected_cached_tokens
+    assert beta.runtime_expected_tokens is not None
+    assert 0 < beta.runtime_expected_tokens < beta.oracle_tokens
     assert beta.lost_by_runtime == beta.runtime_expected_tokens
     assert beta.lost_cause == "evicted"
 
@@ -152,7 +152,7 @@ async def test_what_the_runtime_could_not_hold_is_capacity() -> None:
 async def test_a_ram_cache_holds_the_main_prompt_and_a_refused_restore_is_named() -> None:
     _, _, beta = await interleaved(beta_cached=0, cache_tokens=1_000_000)
     assert beta.oracle_tokens is not None and beta.expected_cached_tokens is not None
-    assert beta.runtime_expected_tokens == beta.oracle_tokens > beta.expected_cached_tokens
+    assert beta.runtime_expected_tokens == beta.oracle_tokens > beta.expected_cached_tokens == 0
     # beta's prompt shares alpha's system prompt and tools but does not extend it
     assert (beta.lost_by_runtime, beta.lost_cause) == (
         beta.runtime_expected_tokens,

@@ -404,12 +404,32 @@ def test_every_cause_has_words() -> None:
     assert all(CAUSE_WORDS[c] for c in CAUSES)
 
 
-def test_another_tenants_request_is_counted_but_never_described() -> None:
+def test_another_tenants_request_is_neither_counted_nor_described() -> None:
+    """Issue: hostile tenants, defect 1: every comparison stays inside one tenant."""
     current = view("hi", tools=("Bash", "Read"))
     mine = compared(current, None, (BOB, view("hi", tools=("Grep",))))
     assert mine.change is not None and "Grep" in mine.change.detail
+    assert mine.upstream_common > 0
     theirs = compared(current, None, (MALLORY, view("hi", tools=("Grep",))))
     assert theirs.upstream_change is None and theirs.change is None
-    assert theirs.upstream_common == mine.upstream_common > 0
+    assert theirs.upstream_common == 0
     judged = verdict(theirs, 10_000, 0)
     assert judged.detail is not None and "Grep" not in judged.detail
+
+
+def test_the_tracker_compares_inside_a_tenant_and_says_only_that_someone_came_between() -> None:
+    """Issue: hostile tenants, defect 1: a tenant's first request was compared with the
+    upstream's last request, which could be another tenant's."""
+    tracker = CacheTracker()
+    tracker.observe("up", ALICE, view("hi", tools=("Grep",)))
+    tracker.observe("up", MALLORY, view("hi", tools=("Secret",)))
+    first_of_bob = tracker.observe("up", BOB, view("hi", tools=("Bash",)))
+    assert first_of_bob.upstream_common > 0  # against alice's prompt, same tenant
+    assert first_of_bob.change is not None and "Secret" not in first_of_bob.change.detail
+    tracker.observe("up", MALLORY, view("hi", tools=("Secret",)))
+    again = tracker.observe("up", BOB, view("hi", tools=("Bash",)))
+    assert again.interloper == "a request of another tenant"
+    first_of_mallory = CacheTracker()
+    first_of_mallory.observe("up", ALICE, view("hi", tools=("Grep",)))
+    theirs = first_of_mallory.observe("up", MALLORY, view("hi", tools=("Grep",)))
+    assert theirs.upstream_common == 0 and theirs.change is None

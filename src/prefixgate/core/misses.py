@@ -132,7 +132,12 @@ def compare(
     owner: Owner,
     session_prev: PromptView | None,
     upstream_prev: tuple[Owner, PromptView] | None,
+    last_owner: Owner | None = None,
 ) -> Comparison:
+    """``view`` against its session's previous prompt and ``upstream_prev``, the
+    upstream's last prompt of the same tenant; ``last_owner`` is whoever used the
+    upstream last, any tenant (default: ``upstream_prev``'s), named only as "a
+    request of another tenant" when it is not ``owner``'s."""
     # Side requests (titles, summaries) carry a new short conversation each time.
     side = owner.agent == "side"
     session_change = None
@@ -148,11 +153,13 @@ def compare(
             first_change(prev_view, view, across_sessions=across), new_conversation=other
         )
         if prev_owner.tenant != owner.tenant:
-            # another tenant's prompt is counted (upstream_common), never described:
-            # a change against it would name its pieces (tools, lines of text)
+            # another tenant's prompt is never described: a change against it
+            # would name its pieces (tools, lines of text)
             upstream_change = None
-        if prev_owner != owner and session_prev is not None:
-            interloper = prev_owner.describe(owner.tenant)
+    if last_owner is None and upstream_prev is not None:
+        last_owner = upstream_prev[0]
+    if last_owner is not None and last_owner != owner and session_prev is not None:
+        interloper = last_owner.describe(owner.tenant)
     if session_prev is not None:
         change, reference = session_change, "session"
     else:
@@ -163,7 +170,11 @@ def compare(
         session_change=session_change,
         upstream_change=upstream_change,
         session_common=common_pieces(session_prev, view),
-        upstream_common=common_pieces(upstream_prev[1], view) if upstream_prev else 0,
+        upstream_common=(
+            common_pieces(upstream_prev[1], view)
+            if upstream_prev and upstream_prev[0].tenant == owner.tenant
+            else 0
+        ),
         has_session_ref=session_prev is not None,
         has_upstream_ref=upstream_prev is not None,
         interloper=interloper,
@@ -180,6 +191,10 @@ def _in_place(change: Change | None, *, new_conversation: bool) -> Change | None
 class CacheTracker:
     """The last prompt per upstream and per (tenant, session, agent).
 
+    A request is compared only with prompts of its own tenant (what it is told,
+    counts included, never depends on another tenant's text); the upstream's
+    last user of any tenant is kept only to say that *someone* came in between.
+
     The gateway compares a request when it arrives and remembers it once the
     upstream answered it (a failed request cached nothing). At most
     ``limit`` owners are kept (least recently seen forgotten first); views hold
@@ -188,7 +203,8 @@ class CacheTracker:
 
     def __init__(self, limit: int = 256) -> None:
         self._by_owner: OrderedDict[tuple[str, Owner], PromptView] = OrderedDict()
-        self._by_upstream: dict[str, tuple[Owner, PromptView]] = {}
+        self._by_upstream: dict[tuple[str, str], tuple[Owner, PromptView]] = {}
+        self._last_owner: dict[str, Owner] = {}
         self._limit = limit
 
     def compare(
@@ -200,7 +216,8 @@ class CacheTracker:
         upstream holds only the turns that were sent to it.
         """
         mine = self._by_owner.get((scope, owner))
-        return compare(view, owner, mine, self._by_upstream.get(upstream))
+        ours = self._by_upstream.get((upstream, owner.tenant))
+        return compare(view, owner, mine, ours, self._last_owner.get(upstream))
 
     def remember(self, upstream: str, owner: Owner, view: PromptView, *, scope: str = "") -> None:
         """Record that ``upstream`` processed ``view`` for ``owner``."""
@@ -208,7 +225,8 @@ class CacheTracker:
         self._by_owner.move_to_end((scope, owner))
         while len(self._by_owner) > self._limit:
             self._by_owner.popitem(last=False)
-        self._by_upstream[upstream] = (owner, view)
+        self._by_upstream[(upstream, owner.tenant)] = (owner, view)
+        self._last_owner[upstream] = owner
 
     def observe(
         self,

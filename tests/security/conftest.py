@@ -30,7 +30,8 @@ def hostile_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runnin
             f'[server]\nport = {port}\naudit_path = "{audit}"\n'
             f"[upstreams.hostile]\n"
             f'url = "http://{URL_USER}:{URL_PASSWORD}@127.0.0.1:{server.port}"\n'
-            f'api_key_env = "PG_TEST_UPSTREAM_KEY"\n',
+            f'api_key_env = "PG_TEST_UPSTREAM_KEY"\n'
+            "max_answer_bytes = 1048576\n",
             encoding="utf-8",
         )
         env = {**os.environ, "PG_TEST_UPSTREAM_KEY": UPSTREAM_KEY}

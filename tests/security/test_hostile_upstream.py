@@ -193,3 +193,14 @@ def test_a_clients_forwarding_headers_do_not_reach_the_upstream(hostile_gateway:
     assert post(gw, body("plain"), **claims).status_code == 200
     seen = gw.upstream.seen[-1].headers
     assert not set(claims) & set(seen), seen
+
+
+def test_a_whole_answer_beyond_the_cap_is_a_502_not_buffered(hostile_gateway: Running) -> None:
+    """Exposure "Unbounded answers": a non-streamed upstream answer was buffered
+    whole, however large."""
+    gw = hostile_gateway
+    answer = post(gw, body("huge"))
+    assert answer.status_code == 502
+    assert "max_answer_bytes=1048576" in answer.json()["error"]["message"]
+    assert row_of(gw.audit, answer)["status"] == 502
+    assert post(gw, body("plain")).status_code == 200

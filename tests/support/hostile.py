@@ -9,6 +9,7 @@ request's ``model``:
 ``echo-stream``   the same text as an SSE stream
 ``cookies``       a plain message with ``set-cookie``, ``access-control-*`` and
                   hop-by-hop headers on it
+``huge``          a 4 MiB message (more than the security tests let the gateway buffer)
 ``*surrogate``    a message whose text holds a lone surrogate escape (``\\ud800``),
                   whole or streamed as the request asks
 anything else     a plain message
@@ -154,6 +155,8 @@ class HostileUpstream:
             return StreamingResponse(
                 iter([sse(f"you sent me {creds}")]), media_type="text/event-stream"
             )
+        if model == "huge":
+            return JSONResponse(message("x" * (4 * 1024 * 1024)))
         if model == "cookies":
             headers = {
                 "set-cookie": "upstream_session=abc123; Path=/",

@@ -25,6 +25,7 @@ from prefixgate.core.routing import ROUTING_POLICIES
 from prefixgate.core.secrets import secret_values
 from prefixgate.core.toolload import ToolLoads
 
+DEFAULT_MAX_ANSWER_BYTES = 64 * 1024 * 1024
 FIRST_PARTY_HOSTS = ("api.anthropic.com",)
 # What the runtime model (core/oracle.py) assumes an upstream holds, unless its
 # table says ``cache_slots`` / ``cache_tokens``: llama-server's default of 4
@@ -67,6 +68,8 @@ class UpstreamConfig:
     # slots, each holding its last prompt, and a RAM prompt cache in tokens
     cache_slots: int = DEFAULT_CACHE_SLOTS
     cache_tokens: int = DEFAULT_CACHE_TOKENS
+    # the most of a whole (not streamed) answer the gateway reads before a 502
+    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
     # ``user:password@`` taken out of the configured URLs, by the URL without it:
     # URLs are shown in errors, logs, /healthz and audit rows, credentials never
     userinfo: tuple[tuple[str, str, str], ...] = field(default=(), repr=False)
@@ -164,6 +167,11 @@ def upstream_from_table(
         ),
         cache_tokens=read_int(
             f"{where}.cache_tokens", table.get("cache_tokens", DEFAULT_CACHE_TOKENS)
+        ),
+        max_answer_bytes=read_int(
+            f"{where}.max_answer_bytes",
+            table.get("max_answer_bytes", DEFAULT_MAX_ANSWER_BYTES),
+            low=1024,
         ),
     )
 

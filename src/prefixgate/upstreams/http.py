@@ -113,19 +113,34 @@ async def send(
     except httpx.HTTPError as exc:
         raise transport_error(config, exc) from None
     if response.status_code >= 400:
-        await read_all(config, response)
-        raise status_error(config, response.status_code, response.content)
+        raise status_error(config, response.status_code, await read_all(config, response))
     return response
 
 
 async def read_all(config: UpstreamConfig, response: httpx.Response) -> bytes:
-    """The whole body of ``response``, which is closed; failures named after ``config``."""
+    """The whole body of ``response``, which is closed; failures named after ``config``.
+
+    A body beyond ``config.max_answer_bytes`` is not buffered further: 502.
+    """
+    limit = config.max_answer_bytes
+    pieces: list[bytes] = []
+    size = 0
     try:
-        return await response.aread()
+        async for piece in response.aiter_bytes():
+            size += len(piece)
+            if size > limit:
+                raise UpstreamStatus(
+                    502,
+                    "api_error",
+                    f"upstream {config.name!r} ({config.url}) answered more than "
+                    f"max_answer_bytes={limit} bytes; the answer is not relayed",
+                )
+            pieces.append(piece)
     except httpx.HTTPError as exc:  # nothing sent yet: the next replica may answer
         raise transport_error(config, exc) from None
     finally:
         await response.aclose()
+    return b"".join(pieces)
 
 
 def transport_error(config: UpstreamConfig, exc: httpx.HTTPError) -> PrefixgateError:

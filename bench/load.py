@@ -3,6 +3,8 @@
     python bench/load.py [--clients 200[,20,...]] [--seconds 120] [--requests N]
                          [--timeout 60] [--max-tokens 16] [--warmup N] [--idle-wait 5]
                          [--corpus FILE] [--stub-server asyncio|uvicorn] [--out results.json]
+                         [--slow-bodies 64] [--half-open 1000] [--hostile-addresses 8]
+                         [--slow-rate 2] [--drip 2] [--server-setting KEY=VALUE ...]
 
 It starts ``bench/stub_upstream.py`` and ``python -m prefixgate serve
 --upstream <stub> --audit <tmp>/audit.db`` on free loopback ports (helpers
@@ -15,6 +17,24 @@ shared with ``overhead.py``), then, for each client count C:
    or ``--requests``, whichever comes first;
 2. ``gateway``: the same through prefixgate, while a thread samples the
    gateway process every 0.2 s (VmRSS, open file descriptors, threads).
+
+With ``--slow-bodies`` and ``--half-open``, hostile clients run alongside the
+gateway phase (from a few seconds before it to its end), from loopback
+addresses of their own (127.0.0.2 and up, ``--hostile-addresses`` of them):
+
+* slow bodies: each sends a whole request head and then its body a byte at a
+  time (``--slow-rate`` bytes a second), never finishing it, and starts again
+  when the gateway answers (408 once a body deadline passes) or closes;
+* half-open connections: each sends part of a request head and then one more
+  header line every ``--drip`` seconds, never finishing it, and opens a new
+  connection when the gateway closes it (at its ``header_timeout``).
+
+The normal clients' figures, errors and request ids are what they would be
+without them; the hostile requests' own audit rows (a 408 each, or a 499 for
+those still arriving when the run ends) are expected too, so "records lost"
+counts every request the gateway saw. ``--server-setting`` adds a key to the
+gateway's ``[server]`` table (e.g. ``body_timeout=20``, to see the deadline
+within a short run).
 
 A request counts as ok when it answered 200 and its stream ended with a
 ``message_stop`` event; anything else is an error, counted by type
@@ -45,6 +65,7 @@ import asyncio
 import contextlib
 import dataclasses
 import io
+import itertools
 import json
 import os
 import resource
@@ -57,7 +78,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -503,6 +524,243 @@ def check_records(path: Path, answered: int, ids: Sequence[str]) -> dict[str, An
     return out
 
 
+# -- hostile clients alongside: slow bodies and half-open heads -----------------------------
+
+
+@dataclasses.dataclass
+class Attack:
+    """Slow-body clients and half-open connections against ``port``, from ``addresses``."""
+
+    port: int
+    slow_bodies: int
+    half_open: int
+    addresses: list[str]
+    slow_rate: float  # body bytes a second, per slow client
+    drip_s: float  # seconds between header lines, per half-open connection
+    body: bytes = b""
+    stop: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    # slow bodies
+    slow_heads: int = 0  # requests whose whole head went out
+    slow_answers: Counter[int] = dataclasses.field(default_factory=Counter)
+    slow_ids: list[str] = dataclasses.field(default_factory=list)
+    slow_answer_s: list[float] = dataclasses.field(default_factory=list)  # head to answer
+    slow_dropped: int = 0  # closed by the gateway with no answer
+    slow_hung_up: int = 0  # still arriving when the run ended (we hung up)
+    # half-open connections
+    half_opened: int = 0
+    half_closed: int = 0  # closed by the gateway
+    half_held_s: list[float] = dataclasses.field(default_factory=list)
+    half_still_open: int = 0  # when the run ended
+    peak_open: int = 0
+    # either kind
+    refused: Counter[int] = dataclasses.field(default_factory=Counter)  # answered at connect
+    connect_errors: Counter[str] = dataclasses.field(default_factory=Counter)
+    open_now: int = 0
+    tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.slow_bodies or self.half_open)
+
+    def start(self) -> None:
+        for i in range(self.half_open):
+            self.tasks.append(asyncio.create_task(self._half_open(i)))
+        for i in range(self.slow_bodies):
+            self.tasks.append(asyncio.create_task(self._slow_body(i)))
+
+    async def finish(self) -> None:
+        self.stop.set()
+        await asyncio.gather(*self.tasks)
+
+    @property
+    def records_expected(self) -> int:
+        """Audit rows the hostile requests make: one per answer with a request id
+        (408, or a 429 from a tenant's limit), one per body we hung up on (499)."""
+        return len(self.slow_ids) + self.slow_hung_up
+
+    async def _connect(self, i: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        address = self.addresses[i % len(self.addresses)]
+        try:
+            reader, writer = await asyncio.open_connection(HOST, self.port, local_addr=(address, 0))
+        except OSError as exc:
+            self.connect_errors[type(exc).__name__] += 1
+            await asyncio.sleep(0.5)
+            return None
+        self.open_now += 1
+        self.peak_open = max(self.peak_open, self.open_now)
+        return reader, writer
+
+    async def _close(self, writer: asyncio.StreamWriter) -> None:
+        self.open_now -= 1
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+    async def _wait(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        seconds: float,
+        pieces: Iterator[bytes],
+    ) -> bytes | None:
+        """What the gateway sent (b"" when it closed), or None when the run ends;
+        the next of ``pieces`` is sent after each ``seconds`` of silence."""
+        while not self.stop.is_set():
+            try:
+                return await asyncio.wait_for(reader.read(65536), timeout=seconds)
+            except TimeoutError:
+                try:
+                    writer.write(next(pieces, b""))
+                    await writer.drain()
+                except OSError:  # reset: closed by the gateway
+                    return b""
+            except OSError:
+                return b""
+        return None
+
+    async def _half_open(self, i: int) -> None:
+        head = f"POST /v1/messages HTTP/1.1\r\nhost: {HOST}:{self.port}\r\n".encode()
+        await asyncio.sleep(i * 0.002)  # a ramp, not one burst of SYNs
+        while not self.stop.is_set():
+            conn = await self._connect(i)
+            if conn is None:
+                continue
+            reader, writer = conn
+            opened = time.monotonic()
+            self.half_opened += 1
+            lines = (f"x-drip-{n}: 1\r\n".encode() for n in itertools.count())
+            try:
+                writer.write(head)
+                await writer.drain()
+                data = await self._wait(reader, writer, self.drip_s, lines)
+            except OSError:
+                data = b""
+            if data is None:
+                self.half_still_open += 1
+            elif data:
+                self.refused[status_of(data)] += 1
+            else:
+                self.half_closed += 1
+                self.half_held_s.append(time.monotonic() - opened)
+            await self._close(writer)
+
+    async def _slow_body(self, i: int) -> None:
+        body = self.body
+        head = (
+            f"POST /v1/messages HTTP/1.1\r\nhost: {HOST}:{self.port}\r\n"
+            "content-type: application/json\r\nanthropic-version: 2023-06-01\r\n"
+            f"content-length: {len(body)}\r\n\r\n"
+        ).encode()
+        await asyncio.sleep(i * 0.01)
+        while not self.stop.is_set():
+            conn = await self._connect(1000 + i)
+            if conn is None:
+                continue
+            reader, writer = conn
+            # a byte at a time, never whole: the last byte is kept back
+            trickle = (body[k : k + 1] for k in range(len(body) - 1))
+            try:
+                writer.write(head)
+                await writer.drain()
+                began = time.monotonic()
+                self.slow_heads += 1
+                data = await self._wait(reader, writer, 1.0 / self.slow_rate, trickle)
+                if data:
+                    with contextlib.suppress(OSError, TimeoutError):
+                        async with asyncio.timeout(10):
+                            while more := await reader.read(65536):
+                                data += more
+            except OSError:
+                data = b""
+            if data is None:
+                self.slow_hung_up += 1
+            elif not data:
+                self.slow_dropped += 1
+            elif (request_id := header_of(data, REQUEST_ID_HEADER)) is None:
+                self.slow_heads -= 1  # refused at connect, before its head was read
+                self.refused[status_of(data)] += 1
+            else:
+                self.slow_answers[status_of(data)] += 1
+                self.slow_ids.append(request_id)
+                self.slow_answer_s.append(time.monotonic() - began)
+            await self._close(writer)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "slow_bodies": self.slow_bodies,
+            "half_open": self.half_open,
+            "addresses": self.addresses,
+            "slow_rate_bytes_per_s": self.slow_rate,
+            "drip_s": self.drip_s,
+            "peak_open": self.peak_open,
+            "slow_heads": self.slow_heads,
+            "slow_answers_by_status": {str(k): v for k, v in sorted(self.slow_answers.items())},
+            "slow_answer_s": percentiles(self.slow_answer_s),
+            "slow_dropped": self.slow_dropped,
+            "slow_hung_up": self.slow_hung_up,
+            "half_opened": self.half_opened,
+            "half_closed_by_gateway": self.half_closed,
+            "half_held_s": percentiles(self.half_held_s),
+            "half_still_open_at_end": self.half_still_open,
+            "refused_at_connect_by_status": {str(k): v for k, v in sorted(self.refused.items())},
+            "connect_errors": dict(self.connect_errors),
+            "records_expected": self.records_expected,
+        }
+
+
+def status_of(answer: bytes) -> int:
+    try:
+        return int(answer.split(b" ", 2)[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+def header_of(answer: bytes, name: str) -> str | None:
+    head = answer.partition(b"\r\n\r\n")[0].decode("latin-1")
+    for line in head.split("\r\n")[1:]:
+        key, _, value = line.partition(":")
+        if key.strip().lower() == name:
+            return value.strip()
+    return None
+
+
+def attack_table(attack: dict[str, Any]) -> Table:
+    table = Table(title="Hostile clients alongside the gateway phase", title_justify="left")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+
+    def pct(d: dict[str, Any], key: str) -> str:
+        return _f(d.get(key), "{:.1f}")
+
+    held, answer = attack["half_held_s"], attack["slow_answer_s"]
+    rows = [
+        ("client addresses", f"{len(attack['addresses'])} ({attack['addresses'][0]} ...)"),
+        ("hostile connections open at once, peak", str(attack["peak_open"])),
+        (
+            f"half-open connections ({attack['half_open']}, a header line every "
+            f"{attack['drip_s']:g} s): opened",
+            str(attack["half_opened"]),
+        ),
+        ("  closed by the gateway", str(attack["half_closed_by_gateway"])),
+        ("  held before being closed, s (p50 / p99)", f"{pct(held, 'p50')} / {pct(held, 'p99')}"),
+        ("  still open when the run ended", str(attack["half_still_open_at_end"])),
+        (
+            f"slow bodies ({attack['slow_bodies']}, {attack['slow_rate_bytes_per_s']:g} "
+            "bytes/s): requests",
+            str(attack["slow_heads"]),
+        ),
+        ("  answered, by status", json.dumps(attack["slow_answers_by_status"])),
+        ("  head to answer, s (p50 / p99)", f"{pct(answer, 'p50')} / {pct(answer, 'p99')}"),
+        ("  closed with no answer", str(attack["slow_dropped"])),
+        ("  still arriving when the run ended", str(attack["slow_hung_up"])),
+        ("refused at connect, by status", json.dumps(attack["refused_at_connect_by_status"])),
+        ("connect errors", json.dumps(attack["connect_errors"])),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
 # -- the run ------------------------------------------------------------------------------
 
 
@@ -513,6 +771,7 @@ class Sweep:
     gateway: Phase
     warmups: list[Phase]
     gateway_proc: dict[str, Any]
+    attack: Attack | None = None
 
 
 async def sweep_one(
@@ -534,6 +793,7 @@ async def sweep_one(
     phases: dict[str, Phase] = {}
     warmups: list[Phase] = []
     proc: dict[str, Any] = {}
+    attack: Attack | None = None
     for side in ("direct", "gateway"):
         base = urls[side]
         if side == "gateway":
@@ -545,11 +805,29 @@ async def sweep_one(
             warm = Phase(f"warmup-{side}", min(clients, max(warmup, 1)))
             await run_phase(client, base, items, warm, 60.0, warmup, args.timeout, servers)
             warmups.append(warm)
+            if side == "gateway" and (args.slow_bodies or args.half_open):
+                attack = Attack(
+                    port=gw_port,
+                    slow_bodies=args.slow_bodies,
+                    half_open=args.half_open,
+                    addresses=[f"127.0.0.{2 + i}" for i in range(args.hostile_addresses)],
+                    slow_rate=args.slow_rate,
+                    drip_s=args.drip,
+                    body=items[0].body,
+                )
+                attack.start()
+                await asyncio.sleep(args.attack_ramp)  # the hostile connections open first
+                console.print(
+                    f"  c={clients:<4} hostile clients: {attack.open_now} connections open "
+                    f"({args.half_open} half-open, {args.slow_bodies} slow bodies)"
+                )
             phase = Phase(side, clients)
             await run_phase(
                 client, base, items, phase, args.seconds, args.requests, args.timeout, servers
             )
             phases[side] = phase
+            if attack is not None:
+                await attack.finish()
             if side == "gateway":
                 proc["end_of_load"] = snapshot(gateway, gw_port, stub_port)
         busy = phase.cpu_busy(cores)
@@ -568,7 +846,7 @@ async def sweep_one(
             proc["during"] = sampler.finish()
             proc["after_idle"] = snapshot(gateway, gw_port, stub_port)
             proc["idle_wait_s"] = args.idle_wait
-    return Sweep(clients, phases["direct"], phases["gateway"], warmups, proc)
+    return Sweep(clients, phases["direct"], phases["gateway"], warmups, proc, attack)
 
 
 def added(direct: Phase, gateway: Phase) -> dict[str, Any]:
@@ -691,7 +969,11 @@ def gateway_table(sweeps: Sequence[Sweep], audit: dict[str, Any]) -> Table:
     )
     table.add_section()
     ids = audit.get("request_ids", {})
-    table.add_row("gateway answered (all runs, warm-ups included)", str(audit["answered"]))
+    hostile = audit.get("hostile_records_expected", 0)
+    table.add_row(
+        "gateway answered (all runs, warm-ups included)",
+        str(audit["answered"]) + (f" ({hostile} of them hostile requests)" if hostile else ""),
+    )
     table.add_row(
         "audit records, settled while running",
         f"{audit['settled']} (after {audit['settle_s']:.1f} s)",
@@ -778,6 +1060,34 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="REV",
         help="run the gateway from this git revision's src/ (default: the installed code)",
     )
+    parser.add_argument(
+        "--slow-bodies", type=int, default=0, help="hostile clients sending bodies a byte at a time"
+    )
+    parser.add_argument(
+        "--half-open", type=int, default=0, help="hostile connections holding half-sent heads"
+    )
+    parser.add_argument(
+        "--hostile-addresses",
+        type=int,
+        default=8,
+        help="loopback addresses the hostile clients come from (127.0.0.2 and up)",
+    )
+    parser.add_argument(
+        "--slow-rate", type=float, default=2.0, help="body bytes a second per slow client"
+    )
+    parser.add_argument(
+        "--drip", type=float, default=2.0, help="seconds between header lines, half-open"
+    )
+    parser.add_argument(
+        "--attack-ramp", type=float, default=5.0, help="seconds the hostile clients start first"
+    )
+    parser.add_argument(
+        "--server-setting",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a key for the gateway's [server] table (repeatable), e.g. body_timeout=20",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     try:
@@ -798,7 +1108,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--warmup must be between 0 and 10000")
     if not 0 <= args.idle_wait <= 120 or not 0 < args.settle_timeout <= 600:
         parser.error("--idle-wait must be in [0, 120], --settle-timeout in (0, 600]")
+    if not 0 <= args.slow_bodies <= MAX_CLIENTS or not 0 <= args.half_open <= 20_000:
+        parser.error(f"--slow-bodies must be in [0, {MAX_CLIENTS}], --half-open in [0, 20000]")
+    if not 1 <= args.hostile_addresses <= 250:
+        parser.error("--hostile-addresses must be between 1 and 250")
+    if not 0 < args.slow_rate <= 1000 or not 0 < args.drip <= 60:
+        parser.error("--slow-rate must be in (0, 1000], --drip in (0, 60]")
+    if not 0 <= args.attack_ramp <= 60:
+        parser.error("--attack-ramp must be in [0, 60]")
+    for setting in args.server_setting:
+        key, eq, _ = setting.partition("=")
+        if not eq or not key.replace("_", "").isalnum():
+            parser.error(f"--server-setting takes KEY=VALUE, got {setting!r}")
     return args
+
+
+def toml_value(text: str) -> str:
+    """``text`` as a TOML value: a number or boolean as is, else a quoted string."""
+    if text in ("true", "false"):
+        return text
+    try:
+        float(text)
+    except ValueError:
+        return json.dumps(text)
+    return text
 
 
 def raise_fd_limit(wanted: int) -> None:
@@ -828,8 +1161,18 @@ async def run_all(
     for p in gateway_phases:
         by_status.update(p.statuses)
     ids = [i for p in gateway_phases for i in p.request_ids]
+    # the hostile requests' own rows (408, 429; 499 for a body we hung up on)
+    attacks = [s.attack for s in sweeps if s.attack is not None]
+    hostile = sum(a.records_expected for a in attacks)
+    for a in attacks:
+        by_status.update(a.slow_answers)
+        by_status[499] += a.slow_hung_up
+        ids += a.slow_ids
+    by_status = +by_status  # no zero counts
+    answered += hostile
     settled, settle_s = await settle_records(audit_path, answered, args.settle_timeout)
-    audit = {"answered": answered, "settled": settled, "settle_s": settle_s}
+    audit: dict[str, Any] = {"answered": answered, "settled": settled, "settle_s": settle_s}
+    audit["hostile_records_expected"] = hostile
     audit["answered_by_status"] = {str(k): v for k, v in sorted(by_status.items())}
     audit |= check_records(audit_path, answered, ids)
     return sweeps, audit
@@ -857,14 +1200,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The load is one tenant's: lift its concurrency limit (default 64) above the
     # client count, or the run measures 429s instead of the gateway.
     config = tmp / "prefixgate.toml"
-    config.write_text(f"[server]\nmax_concurrent = {max(args.clients) + 16}\n", encoding="utf-8")
+    # The slow bodies are that tenant's requests too.
+    table = f"[server]\nmax_concurrent = {max(args.clients) + args.slow_bodies + 16}\n"
+    for setting in args.server_setting:
+        key, _, value = setting.partition("=")
+        table += f"{key.strip()} = {toml_value(value.strip())}\n"
+    config.write_text(table, encoding="utf-8")
     gateway_cmd += ["--config", str(config)]
     console.print(
         f"[bold]prefixgate load[/bold]: clients {','.join(map(str, args.clients))}, "
         f"{args.seconds:g} s or {args.requests} requests per phase, "
         f"{len(items)} bodies from {corpus.name} (max_tokens {args.max_tokens}, streaming), "
         f"audit: SQLite; gateway code: {source['rev']} "
-        f"({(source['commit'] or '?')[:10]}"
+        + (
+            f"; alongside the gateway phase: {args.half_open} half-open connections and "
+            f"{args.slow_bodies} slow bodies from {args.hostile_addresses} addresses"
+            if args.half_open or args.slow_bodies
+            else ""
+        )
+        + (f"; [server] {', '.join(args.server_setting)}" if args.server_setting else "")
+        + f" ({(source['commit'] or '?')[:10]}"
         + (
             f", {source['src_files_changed']} files under src/ changed"
             if source["src_files_changed"]
@@ -885,7 +1240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         gateway.start()
         assert gateway.process is not None
         gateway_fd_limit = fd_limit(gateway.process.pid)
-        raise_fd_limit(4 * max(args.clients) + 256)
+        raise_fd_limit(4 * max(args.clients) + 256 + 2 * (args.half_open + args.slow_bodies))
         sweeps, audit = asyncio.run(
             run_all(args, items, urls, servers, (gw_port, stub_port), audit_path, console)
         )
@@ -912,6 +1267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.print()
     console.print(latency_table(sweeps, cores))
     console.print(gateway_table(sweeps, audit))
+    for s in sweeps:
+        if s.attack is not None:
+            console.print(attack_table(s.attack.summary()))
     busiest = max(
         max(p.cpu_busy(cores) or 0.0, p.machine_busy or 0.0)
         for s in sweeps
@@ -975,6 +1333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "added": added(s.direct, s.gateway),
                 "warmups": [w.summary(cores) for w in s.warmups],
                 "gateway_process": s.gateway_proc,
+                "hostile": None if s.attack is None else s.attack.summary(),
             }
             for s in sweeps
         ],

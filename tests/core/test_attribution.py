@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import string
 from typing import Any
 
@@ -447,3 +448,36 @@ def test_a_detected_header_always_ends_at_a_line_break_the_end_or_after_a_semico
         assert rest
     else:
         assert rest == "" or found.removed.endswith(("\n", "\r"))
+
+
+EDGE_SYSTEMS = {
+    "empty string": "",
+    "empty list": [],
+    "null": None,
+    "image first": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA"}}
+    ],
+    "upper case": "X-ANTHROPIC-BILLING-HEADER: CC_VERSION=2.1.332.3AB; CCH=0A1B2;\nYou are.",
+    "after a BOM": "\ufeffx-anthropic-billing-header: cc_version=2.1.332.3ab; cch=0a1b2;\nYou.",
+    "BOM in a block": [
+        {"type": "text", "text": "\ufeffx-anthropic-billing-header: cc_version=2.1.332.3ab;"}
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(EDGE_SYSTEMS))
+def test_odd_systems_hold_no_block_and_are_forwarded_untouched_under_every_policy(
+    name: str,
+) -> None:
+    """Issue: hostile clients, edge cases: never a traceback, never a half strip."""
+    from prefixgate.core.pipeline import RewriteOptions, rewrite
+    from prefixgate.core.policy import Policy
+
+    body = {"model": "m", "max_tokens": 5, "system": EDGE_SYSTEMS[name],
+            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+    raw = json.dumps(body).encode()
+    assert detect(body) is None
+    for policy in Policy:
+        done = rewrite(raw, RewriteOptions(policy=policy))
+        assert done.attribution is None and not done.changed
+        assert done.body == raw

@@ -204,3 +204,28 @@ def test_a_whole_answer_beyond_the_cap_is_a_502_not_buffered(hostile_gateway: Ru
     assert "max_answer_bytes=1048576" in answer.json()["error"]["message"]
     assert row_of(gw.audit, answer)["status"] == 502
     assert post(gw, body("plain")).status_code == 200
+
+
+def test_odd_system_prompts_are_forwarded_untouched(hostile_gateway: Running) -> None:
+    """Exposure "Edge cases": ``system`` as ``""``, ``[]``, ``null`` or a non-text block,
+    and the block in upper case or after a byte-order mark: no traceback, no half strip
+    (the last two are not Claude Code's block: forwarded as written)."""
+    gw = hostile_gateway
+    systems: list[object] = [
+        "",
+        [],
+        None,
+        [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA"}}],
+        "X-ANTHROPIC-BILLING-HEADER: CC_VERSION=2.1.332.3AB; CCH=0A1B2;\nYou are.",
+        "\ufeffx-anthropic-billing-header: cc_version=2.1.332.3ab; cch=0a1b2;\nYou are.",
+    ]
+    for system in systems:
+        payload = json.dumps({**body("plain"), "system": system}).encode()
+        with httpx.Client(timeout=30, trust_env=False) as client:
+            answer = client.post(
+                f"{gw.url}/v1/messages",
+                content=payload,
+                headers={"content-type": "application/json"},
+            )
+        assert answer.status_code == 200, (system, answer.text)
+        assert gw.upstream.seen[-1].body == payload, system

@@ -22,7 +22,12 @@ Detection is deliberately narrow:
   never before whitespace (``...=1; and prose`` is prose, not a header).
 
 Anything else, including the same text quoted later in the prompt, in a user
-message or in a tool result, is not an attribution block.
+message or in a tool result, is not an attribution block. So is a header name
+in another case (``X-ANTHROPIC-BILLING-HEADER:``) or one after a byte-order
+mark or any other character: Claude Code writes neither, and a prompt that
+does is text someone wrote, left whole (never half stripped). A ``system``
+that is ``""``, ``[]``, ``null``, or opens with a block that is not text holds
+no block either.
 
 The same fields also travel as HTTP request headers: ``x-anthropic-billing-header``
 itself (its value in the same ``key=value;`` or JSON grammar, with or without the

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypedDict
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from prefixgate.config.presets import apply_preset
 from prefixgate.config.values import (
     ConfigError,
     read_choice,
@@ -36,6 +37,7 @@ FIRST_PARTY_CACHE_SLOTS = 1024
 DEFAULT_CACHE_TOKENS = 0
 TOKENIZERS = ("auto", "llama.cpp", "estimate")
 SIDE_REQUESTS = ("forward", "local")
+PRICE_KEYS = ("price_input", "price_cached", "price_output")
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,11 @@ class UpstreamConfig:
     # ``user:password@`` taken out of the configured URLs, by the URL without it:
     # URLs are shown in errors, logs, /healthz and audit rows, credentials never
     userinfo: tuple[tuple[str, str, str], ...] = field(default=(), repr=False)
+    # the user's prices per million input, cached-read and output tokens (None:
+    # not configured; the report shows money only where input and cached are set)
+    price_input: float | None = None
+    price_cached: float | None = None
+    price_output: float | None = None
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -119,8 +126,10 @@ def is_first_party(url: str) -> bool:
 def upstream_from_table(
     name: str, table: Mapping[str, Any], env: Mapping[str, str] | None = None
 ) -> UpstreamConfig:
-    """Build one upstream from its TOML table (pure apart from the given env)."""
+    """Build one upstream from its TOML table (pure apart from the given env),
+    over the defaults of the preset it names (``config/presets.py``)."""
     where = f"upstreams.{name}"
+    table = apply_preset(where, table)
     urls, userinfo = _urls(name, table)
     url = urls[0]
     # imported here: the kinds' modules import this package
@@ -173,7 +182,24 @@ def upstream_from_table(
             table.get("max_answer_bytes", DEFAULT_MAX_ANSWER_BYTES),
             low=1024,
         ),
+        **read_prices(where, table),
     )
+
+
+def read_prices(where: str, table: Mapping[str, Any]) -> dict[str, float | None]:
+    """``price_input``, ``price_cached``, ``price_output``: numbers of 0 or more per
+    million tokens, each None when not set; input and cached go together."""
+    prices: dict[str, float | None] = {}
+    for key in PRICE_KEYS:
+        value = table.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0
+        ):
+            raise ConfigError(f"{where}.{key}: a price of 0 or more is required, got {value!r}")
+        prices[key] = None if value is None else float(value)
+    if (prices["price_input"] is None) != (prices["price_cached"] is None):
+        raise ConfigError(f"{where}: price_input and price_cached are set together")
+    return prices
 
 
 def replica_settings(where: str, table: Mapping[str, Any], urls: list[str]) -> ReplicaSettings:

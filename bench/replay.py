@@ -3,6 +3,15 @@
     python bench/replay.py [--corpus FILE] [--upstream URL] [--all | --slice SPEC]
                            [--out results.json] [--no-litellm] [--policy strip] [--openai]
 
+Under the usual table, a second one puts each column against an ideal cache:
+``oracle`` (per request, the longest prefix shared with any earlier prompt of
+the column), ``expected`` (what a runtime of the upstream's capacity holds of
+it: the bundled runtime's slots and RAM cache, or ``--cache-slots`` /
+``--cache-tokens`` for another), ``actual`` (what it served), the share of the
+oracle reached and ``lost_by_runtime`` by cause (``core/oracle.py``). Tokens
+come from the runtime's own tokenizer (``/tokenize``), else an estimate;
+``--per-request`` prints the three numbers per request.
+
 Columns, in one run, each against the same upstream:
 
   direct      straight to the upstream
@@ -41,13 +50,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 from rich.console import Console
+from rich.table import Table
 
+from prefixgate.core.oracle import Capacity, ram_cache_tokens
 from prefixgate.demo import (
     ManagedProcess,
     default_slice,
@@ -59,12 +70,16 @@ from prefixgate.demo import (
 from prefixgate.replay import (
     CaptureRecord,
     Column,
+    Reached,
     load_capture,
     miss_reasons,
+    reach_column,
+    reach_pieces,
     render_report,
     select,
     summarize,
 )
+from prefixgate.upstreams.tokenize import estimate
 
 BENCH = Path(__file__).resolve().parent
 LITELLM_VENV = BENCH / ".venv-litellm"
@@ -85,6 +100,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM column")
     parser.add_argument("--policy", default="strip", help="prefixgate policy (default: strip)")
     parser.add_argument("--max-tokens", type=int, default=1, help="max_tokens sent (default: 1)")
+    parser.add_argument(
+        "--per-request", action="store_true", help="print oracle/expected/actual per request"
+    )
+    parser.add_argument(
+        "--cache-slots", type=int, default=4, help="an external upstream's slots (default 4)"
+    )
+    parser.add_argument(
+        "--cache-tokens", type=int, default=0, help="an external upstream's RAM cache, tokens"
+    )
     parser.add_argument(
         "--openai",
         action="store_true",
@@ -182,6 +206,23 @@ class Upstream:
 
     url: str
     reset: Callable[[], None] | None = None
+    capacity: Capacity = dataclasses.field(default_factory=Capacity)  # what it can hold
+
+    def token_counts(self, pieces: Mapping[str, str]) -> tuple[dict[str, int], str]:
+        """Tokens per piece digest from the upstream's ``/tokenize`` (llama-server's),
+        else estimated; and which."""
+        counts: dict[str, int] = {}
+        with httpx.Client(timeout=60.0, trust_env=False) as client:
+            for digest, text in pieces.items():
+                try:
+                    response = client.post(
+                        f"{self.url}/tokenize", json={"content": text, "add_special": False}
+                    )
+                    response.raise_for_status()
+                    counts[digest] = len(response.json()["tokens"])
+                except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                    return {d: estimate(t) for d, t in pieces.items()}, "estimate"
+        return counts, "tokenizer"
 
     def metrics(self) -> dict[str, float]:
         """llama-server's prompt token counters since its start (empty if unavailable)."""
@@ -196,6 +237,9 @@ class Upstream:
 class Run:
     column: Column
     metrics: dict[str, float]
+    reached: list[Reached] = dataclasses.field(default_factory=list)
+    tokens_from: str = ""  # "tokenizer" (the runtime's /tokenize) or "estimate"
+    capacity: Capacity = dataclasses.field(default_factory=Capacity)
 
 
 def run_column(
@@ -222,7 +266,14 @@ def run_column(
                 upstream.reset()
         results = replay_with_progress(console, name, records, url, max_tokens=max_tokens)
     metrics = upstream.metrics() if upstream.reset is not None else {}
-    return Run(Column(name, results, attribution_removed=attribution_removed), metrics)
+    pieces = reach_pieces(records, attribution_removed=attribution_removed)
+    with console.status(f"{name}: counting the tokens of {len(pieces)} prompt pieces..."):
+        tokens, source = upstream.token_counts(pieces)
+    reached = reach_column(
+        records, results, upstream.capacity, tokens, attribution_removed=attribution_removed
+    )
+    column = Column(name, results, attribution_removed=attribution_removed)
+    return Run(column, metrics, reached, source, upstream.capacity)
 
 
 def warm_up(console: Console, name: str, url: str, model: str) -> None:
@@ -327,6 +378,12 @@ def write_results(
                     records, run.column.results, attribution_removed=run.column.attribution_removed
                 ),
                 "results": [dataclasses.asdict(r) for r in run.column.results],
+                "reach": {
+                    "capacity": dataclasses.asdict(run.capacity),
+                    "tokens_from": run.tokens_from,
+                    "totals": reach_totals(run.reached),
+                    "requests": [dataclasses.asdict(r) for r in run.reached],
+                },
             }
         )
     document = {
@@ -340,6 +397,71 @@ def write_results(
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+
+
+def reach_totals(reached: Sequence[Reached]) -> dict[str, Any]:
+    """Sums over a column: prompt, oracle, expected and actual tokens, lost by cause."""
+
+    def total(field: str) -> int:
+        return sum(getattr(r, field) or 0 for r in reached)
+
+    lost: dict[str, int] = {}
+    for r in reached:
+        if r.lost:
+            lost[r.cause] = lost.get(r.cause, 0) + r.lost
+    capacity = sum(
+        (r.oracle or 0) - (r.expected or 0)
+        for r in reached
+        if r.oracle is not None and r.expected is not None and r.oracle > r.expected
+    )
+    return {
+        "prompt": total("prompt_tokens"),
+        "oracle": total("oracle"),
+        "expected": total("expected"),
+        "actual": total("actual"),
+        "lost_by_runtime": lost,
+        "oracle_minus_expected": capacity,
+    }
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "-"
+
+
+def reach_table(runs: Sequence[Run]) -> Table:
+    """Per column: what an ideal cache would serve, what the runtime should, what it did."""
+    table = Table(title="Oracle, runtime expected and actual cached tokens, per column")
+    for name in ("column", "prompt", "oracle", "expected", "actual", "actual/oracle",
+                 "lost by runtime (cause)", "oracle-expected", "tokens"):  # fmt: skip
+        table.add_column(name, justify="left" if name in ("column", "tokens") else "right")
+    for run in runs:
+        t = reach_totals(run.reached)
+        lost = ", ".join(f"{n:,} {c}" for c, n in sorted(t["lost_by_runtime"].items())) or "0"
+        table.add_row(
+            run.column.name,
+            f"{t['prompt']:,}",
+            f"{t['oracle']:,} ({_share(t['oracle'], t['prompt'])})",
+            f"{t['expected']:,} ({_share(t['expected'], t['prompt'])})",
+            f"{t['actual']:,} ({_share(t['actual'], t['prompt'])})",
+            _share(t["actual"], t["oracle"]),
+            lost,
+            f"{t['oracle_minus_expected']:,}",
+            run.tokens_from,
+        )
+    return table
+
+
+def reach_rows(run: Run) -> Table:
+    table = Table(title=f"{run.column.name}: per request")
+    for name in ("#", "prompt", "oracle", "expected", "actual", "lost", "cause"):
+        table.add_column(name, justify="right" if name != "cause" else "left")
+    for r in run.reached:
+        table.add_row(
+            str(r.index), *(f"{v:,}" if v is not None else "?" for v in
+                            (r.prompt_tokens, r.oracle, r.expected, r.actual)),
+            f"{r.lost:,}", r.cause,
+        )  # fmt: skip
+    return table
 
 
 def print_metrics(console: Console, runs: Sequence[Run]) -> None:
@@ -386,6 +508,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_litellm:
         extra["litellm_version"] = litellm_version()
     console.print(render_report(records, [run.column for run in runs]))
+    console.print(reach_table(runs))
+    if args.per_request:
+        for run in runs:
+            console.print(reach_rows(run))
     print_metrics(console, runs)
     out = args.out or RESULTS / f"replay-{started}.json"
     write_results(out, args, corpus, records, runs, extra)
@@ -403,7 +529,8 @@ def upstream_for(
             "[yellow]External upstream: its cache cannot be emptied between columns,"
             " so later columns may reuse prompts cached by earlier ones.[/yellow]"
         )
-        yield Upstream(args.upstream.rstrip("/"))
+        capacity = Capacity(args.cache_slots, args.cache_tokens)
+        yield Upstream(args.upstream.rstrip("/"), capacity=capacity)
         return
     from prefixgate.runtime.local import LocalRuntime, default_spec
 
@@ -413,7 +540,8 @@ def upstream_for(
     try:
         with console.status("Starting the local runtime (llama-server)..."):
             runtime.start()
-        yield Upstream(runtime.base_url, reset=runtime.restart)
+        capacity = Capacity(spec.slots, ram_cache_tokens(spec.cache_ram_mib))
+        yield Upstream(runtime.base_url, reset=runtime.restart, capacity=capacity)
     finally:
         runtime.stop()
 

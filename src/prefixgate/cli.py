@@ -30,6 +30,7 @@ import click
 
 from prefixgate import __version__
 from prefixgate.config import ConfigError, Settings, load_settings
+from prefixgate.config.presets import PRESETS
 from prefixgate.core.auth import hash_key, new_key
 from prefixgate.core.errors import PrefixgateError
 from prefixgate.core.pipeline import Rewrite, RewriteOptions, rewrite
@@ -188,6 +189,14 @@ def keygen_cmd(tenant: str) -> None:
     help="What --upstream (or the bundled runtime) speaks: anthropic (/v1/messages, "
     "the default) or openai (/v1/chat/completions, translated both ways).",
 )
+@click.option(
+    "--preset",
+    type=click.Choice(tuple(PRESETS)),
+    default=None,
+    help="Start from a runtime's or service's defaults (kind, URL, tokenizer, policy); "
+    "--upstream, --upstream-kind, --policy and the config file still override them "
+    "(docs/runtimes/).",
+)
 @click.option("--policy", type=click.Choice(POLICIES), default=None)
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
 @click.option(
@@ -222,6 +231,7 @@ def serve_cmd(
     routing: str | None,
     state: str | None,
     upstream_kind: str | None,
+    preset: str | None,
     policy: str | None,
     host: str | None,
     allow_unauthenticated: bool | None,
@@ -236,6 +246,7 @@ def serve_cmd(
         "routing": routing,
         "state": state,
         "upstream_kind": upstream_kind,
+        "preset": preset,
         "policy": policy,
         "host": host,
         "allow_unauthenticated": allow_unauthenticated,
@@ -272,10 +283,11 @@ def report_cmd(
     tenant: str | None,
     as_json: bool,
 ) -> None:
-    """Hit share vs expected per session, tokens and time saved, top miss causes."""
+    """Hit share vs expected per session, tokens and time saved, top miss causes;
+    money saved where the config (--config) gives an upstream's prices."""
     from rich.console import Console
 
-    from prefixgate.report import build_report, render_report, report_json
+    from prefixgate.report import build_report, prices_of, render_report, report_json
     from prefixgate.store.sinks import AuditLogError, read_audit
 
     try:
@@ -293,7 +305,7 @@ def report_cmd(
         records = read_audit(path, since=start, session=session, tenant=tenant or settings.tenant)
     except AuditLogError as exc:
         raise click.ClickException(str(exc)) from None
-    report = build_report(records)
+    report = build_report(records, prices_of(settings.upstreams))
     if as_json:
         click.echo(json.dumps(report_json(report), ensure_ascii=False))
         return

@@ -28,6 +28,12 @@ Rules, shared with the dashboard (which is built from ``build_report``):
   expected where that is more than noise, every other cause is the record's
   ``lost_by_runtime`` (``lost_by_cause``); together they make up the gap
   between oracle and actual.
+* Money saved, only where the user configured prices for the upstream
+  (``price_input`` and ``price_cached`` per million tokens, ``Prices``): each
+  measured request's cached tokens times (input price - cached price) / 1e6,
+  by the record's upstream; ``None`` (nothing shown) when no measured request
+  went to an upstream with prices. ``money`` splits it by upstream and model.
+  The currency is whatever the prices were given in.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -44,6 +50,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from prefixgate.config.upstream import UpstreamConfig
 from prefixgate.core.misses import CAUSE_WORDS
 from prefixgate.core.oracle import LOSS_CAUSES, LOSS_WORDS, capacity_gap
 from prefixgate.store.audit import AuditRecord
@@ -55,7 +62,9 @@ __all__ = [
     "CauseExample",
     "CauseRow",
     "LostRow",
+    "MoneyRow",
     "PrefillRate",
+    "Prices",
     "Report",
     "SessionRow",
     "Totals",
@@ -64,10 +73,12 @@ __all__ = [
     "format_agents",
     "format_count",
     "format_duration",
+    "format_money",
     "format_share",
     "format_time",
     "is_error",
     "lost_by_cause",
+    "prices_of",
     "render_report",
     "report_json",
 ]
@@ -91,6 +102,41 @@ class LostRow:
 
 
 @dataclass(frozen=True)
+class Prices:
+    """The user's prices per million tokens for one upstream (``price_*`` keys)."""
+
+    input: float
+    cached: float
+    output: float | None = None
+
+    def saved(self, cached_tokens: int) -> float:
+        """What ``cached_tokens`` would have cost more at the input price."""
+        return cached_tokens * (self.input - self.cached) / 1e6
+
+
+def prices_of(upstreams: Mapping[str, UpstreamConfig]) -> dict[str, Prices]:
+    """The configured prices by upstream name; upstreams without prices are left out."""
+    return {
+        name: Prices(up.price_input, up.price_cached, up.price_output)
+        for name, up in upstreams.items()
+        if up.price_input is not None and up.price_cached is not None
+    }
+
+
+@dataclass(frozen=True)
+class MoneyRow:
+    """Money the cache saved on one upstream and model, at the user's prices."""
+
+    upstream: str
+    model: str | None
+    requests: int  # measured requests
+    cached_tokens: int
+    price_input: float
+    price_cached: float
+    saved: float
+
+
+@dataclass(frozen=True)
 class Totals:
     """Numbers over a set of requests. Token sums are ``None`` when no request
     in the set has them known; ``*_base_tokens`` are the shares' denominators."""
@@ -111,6 +157,7 @@ class Totals:
     reached_tokens: int = 0  # actual, over requests whose oracle is known
     reached_base_tokens: int = 0  # their oracle
     lost: tuple[LostRow, ...] = ()
+    money_saved: float | None = None  # at the user's prices; None: none configured
 
     @property
     def oracle_share(self) -> float | None:
@@ -184,14 +231,19 @@ class Report:
     sessions: tuple[SessionRow, ...]
     causes: tuple[CauseRow, ...]
     prefill_rates: tuple[PrefillRate, ...]
+    money: tuple[MoneyRow, ...] = ()
 
 
 # -- building (pure) --------------------------------------------------------
 
 
-def build_report(records: Sequence[AuditRecord]) -> Report:
+def build_report(
+    records: Sequence[AuditRecord], prices: Mapping[str, Prices] | None = None
+) -> Report:
     """Totals, per-session rows (in order of first request) and miss causes
-    (most frequent first) over ``records``."""
+    (most frequent first) over ``records``; money saved where ``prices`` (by
+    upstream name) has the record's upstream."""
+    prices = prices or {}
     rates = _prefill_rates(records)
     by_rate = {r.upstream: r.ms_per_token for r in rates}
     groups: dict[tuple[str, str | None], list[AuditRecord]] = defaultdict(list)
@@ -203,16 +255,17 @@ def build_report(records: Sequence[AuditRecord]) -> Report:
             session=session,
             first_time=min(r.time for r in group),
             last_time=max(r.time for r in group),
-            totals=_totals(group, by_rate),
+            totals=_totals(group, by_rate, prices),
         )
         for (tenant, session), group in groups.items()
     ]
     sessions.sort(key=lambda row: row.first_time)
     return Report(
-        totals=_totals(records, by_rate),
+        totals=_totals(records, by_rate, prices),
         sessions=tuple(sessions),
         causes=_causes(records),
         prefill_rates=rates,
+        money=_money(records, prices),
     )
 
 
@@ -226,7 +279,11 @@ def _measured(rec: AuditRecord) -> bool:
     )
 
 
-def _totals(records: Sequence[AuditRecord], rates: dict[str | None, float]) -> Totals:
+def _totals(
+    records: Sequence[AuditRecord],
+    rates: dict[str | None, float],
+    prices: Mapping[str, Prices],
+) -> Totals:
     cache = [r for r in records if r.kind in CACHE_KINDS and not is_error(r)]
     measured = [r for r in cache if _measured(r)]
     expected = [
@@ -234,6 +291,11 @@ def _totals(records: Sequence[AuditRecord], rates: dict[str | None, float]) -> T
     ]
     saved = [(r.cached_tokens or 0) * rates[r.upstream] for r in measured if r.upstream in rates]
     reached = [r for r in measured if r.oracle_tokens is not None]
+    money = [
+        prices[r.upstream].saved(r.cached_tokens or 0)
+        for r in measured
+        if r.upstream is not None and r.upstream in prices
+    ]
     agents = Counter(r.agent or "?" for r in records)
     return Totals(
         requests=len(records),
@@ -252,7 +314,35 @@ def _totals(records: Sequence[AuditRecord], rates: dict[str | None, float]) -> T
         reached_tokens=sum(r.cached_tokens or 0 for r in reached),
         reached_base_tokens=sum(r.oracle_tokens or 0 for r in reached),
         lost=_lost(cache),
+        money_saved=sum(money) if money else None,
     )
+
+
+def _priced(rec: AuditRecord) -> bool:
+    return not is_error(rec) and _measured(rec)
+
+
+def _money(records: Sequence[AuditRecord], prices: Mapping[str, Prices]) -> tuple[MoneyRow, ...]:
+    """Money saved per (upstream, model) over measured requests to priced upstreams."""
+    groups: dict[tuple[str, str | None], list[int]] = defaultdict(list)
+    for rec in records:
+        if rec.upstream is not None and rec.upstream in prices and _priced(rec):
+            groups[(rec.upstream, rec.model)].append(rec.cached_tokens or 0)
+    rows = []
+    for (upstream, model), cached in groups.items():
+        price = prices[upstream]
+        rows.append(
+            MoneyRow(
+                upstream=upstream,
+                model=model,
+                requests=len(cached),
+                cached_tokens=sum(cached),
+                price_input=price.input,
+                price_cached=price.cached,
+                saved=price.saved(sum(cached)),
+            )
+        )
+    return tuple(sorted(rows, key=lambda row: (-row.saved, row.upstream, row.model or "")))
 
 
 def lost_by_cause(rec: AuditRecord) -> list[tuple[str, int]]:
@@ -342,6 +432,7 @@ def report_json(report: Report) -> dict[str, Any]:
         ],
         "causes": [asdict(row) | {"words": row.words} for row in report.causes],
         "prefill_rates": [asdict(rate) for rate in report.prefill_rates],
+        "money": [asdict(row) for row in report.money],
     }
 
 
@@ -382,6 +473,15 @@ def format_duration(ms: float | None) -> str:
     return f"~{minutes:,} min {rest} s"
 
 
+def format_money(value: float | None) -> str:
+    """``12.34``, ``0.0042`` for amounts under a cent (in the prices' currency)."""
+    if value is None:
+        return UNKNOWN
+    if 0 < abs(value) < 0.01:
+        return f"{value:.4f}"
+    return f"{value:,.2f}"
+
+
 def format_time(epoch: float) -> str:
     """``2025-01-31 14:05:09`` in UTC."""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch))
@@ -401,6 +501,7 @@ def render_report(report: Report) -> RenderableType:
         _causes_table(report),
         *_cause_words(report),
         *_lost_table(report.totals),
+        *_money_table(report),
         _totals_line(report.totals),
     )
 
@@ -424,8 +525,11 @@ def _sessions_table(report: Report) -> Table:
     for name in ("oracle", "runtime\nexpected", "of oracle\nreached"):
         table.add_column(name, justify="right", no_wrap=True)
     table.add_column("time saved\n(estimate)", justify="right", no_wrap=True)
+    if report.money:
+        table.add_column("money\nsaved", justify="right", no_wrap=True)
     for row in report.sessions:
         t = row.totals
+        money = [format_money(t.money_saved) if t.money_saved is not None else ""]
         table.add_row(
             Text((row.session or "-")[:8]),
             Text(row.tenant),
@@ -436,6 +540,7 @@ def _sessions_table(report: Report) -> Table:
             format_count(t.runtime_expected_tokens),
             format_share(t.oracle_share),
             format_duration(t.time_saved_estimate_ms),
+            *(money if report.money else []),
         )
     return table
 
@@ -488,6 +593,27 @@ def _lost_table(t: Totals) -> list[RenderableType]:
     return [table]
 
 
+def _money_table(report: Report) -> list[RenderableType]:
+    """Money the cache saved per upstream and model, only where prices are configured."""
+    if not report.money:
+        return []
+    table = _table("Saved at your prices (per million tokens)")
+    table.add_column("upstream", no_wrap=True)
+    table.add_column("model")
+    for name in ("requests", "cached", "input - cached", "saved"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for row in report.money:
+        table.add_row(
+            Text(row.upstream),
+            Text(row.model or "-"),
+            f"{row.requests:,}",
+            f"{row.cached_tokens:,}",
+            f"{row.price_input:g} - {row.price_cached:g}",
+            format_money(row.saved),
+        )
+    return [table]
+
+
 def _totals_line(t: Totals) -> Text:
     errors = f", {t.errors:,} failed" if t.errors else ""
     unknown = f", {t.unknown_cached:,} with unknown cache" if t.unknown_cached else ""
@@ -500,6 +626,7 @@ def _totals_line(t: Totals) -> Text:
         f"runtime expected {format_count(t.runtime_expected_tokens)}, "
         f"{format_share(t.oracle_share)} of the oracle reached; "
         f"tokens saved {format_count(t.tokens_saved)}, time saved {_estimate(t)}"
+        + (f", money saved {format_money(t.money_saved)}" if t.money_saved is not None else "")
     )
 
 

@@ -14,7 +14,7 @@ every table and ``data-col`` on the cells of the latest requests.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
 
@@ -27,11 +27,14 @@ from prefixgate.report import (
     HIT,
     CauseRow,
     LostRow,
+    MoneyRow,
+    Prices,
     Report,
     Totals,
     build_report,
     format_count,
     format_duration,
+    format_money,
     format_share,
     format_time,
     is_error,
@@ -65,10 +68,15 @@ td.detail{white-space:normal;min-width:240px;max-width:420px;overflow-wrap:anywh
 
 
 def render_dashboard(
-    records: Sequence[AuditRecord], *, title: str = "prefixgate", latest: int = 50
+    records: Sequence[AuditRecord],
+    *,
+    title: str = "prefixgate",
+    latest: int = 50,
+    prices: Mapping[str, Prices] | None = None,
 ) -> str:
-    """The whole page for ``records`` (any order; shown in time order)."""
-    report = build_report(records)
+    """The whole page for ``records`` (any order; shown in time order); money
+    saved only where ``prices`` (by upstream name) are given."""
+    report = build_report(records, prices)
     ordered = sorted(records, key=lambda r: r.time)
     sections = [
         f"<h1>{_e(title)}: prompt-cache reuse</h1>",
@@ -80,6 +88,7 @@ def render_dashboard(
         f'<div class="card">{_causes(report)}</div>',
         "<h2>Lost between oracle and actual</h2>",
         f'<div class="card">{_lost(report.totals)}</div>',
+        *_money(report),
         f"<h2>Latest {min(latest, len(ordered)):,} requests</h2>",
         f'<div class="card">{_latest(ordered, latest)}</div>',
     ]
@@ -92,7 +101,11 @@ def render_dashboard(
 
 
 def dashboard_endpoint(
-    source: Callable[[], Sequence[AuditRecord]], *, title: str = "prefixgate", latest: int = 50
+    source: Callable[[], Sequence[AuditRecord]],
+    *,
+    title: str = "prefixgate",
+    latest: int = 50,
+    prices: Mapping[str, Prices] | None = None,
 ) -> Callable[[Request], Awaitable[Response]]:
     """A Starlette endpoint serving ``render_dashboard(source())``, never cached.
 
@@ -101,7 +114,7 @@ def dashboard_endpoint(
     """
 
     def page() -> str:
-        return render_dashboard(source(), title=title, latest=latest)
+        return render_dashboard(source(), title=title, latest=latest, prices=prices)
 
     async def dashboard(request: Request) -> Response:
         return HTMLResponse(
@@ -150,12 +163,45 @@ def _headline(t: Totals) -> str:
             _raw(t.time_saved_estimate_ms),
         ),
     ]
+    if t.money_saved is not None:
+        stats.append(
+            (
+                "money_saved",
+                "money saved (your prices)",
+                format_money(t.money_saved),
+                _raw(t.money_saved),
+            )
+        )
     items = "".join(
         f'<div class="stat"><dt>{_e(label)}</dt>'
         f'<dd data-total="{key}" data-value="{_e(raw)}">{_e(text)}</dd></div>'
         for key, label, text, raw in stats
     )
     return f'<dl class="stats" id="totals">{items}</dl>'
+
+
+def _money(report: Report) -> list[str]:
+    """Money saved per upstream and model; nothing where no prices are configured."""
+    if not report.money:
+        return []
+    rows = "".join(_money_row(row) for row in report.money)
+    head = (
+        '<tr><th>upstream</th><th>model</th><th class="num">requests</th>'
+        '<th class="num">cached tokens</th><th class="num">input - cached</th>'
+        '<th class="num">saved</th></tr>'
+    )
+    table = f'<table id="money"><thead>{head}</thead><tbody>{rows}</tbody></table>'
+    title = "<h2>Saved at your prices (per million tokens)</h2>"
+    return [title, f'<div class="card">{table}</div>']
+
+
+def _money_row(row: MoneyRow) -> str:
+    return (
+        f"<tr><td>{_e(row.upstream)}</td><td>{_e(row.model or '-')}</td>"
+        f'<td class="num">{row.requests:,}</td><td class="num">{row.cached_tokens:,}</td>'
+        f'<td class="num">{row.price_input:g} - {row.price_cached:g}</td>'
+        f'<td class="num" data-value="{row.saved!r}">{_e(format_money(row.saved))}</td></tr>'
+    )
 
 
 def _count(value: int | None) -> tuple[str, str]:

@@ -32,7 +32,7 @@ from prefixgate.app.proxy import Proxy
 from prefixgate.app.router import Router
 from prefixgate.config import Settings
 from prefixgate.core.errors import error_body, error_type_for_status
-from prefixgate.report import build_report, report_json
+from prefixgate.report import build_report, prices_of, report_json
 from prefixgate.store.audit import AuditSink, MemoryAudit
 from prefixgate.store.capture import CaptureLog
 from prefixgate.store.state import StateStore
@@ -170,7 +170,8 @@ class Views:
         if isinstance(whose, Response):
             return whose
         records = functools.partial(self.sink.query, tenant=whose, limit=DASHBOARD_RECORDS)
-        return await dashboard_endpoint(records)(request)
+        prices = prices_of(self.settings.upstreams)
+        return await dashboard_endpoint(records, prices=prices)(request)
 
     async def report(self, request: Request) -> Response:
         whose = self._viewed(request)
@@ -179,7 +180,7 @@ class Views:
 
         def build() -> dict[str, object]:
             records = self.sink.query(tenant=whose, limit=DASHBOARD_RECORDS)
-            return report_json(build_report(records))
+            return report_json(build_report(records, prices_of(self.settings.upstreams)))
 
         return JSONResponse(await run_in_threadpool(build), headers={"Cache-Control": "no-store"})
 

@@ -137,16 +137,23 @@ def _upstream_tables(
     file: Mapping[str, Any], env: Mapping[str, str], flags: Mapping[str, Any]
 ) -> tuple[dict[str, dict[str, Any]], bool]:
     """The ``[upstreams.*]`` tables, or the one ``--upstream`` / ``PREFIXGATE_UPSTREAM``
-    names (keeping the file's ``[upstreams.default]`` settings); True for the latter."""
+    names, or ``--preset`` / ``PREFIXGATE_PRESET`` starts from (keeping the file's
+    ``[upstreams.default]`` settings); True for the latter."""
     tables = {
         name: read_table(f"upstreams.{name}", t)
         for name, t in read_table("upstreams", file.get("upstreams", {})).items()
     }
     urls = _flag_urls(flags.get("upstream")) or _flag_urls(env.get("PREFIXGATE_UPSTREAM"))
-    if not urls:
+    preset = flags.get("preset") or env.get("PREFIXGATE_PRESET")
+    if not urls and not preset:
         return tables, False
-    default = {k: v for k, v in tables.get("default", {}).items() if k not in ("url", "urls")}
-    table = {**default, "urls": urls}
+    if urls:
+        default = {k: v for k, v in tables.get("default", {}).items() if k not in ("url", "urls")}
+        table = {**default, "urls": urls}
+    else:  # the preset's URL, unless the file's [upstreams.default] names one
+        table = dict(tables.get("default", {}))
+    if preset:
+        table["preset"] = preset
     kind = flags.get("upstream_kind") or env.get("PREFIXGATE_UPSTREAM_KIND")
     if kind:
         table["kind"] = kind

@@ -186,7 +186,15 @@ def upstream_from_table(
     )
 
 
-def read_prices(where: str, table: Mapping[str, Any]) -> dict[str, float | None]:
+class PriceSettings(TypedDict):
+    """The user's prices per million tokens (None: not set)."""
+
+    price_input: float | None
+    price_cached: float | None
+    price_output: float | None
+
+
+def read_prices(where: str, table: Mapping[str, Any]) -> PriceSettings:
     """``price_input``, ``price_cached``, ``price_output``: numbers of 0 or more per
     million tokens, each None when not set; input and cached go together."""
     prices: dict[str, float | None] = {}
@@ -199,7 +207,11 @@ def read_prices(where: str, table: Mapping[str, Any]) -> dict[str, float | None]
         prices[key] = None if value is None else float(value)
     if (prices["price_input"] is None) != (prices["price_cached"] is None):
         raise ConfigError(f"{where}: price_input and price_cached are set together")
-    return prices
+    return PriceSettings(
+        price_input=prices["price_input"],
+        price_cached=prices["price_cached"],
+        price_output=prices["price_output"],
+    )
 
 
 def replica_settings(where: str, table: Mapping[str, Any], urls: list[str]) -> ReplicaSettings:

@@ -9,7 +9,8 @@ wins over the preset's (``apply_preset``). A preset carries no prices: the
 Where each default comes from (each runtime's or service's own documentation,
 read when this table was written; the page for each is docs/runtimes/NAME.md):
 
-``llama.cpp``   llama-server listens on 127.0.0.1:8080 and serves the Anthropic
+``llama.cpp``   llama-server listens on 127.0.0.1:8080 (``--port`` default 8080
+                in the bundled build's ``--help``) and serves the Anthropic
                 Messages API at ``/v1/messages`` (ggml-org's announcement of the
                 Messages API, PR #17570: ``curl http://localhost:8080/v1/messages``;
                 ``ANTHROPIC_BASE_URL=http://127.0.0.1:8080 claude``). Its
@@ -20,6 +21,9 @@ read when this table was written; the page for each is docs/runtimes/NAME.md):
                 page and its Claude Code announcement: ``ANTHROPIC_BASE_URL=
                 http://localhost:11434``, no ``/v1``). Older versions: set
                 ``kind = "openai"`` and ``url = "http://localhost:11434/v1"``.
+                One slot: ``OLLAMA_NUM_PARALLEL`` unset means one request at a
+                time per model (not found on Ollama's own pages; a published
+                measurement on Ollama 0.20.3 logs the compiled default 1).
 ``lmstudio``    LM Studio's server defaults to port 1234 and has an
                 Anthropic-compatible ``POST /v1/messages`` (LM Studio's
                 "Anthropic Compatible Endpoints" and "Claude Code" pages:
@@ -42,7 +46,8 @@ read when this table was written; the page for each is docs/runtimes/NAME.md):
                 ``DEEPSEEK_API_KEY``.
 ``anthropic``   ``https://api.anthropic.com``: first party (by its host), so the
                 policy is passthrough and the runtime model keeps every recent
-                prefix.
+                prefix. Key in ``ANTHROPIC_API_KEY`` (the gateway never forwards
+                a client's credentials).
 
 Not taken from any documentation: ``cache_slots = 1024`` for hosted services
 (the same figure the runtime model uses for Anthropic's API: many prefixes kept,
@@ -99,6 +104,7 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
                 url="http://127.0.0.1:11434",
                 tokenizer="estimate",
                 policy="strip",
+                cache_slots=1,
             ),
             _preset(
                 "lmstudio",
@@ -149,6 +155,7 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
                 "anthropic",
                 kind="anthropic",
                 url="https://api.anthropic.com",
+                api_key_env="ANTHROPIC_API_KEY",
                 tokenizer="estimate",
                 policy="passthrough",
                 cache_slots=HOSTED_CACHE_SLOTS,

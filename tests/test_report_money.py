@@ -156,3 +156,28 @@ def test_dashboard_shows_money_only_with_prices() -> None:
     assert "Saved at your prices" in page and "m-small" in page
     bare = render_dashboard(records())
     assert "money_saved" not in bare and 'id="money"' not in bare
+
+
+async def test_the_gateways_report_and_dashboard_use_the_configured_prices() -> None:
+    from support.app import running
+
+    from prefixgate.app.gateway import create_app
+    from prefixgate.store.audit import MemoryAudit
+
+    file = {
+        "upstreams": {
+            "paid": {"url": "http://127.0.0.1:9", "price_input": 3.0, "price_cached": 0.3},
+        }
+    }
+    settings = build_settings(file, {}, {"audit_path": "memory"})
+    audit = MemoryAudit()
+    for i, r in enumerate(records()):
+        audit.record(
+            r.__class__(**{**r.to_dict(), "tenant": settings.tenant, "request_id": f"r{i}"})
+        )
+    async with running(create_app(settings, audit=audit)) as client:
+        report = (await client.get("/report")).json()
+        page = (await client.get("/dashboard")).text
+    assert report["totals"]["money_saved"] == pytest.approx(2.727)
+    assert [row["model"] for row in report["money"]] == ["m-small", "m-large"]
+    assert 'data-total="money_saved"' in page

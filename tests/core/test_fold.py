@@ -111,6 +111,14 @@ def test_usage_from_payload_keeps_only_usable_counts() -> None:
     assert Usage.from_payload(None) == Usage()
 
 
+def test_usage_from_payload_drops_counts_no_upstream_makes() -> None:
+    """Found by fuzz/fuzz_app.py: 400-digit counts overflowed the miss estimate (a 500
+    and no audit row); they are unknown, as any other unusable count."""
+    huge = {"input_tokens": 10**400, "output_tokens": 1e308, "cache_read_input_tokens": 2**53}
+    assert Usage.from_payload(huge) == Usage()
+    assert Usage.from_payload({"input_tokens": 2**53 - 1}) == Usage(input_tokens=2**53 - 1)
+
+
 def test_usage_merge_later_non_null_wins() -> None:
     first = Usage(input_tokens=10, output_tokens=1, cache_read_input_tokens=5)
     merged = first.merged({"output_tokens": 20, "cache_read_input_tokens": None, "input_tokens": 9})

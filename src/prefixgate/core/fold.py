@@ -173,12 +173,19 @@ def summarize_message(message: Mapping[str, Any]) -> MessageSummary:
     return fold.result()
 
 
+MAX_TOKEN_COUNT = 2**53 - 1  # JSON's largest exact integer; far beyond any real prompt
+
+
 def token_count(value: object) -> int | None:
+    """A usable token count from the wire, or None: a non-negative integer (an
+    integral float too) up to ``MAX_TOKEN_COUNT``. A larger one (``1e308``, 400
+    digits) is no count an upstream makes; kept, it would overflow the float
+    arithmetic of the miss estimates and the audit database's integers."""
     if isinstance(value, bool):
         return None
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)
-    if isinstance(value, int) and value >= 0:
+    if isinstance(value, int) and 0 <= value <= MAX_TOKEN_COUNT:
         return value
     return None
 

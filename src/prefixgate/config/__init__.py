@@ -62,6 +62,11 @@ it. Example file::
     # first_party = false          # true for Anthropic's own API
     # tokenizer = "auto"           # auto | llama.cpp | estimate: how expected
                                    # cached tokens are counted
+    # preset = "llama.cpp"         # start from a runtime's defaults (presets.py);
+                                   # the keys set here win
+    # price_input = 3.0            # your prices per million tokens: report and
+    # price_cached = 0.3           # dashboard show what the cache saved
+    # price_output = 15.0
 
     [[routes]]
     model = "claude-haiku-*"       # glob over the request's model

@@ -207,6 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--slice", help="request indices such as 0-3,12 (default: all)")
     parser.add_argument("--full", action="store_true", help="replay the requests unshrunk")
     parser.add_argument("--only", action="append", help="run only this configuration")
+    parser.add_argument(
+        "--ctx-size", type=int, help="every configuration's --ctx-size (all slots together)"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 160)
@@ -220,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for config in CONFIGS:
             if args.only and config.name not in args.only:
                 continue
+            if args.ctx_size:
+                config = dataclasses.replace(config, ctx_size=args.ctx_size)
             runs.append(run(console, config, corpus_file))
             r = runs[-1]
             prompt, cached = totals(r["requests"])

@@ -1218,7 +1218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.half_open or args.slow_bodies
             else ""
         )
-        + (f"; [server] {', '.join(args.server_setting)}" if args.server_setting else "")
+        + (f"; \\[server] {', '.join(args.server_setting)}" if args.server_setting else "")
         + f" ({(source['commit'] or '?')[:10]}"
         + (
             f", {source['src_files_changed']} files under src/ changed"

@@ -1198,14 +1198,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     gateway_cmd += ["--host", HOST, "--port", str(gw_port), "--audit", str(audit_path)]
     gateway_cmd += ["--log-level", "warning"]
     # The load is one tenant's: lift its concurrency limit (default 64) above the
-    # client count, or the run measures 429s instead of the gateway.
+    # client count (the slow bodies are that tenant's requests too), or the run
+    # measures 429s instead of the gateway; and the normal clients all come from
+    # one address: lift its connection cap (default 256) above their pool.
     config = tmp / "prefixgate.toml"
-    # The slow bodies are that tenant's requests too.
-    table = f"[server]\nmax_concurrent = {max(args.clients) + args.slow_bodies + 16}\n"
+    server = {
+        "max_concurrent": str(max(args.clients) + args.slow_bodies + 16),
+        "max_connections_per_client": str(max(256, 2 * max(args.clients) + 16)),
+    }
     for setting in args.server_setting:
         key, _, value = setting.partition("=")
-        table += f"{key.strip()} = {toml_value(value.strip())}\n"
-    config.write_text(table, encoding="utf-8")
+        server[key.strip()] = toml_value(value.strip())
+    table = "".join(f"{key} = {value}\n" for key, value in server.items())
+    config.write_text(f"[server]\n{table}", encoding="utf-8")
     gateway_cmd += ["--config", str(config)]
     console.print(
         f"[bold]prefixgate load[/bold]: clients {','.join(map(str, args.clients))}, "

@@ -41,6 +41,13 @@ message, then ``receive`` is the server's again (a disconnect still reaches
 a stream). A body beyond ``max_body_bytes`` is not read past the limit: what
 was read is handed on and the request path refuses it (413), as before.
 
+What slow bodies hold: a body arriving outside a turn still counts against its
+tenant's ``max_concurrent`` (3.), so the bytes they buffer are bounded by each
+tenant's ``max_concurrent`` x ``max_body_bytes``, and in time by the body
+deadlines; the keys are checked before any body is read. Without keys every
+client is the one default tenant, whose ``max_concurrent`` then bounds them all
+together: a gateway shared by several people should give each a key.
+
 The tenant it found is put in the request's state; ``tenant_of`` reads it.
 Without tenants every request is the configured default tenant's. A refusal
 is audited like any request (tenant ``-`` when no key matched), with its

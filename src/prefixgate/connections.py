@@ -22,6 +22,9 @@ installed, as uvicorn's ``auto`` picks, else h11) with three additions:
   answered 503 (429 for one address's cap) and closed at once. Behind a
   reverse proxy every connection has the proxy's address: raise the
   per-client cap to ``max_connections`` there.
+
+Run it with ``ws="none"``: a connection upgraded to a WebSocket moves to
+another protocol object and would never be counted out.
 """
 
 from __future__ import annotations

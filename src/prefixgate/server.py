@@ -83,6 +83,9 @@ def run(settings: Settings, *, log_level: str = "info") -> None:
                 # uvicorn's protocol, with a deadline on request heads and caps on
                 # connections in all and per client address (connections.py)
                 http=protocol_class(settings),
+                # no WebSocket routes: an upgrade is answered as plain HTTP (an
+                # upgraded connection would leave the protocol that counts it)
+                ws="none",
                 log_level=log_level,
                 access_log=False,
                 timeout_graceful_shutdown=math.ceil(settings.shutdown_grace) + 5,

@@ -273,7 +273,21 @@ def test_one_address_beyond_its_connection_cap_is_refused_while_another_is_serve
     """Defect 3 (slowloris before auth): one address could open as many
     connections as it liked (3,000 were held); now beyond
     ``max_connections_per_client`` a new one is answered 429 and closed at once,
-    while another address is still served."""
+    while another address is still served. Connections that have closed, those
+    that asked for a WebSocket upgrade included, no longer count."""
+    upgrade = (
+        b"GET /v1/models HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: upgrade\r\n"
+        b"upgrade: websocket\r\nsec-websocket-version: 13\r\n"
+        b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    for _ in range(PER_CLIENT + 1):  # one at a time: never more than one open
+        with connect(gateway.port, OTHER_ADDRESS) as sock:
+            sock.sendall(upgrade)
+            answer = b""
+            while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 "), answer
+        assert not answer.startswith(b"HTTP/1.1 429"), answer
     held = [connect(gateway.port, OTHER_ADDRESS) for _ in range(PER_CLIENT)]
     try:
         with connect(gateway.port, OTHER_ADDRESS) as extra:

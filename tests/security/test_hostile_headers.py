@@ -105,3 +105,28 @@ def test_a_non_ascii_attribution_value_becomes_an_ascii_metadata_header(
     value = sent.headers[METADATA]
     assert value.isascii() and "cli%C3%A9" in value
     assert b"x-anthropic-billing-header" not in sent.body
+
+
+def test_a_refused_header_leaves_no_request_in_flight_on_its_replica(tmp_path: Path) -> None:
+    """Defect 4: the 500 a non-ASCII header byte caused skipped the bookkeeping of the
+    success path: the ``least_busy`` in-flight count of its replica never went back
+    down, so that replica got no request again."""
+    first, second = HostileUpstream(), HostileUpstream()
+    with ServerThread(first.app) as one, ServerThread(second.app) as two:
+        port = free_port()
+        config = tmp_path / "prefixgate.toml"
+        config.write_text(
+            f'[server]\nport = {port}\naudit_path = "memory"\n'
+            f'[upstreams.u]\nurls = ["{one.url}", "{two.url}"]\nrouting = "least_busy"\n',
+            encoding="utf-8",
+        )
+        command = [sys.executable, "-m", "prefixgate", "serve", "--config", str(config)]
+        with ManagedProcess("gateway", command, f"http://127.0.0.1:{port}/healthz"):
+            for _ in range(4):
+                status, _, _ = raw_post(port, b"x-note: caf\xe9", message())
+                assert status == 400
+            for _ in range(6):
+                status, _, _ = raw_post(port, b"x-note: plain", message())
+                assert status == 200
+    # with every count back at zero, least_busy takes turns between the two
+    assert len(first.seen) >= 2 and len(second.seen) >= 2, (len(first.seen), len(second.seen))

@@ -128,7 +128,7 @@ class _Reader(HTMLParser):
             self._tbody = True
         elif tag == "tr" and self._table == "requests" and self._tbody:
             self.page.requests.append({})
-        elif tag == "tr" and "data-cause" in a:
+        elif tag == "tr" and "data-count" in a and "data-cause" in a:  # the causes table
             self.page.causes[a["data-cause"]] = int(a["data-count"])
         elif tag == "svg" and a.get("id") == "share-chart":
             self.page.chart_points = int(a["data-points"])

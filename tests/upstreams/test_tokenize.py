@@ -300,6 +300,11 @@ async def not_json(request: httpx.Request) -> httpx.Response:
     return httpx.Response(200, content=b"not json")
 
 
+async def too_deep(request: httpx.Request) -> httpx.Response:
+    """Nested past the JSON parser's recursion limit (found by fuzz/fuzz_app.py: a 500)."""
+    return httpx.Response(200, content=b"[" * 50_000)
+
+
 async def server_error(request: httpx.Request) -> httpx.Response:
     return httpx.Response(500)
 
@@ -308,7 +313,7 @@ async def timeout(request: httpx.Request) -> httpx.Response:
     raise httpx.ReadTimeout("too slow", request=request)
 
 
-@pytest.mark.parametrize("failure", [no_token_list, not_json, server_error, timeout])
+@pytest.mark.parametrize("failure", [no_token_list, not_json, too_deep, server_error, timeout])
 async def test_every_kind_of_tokenizer_failure_gives_estimates(failure: Answer) -> None:
     runtime = Runtime(failure)
     counter, client = counting(runtime, upstream(tokenizer="llama.cpp"))

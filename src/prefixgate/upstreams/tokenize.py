@@ -143,6 +143,6 @@ class TokenCounter:
 def _tokens(response: httpx.Response) -> int | None:
     try:
         tokens = response.json().get("tokens")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # RecursionError: nested too deep
         return None
     return len(tokens) if isinstance(tokens, list) else None

@@ -566,13 +566,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def gateway(python: str, upstream: str, record: Path, log: Path) -> Iterator[int]:
-    """``prefixgate serve --record`` in front of ``upstream``; yields its port."""
+def gateway(python: str, upstream: str, record: Path, log: Path, *hosts: str) -> Iterator[int]:
+    """``prefixgate serve --record`` in front of ``upstream``; yields its port. ``hosts``:
+    names beyond loopback the client will use (a keyless gateway refuses others)."""
     port = free_port()
     cmd = [
         python, "-m", "prefixgate", "serve",
         "--upstream", upstream, "--port", str(port), "--record", str(record),
         "--audit", "memory", "--policy", "passthrough", "--log-level", "warning",
+        *(f"--allowed-host={host}" for host in hosts),
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFIXGATE_")}
     with log.open("ab") as out:
@@ -763,7 +765,9 @@ def record_remote_host(
         return False
     with (
         hosts_alias(REMOTE_HOST),
-        gateway(layout.python, f"http://127.0.0.1:{upstream.port}", record, log) as port,
+        gateway(
+            layout.python, f"http://127.0.0.1:{upstream.port}", record, log, REMOTE_HOST
+        ) as port,
     ):
         run_print(client, layout, f"http://{REMOTE_HOST}:{port}", PROMPT_READ, layout.proj, log)
         upstream.wait_quiet(2.0, 20.0)

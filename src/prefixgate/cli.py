@@ -205,6 +205,13 @@ def keygen_cmd(tenant: str) -> None:
     default=None,
     help="Listen beyond loopback without tenant keys (anyone who can reach it may use it).",
 )
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    help="A host name clients may use to reach a keyless gateway besides loopback names "
+    "and IP addresses (repeatable; server.allowed_hosts; docs/operations.md).",
+)
 @click.option("--port", type=int, default=None, help="Port to listen on (default 8787).")
 @click.option(
     "--audit",
@@ -235,6 +242,7 @@ def serve_cmd(
     policy: str | None,
     host: str | None,
     allow_unauthenticated: bool | None,
+    allowed_hosts: tuple[str, ...],
     port: int | None,
     audit_path: str | None,
     record: str | None,
@@ -250,6 +258,7 @@ def serve_cmd(
         "policy": policy,
         "host": host,
         "allow_unauthenticated": allow_unauthenticated,
+        "allowed_hosts": list(allowed_hosts) or None,
         "port": port,
         "audit_path": audit_path,
         "record": record,

@@ -89,3 +89,19 @@ def test_record_path_from_the_file_or_the_record_flag() -> None:
     assert build_settings(file, {}, {"record": "/flag.jsonl"}).record_path == "/flag.jsonl"
     assert build_settings(file, {}, {"record": None}).record_path == "/file/capture.jsonl"
     assert build_settings({}, {}, {"record": "/flag.jsonl"}).record_path == "/flag.jsonl"
+
+
+def test_allowed_hosts_from_the_flag_or_the_file() -> None:
+    from prefixgate.config import build_settings
+
+    flagged = build_settings(
+        {}, {}, {"upstream": ["http://127.0.0.1:9"], "allowed_hosts": ["gw.lan"]}
+    )
+    assert flagged.allowed_hosts == ("gw.lan",)
+    filed = build_settings(
+        {"server": {"allowed_hosts": ["a.lan"], "allowed_origins": ["https://x.example"]}},
+        {},
+        {"upstream": ["http://127.0.0.1:9"]},
+    )
+    assert (filed.allowed_hosts, filed.allowed_origins) == (("a.lan",), ("https://x.example",))
+    assert not filed.trust_forwarded

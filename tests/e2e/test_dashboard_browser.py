@@ -156,12 +156,22 @@ def expected_totals(t: Totals) -> dict[str, tuple[str, str]]:
         "expected_cached_tokens": count(t.expected_cached_tokens),
         "hit_share": share(t.hit_share),
         "expected_share": share(t.expected_share),
+        "oracle_tokens": count(t.oracle_tokens),
+        "runtime_expected_tokens": count(t.runtime_expected_tokens),
+        "oracle_share": share(t.oracle_share),
     }
 
 
 def expected_row(r: AuditRecord) -> dict[str, str]:
     def count(n: int | None) -> str:
         return "unknown" if n is None else f"{n:,}"
+
+    def lost(r: AuditRecord) -> str:
+        if r.lost_by_runtime is None:
+            return "unknown"
+        if r.lost_by_runtime:
+            return f"{r.lost_by_runtime:,} {r.lost_cause or ''}".strip()
+        return "capacity" if r.lost_cause == "capacity" else ""
 
     return {
         "time": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.time)),
@@ -174,6 +184,9 @@ def expected_row(r: AuditRecord) -> dict[str, str]:
         "prompt": count(r.prompt_tokens),
         "cached": count(r.cached_tokens),
         "expected": count(r.expected_cached_tokens),
+        "oracle": count(r.oracle_tokens),
+        "runtime": count(r.runtime_expected_tokens),
+        "lost": lost(r),
         "cause": r.cause or "-",
         "detail": ": ".join(x for x in (r.changed_segment, r.cause_detail or r.error) if x),
     }

@@ -41,7 +41,7 @@ SERVER_ENV = (
     "capture_bodies",
     "allow_unauthenticated",
 )
-SERVER_FLAGS = ("host", "port", "audit_path", "allow_unauthenticated")
+SERVER_FLAGS = ("host", "port", "audit_path", "allow_unauthenticated", "allowed_hosts")
 
 
 def environment() -> Mapping[str, str]:

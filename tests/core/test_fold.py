@@ -458,3 +458,13 @@ def test_encoded_events_fold_like_payloads() -> None:
         folder.feed(ev.event, ev.json())
     assert folder.result() == fold(events)
     assert folder.result().text == "é"
+
+
+def test_an_event_nested_past_the_parsers_depth_is_skipped() -> None:
+    """Found by fuzz/fuzz_app.py: a RecursionError escaped the fold mid-stream."""
+    from prefixgate.core.sse import SSEDecoder
+
+    fold = StreamFold()
+    deep = b"event: message_delta\ndata: " + b'{"a": [' * 50_000 + b"\n\n"
+    fold.feed_events(SSEDecoder().decode(deep))
+    assert fold.result().error is None

@@ -24,3 +24,14 @@ def test_json_helpers_read_objects_only_and_write_as_clients_get_it() -> None:
     assert json_object(b'{"a": 1}') == {"a": 1}
     assert json_object(b"[1]") is None and json_object(b"<html>") is None
     assert json_bytes({"text": "é", "n": [1, 2]}) == '{"text":"é","n":[1,2]}'.encode()
+
+
+def test_an_answer_nested_past_the_parsers_depth_is_no_json_object() -> None:
+    """Found by fuzz/fuzz_app.py: such an answer was a RecursionError (a 500)."""
+    from prefixgate.config import UpstreamConfig
+    from prefixgate.upstreams.http import json_object, status_error
+
+    deep = b'{"content": [' * 50_000
+    assert json_object(deep) is None
+    error = status_error(UpstreamConfig(name="u", url="http://u.test"), 400, deep)
+    assert "upstream 'u'" in error.message  # its text, cut: no traceback

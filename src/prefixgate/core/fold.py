@@ -124,7 +124,7 @@ class StreamFold:
                 continue
             try:
                 payload = event.json()
-            except ValueError:
+            except (ValueError, RecursionError):  # nested past the parser's depth too
                 continue
             if isinstance(payload, dict):
                 self.feed(event.event, payload)

@@ -160,7 +160,7 @@ def status_error(config: UpstreamConfig, status: int, content: bytes) -> Upstrea
     message = content.decode("utf-8", "replace").strip()[:2000] or f"HTTP {status}"
     try:
         payload = json.loads(content)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         payload = None
     if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
         error = payload["error"]
@@ -208,7 +208,7 @@ def json_object(content: bytes) -> dict[str, Any] | None:
     """``content`` as a JSON object; None when it is not one."""
     try:
         payload = json.loads(content)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         return None
     return payload if isinstance(payload, dict) else None
 

@@ -7,6 +7,7 @@ import contextlib
 import gzip
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import aiohttp
 import httpx
 import pytest
 from support.servers import free_port
@@ -182,3 +183,20 @@ async def test_the_read_timeout_is_looked_up_before_every_read() -> None:
             assert await response.aread() == b"helloworld"
         finally:
             await response.aclose()
+
+
+def test_a_connection_that_breaks_before_any_answer_may_be_sent_again() -> None:
+    """A kept-alive connection the server had just closed breaks as the body is written
+    ("Can not write request body"): like httpx, that is a RemoteProtocolError, which
+    ``http.send`` and the tokenizer answer by sending once more; after the answer
+    began, the same break is a ReadError."""
+    from prefixgate.upstreams.transport import _mapped
+
+    broken = aiohttp.ClientOSError(None, "Can not write request body for http://u.test/")
+    assert isinstance(_mapped(broken, before_answer=True), httpx.RemoteProtocolError)
+    assert isinstance(_mapped(broken), httpx.ReadError)
+    refused = aiohttp.ClientConnectorError(
+        aiohttp.client_reqrep.ConnectionKey("u", 1, False, True, None, None, None),
+        OSError(111, "refused"),
+    )
+    assert isinstance(_mapped(refused, before_answer=True), httpx.ConnectError)

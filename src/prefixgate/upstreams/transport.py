@@ -39,8 +39,15 @@ MAX_CONNECTIONS = 100
 KEEPALIVE_S = 5.0
 
 
-def _mapped(exc: BaseException) -> httpx.TransportError | None:
-    """The httpx exception httpx's own transport would raise for ``exc``; None if foreign."""
+def _mapped(exc: BaseException, *, before_answer: bool = False) -> httpx.TransportError | None:
+    """The httpx exception httpx's own transport would raise for ``exc``; None if foreign.
+
+    ``before_answer``: no byte of an answer had come. A connection that breaks
+    then (reset, a body that cannot be written: a kept-alive connection the
+    server had just closed) is ``RemoteProtocolError``, as httpx reports a
+    server that hung up without answering, so a caller may send once more on a
+    fresh connection (``http.send`` and the tokenizer do).
+    """
     message = str(exc) or type(exc).__name__
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return httpx.ConnectTimeout(message)
@@ -55,16 +62,16 @@ def _mapped(exc: BaseException) -> httpx.TransportError | None:
     if isinstance(exc, aiohttp.InvalidURL):
         return httpx.UnsupportedProtocol(message)
     if isinstance(exc, aiohttp.ClientError):  # reset, broken pipe, ...
-        return httpx.ReadError(message)
+        return httpx.RemoteProtocolError(message) if before_answer else httpx.ReadError(message)
     return None
 
 
 @contextlib.contextmanager
-def _as_httpx() -> Iterator[None]:
+def _as_httpx(*, before_answer: bool = False) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        mapped = _mapped(exc)
+        mapped = _mapped(exc, before_answer=before_answer)
         if mapped is None:
             raise
         raise mapped from exc
@@ -140,7 +147,7 @@ class AioHTTPTransport(httpx.AsyncBaseTransport):
         # The head waits at most ``read`` (httpx's meaning); the body's reads are
         # bounded in ``_Body``, so aiohttp's own read timeout stays off.
         limits = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.get("connect"))
-        with _as_httpx():
+        with _as_httpx(before_answer=True):
             async with asyncio.timeout(timeouts.get("read")):
                 response = await session.request(
                     request.method,

@@ -4,16 +4,13 @@ upstream kinds (issue: hostile clients, tenants and upstreams)."""
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from support.hostile import HostileUpstream, row_of
-from support.servers import ServerThread, free_port
-
-from prefixgate.demo import ManagedProcess
+from support.hostile import HostileUpstream, row_of, serve_config
+from support.servers import ServerThread
 
 LONE = b'{"model":"%s","max_tokens":8,"messages":[{"role":"user","content":"hi \\ud800 x"}]}'
 PAIR = b'{"model":"%s","max_tokens":8,"messages":[{"role":"user","content":"hi \\ud83d\\ude00"}]}'
@@ -27,17 +24,13 @@ def two_kinds(
     folder = tmp_path_factory.mktemp("bodies")
     upstream = HostileUpstream()
     with ServerThread(upstream.app) as server:
-        port, audit = free_port(), folder / "audit.db"
-        config = folder / "prefixgate.toml"
-        config.write_text(
-            f'[server]\nport = {port}\naudit_path = "{audit}"\n'
+        audit = folder / "audit.db"
+        rest = (
             f'[upstreams.ant]\nurl = "{server.url}"\n'
             f'[upstreams.oai]\nurl = "{server.url}"\nkind = "openai"\n'
-            '[[routes]]\nmodel = "oai-*"\nupstream = "oai"\n',
-            encoding="utf-8",
+            '[[routes]]\nmodel = "oai-*"\nupstream = "oai"\n'
         )
-        command = [sys.executable, "-m", "prefixgate", "serve", "--config", str(config)]
-        with ManagedProcess("gateway", command, f"http://127.0.0.1:{port}/healthz"):
+        with serve_config(folder, f'audit_path = "{audit}"\n', rest) as (port, _):
             yield f"http://127.0.0.1:{port}", audit, upstream
 
 

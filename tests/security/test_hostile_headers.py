@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.hostile import HostileUpstream, row_of
-from support.servers import ServerThread, free_port
-
-from prefixgate.demo import ManagedProcess
+from support.hostile import HostileUpstream, row_of, serve_config
+from support.servers import ServerThread
 
 METADATA = "x-claude-attribution"
 BLOCK = "x-anthropic-billing-header: cc_version=2.1.332.3ab; cc_entrypoint=clié; cch=0a1b2;"
@@ -26,16 +23,12 @@ def metadata_gateway(
     folder = tmp_path_factory.mktemp("headers")
     upstream = HostileUpstream()
     with ServerThread(upstream.app) as server:
-        port, audit = free_port(), folder / "audit.jsonl"
-        config = folder / "prefixgate.toml"
-        config.write_text(
-            f'[server]\nport = {port}\naudit_path = "{audit}"\n'
+        audit = folder / "audit.jsonl"
+        rest = (
             f'[upstreams.u]\nurl = "{server.url}"\npolicy = "preserve_as_metadata"\n'
-            f'metadata_header = "{METADATA}"\n',
-            encoding="utf-8",
+            f'metadata_header = "{METADATA}"\n'
         )
-        command = [sys.executable, "-m", "prefixgate", "serve", "--config", str(config)]
-        with ManagedProcess("gateway", command, f"http://127.0.0.1:{port}/healthz"):
+        with serve_config(folder, f'audit_path = "{audit}"\n', rest) as (port, _):
             yield port, upstream, audit
 
 
@@ -113,15 +106,8 @@ def test_a_refused_header_leaves_no_request_in_flight_on_its_replica(tmp_path: P
     down, so that replica got no request again."""
     first, second = HostileUpstream(), HostileUpstream()
     with ServerThread(first.app) as one, ServerThread(second.app) as two:
-        port = free_port()
-        config = tmp_path / "prefixgate.toml"
-        config.write_text(
-            f'[server]\nport = {port}\naudit_path = "memory"\n'
-            f'[upstreams.u]\nurls = ["{one.url}", "{two.url}"]\nrouting = "least_busy"\n',
-            encoding="utf-8",
-        )
-        command = [sys.executable, "-m", "prefixgate", "serve", "--config", str(config)]
-        with ManagedProcess("gateway", command, f"http://127.0.0.1:{port}/healthz"):
+        rest = f'[upstreams.u]\nurls = ["{one.url}", "{two.url}"]\nrouting = "least_busy"\n'
+        with serve_config(tmp_path, 'audit_path = "memory"\n', rest) as (port, _):
             for _ in range(4):
                 status, _, _ = raw_post(port, b"x-note: caf\xe9", message())
                 assert status == 400

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,10 +26,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
-from support.hostile import HostileUpstream
-from support.servers import ServerThread, free_port
-
-from prefixgate.demo import ManagedProcess
+from support.hostile import HostileUpstream, serve_config
+from support.servers import ServerThread
 
 HEADER_TIMEOUT = 2
 BODY_IDLE = 2
@@ -68,19 +65,16 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     folder = tmp_path_factory.mktemp("slow")
     upstream = HostileUpstream()
     with ServerThread(upstream.app) as server:
-        port, audit = free_port(), folder / "audit.jsonl"
-        config = folder / "prefixgate.toml"
-        config.write_text(
-            f'[server]\nport = {port}\naudit_path = "{audit}"\n'
+        audit = folder / "audit.jsonl"
+        server_lines = (
+            f'audit_path = "{audit}"\n'
             f"header_timeout = {HEADER_TIMEOUT}\nbody_idle_timeout = {BODY_IDLE}\n"
             f"body_timeout = {BODY_TOTAL}\nmax_connections_per_client = {PER_CLIENT}\n"
             # one tenant (no keys): its own cap must not be what the slow clients hit
             "max_concurrent = 1000\n"
-            f'[upstreams.u]\nurl = "{server.url}"\n',
-            encoding="utf-8",
         )
-        command = [sys.executable, "-m", "prefixgate", "serve", "--config", str(config)]
-        with ManagedProcess("gateway", command, f"http://127.0.0.1:{port}/healthz"):
+        rest = f'[upstreams.u]\nurl = "{server.url}"\n'
+        with serve_config(folder, server_lines, rest) as (port, _):
             yield Gateway(port, audit)
 
 

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from support.hostile import HostileUpstream, row_of
-from support.servers import ServerThread, free_port
+from support.hostile import HostileUpstream, row_of, serve_config
+from support.servers import ServerThread
 
 from prefixgate.core.auth import hash_key
-from prefixgate.demo import ManagedProcess
 
 ALPHA, BETA = "pg-alpha-key-0001", "pg-beta-key-0002"
 SECRET = "AlphaLedgerTool"
@@ -39,21 +38,17 @@ def test_a_tenants_miss_detail_never_shows_another_tenants_prompt(tmp_path: Path
     then showed in this tenant's audit rows, report, dashboard and metrics labels."""
     upstream = HostileUpstream()
     with ServerThread(upstream.app) as server:
-        port, audit = free_port(), tmp_path / "audit.db"
-        config = tmp_path / "prefixgate.toml"
-        config.write_text(
-            f'[server]\nport = {port}\naudit_path = "{audit}"\n'
+        audit = tmp_path / "audit.db"
+        rest = (
             f'[upstreams.u]\nurl = "{server.url}"\n'
             f'[tenants.alpha]\nkeys = ["{hash_key(ALPHA)}"]\n'
-            f'[tenants.beta]\nkeys = ["{hash_key(BETA)}"]\n',
-            encoding="utf-8",
+            f'[tenants.beta]\nkeys = ["{hash_key(BETA)}"]\n'
         )
-        command = [sys.executable, "-m", "prefixgate", "serve", "--config", str(config)]
-        url = f"http://127.0.0.1:{port}"
         with (
-            ManagedProcess("gateway", command, f"{url}/healthz"),
+            serve_config(tmp_path, f'audit_path = "{audit}"\n', rest) as (port, _),
             httpx.Client(timeout=30, trust_env=False) as client,
         ):
+            url = f"http://127.0.0.1:{port}"
             alpha_body = request("You help with the alpha ledger.\nLedger secret line.", [SECRET])
             beta_body = request("You help with the alpha ledger.\nBeta line.", ["BetaTool"])
             sent = client.post(f"{url}/v1/messages", json=alpha_body, headers={"x-api-key": ALPHA})

@@ -23,7 +23,9 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from prefixgate.demo import ManagedProcess
+from support.servers import free_port
 
 # Request headers that carry a credential (its own list: the gateway's is under test).
 CREDENTIAL_HEADERS = frozenset(
@@ -167,6 +170,27 @@ class HostileUpstream:
             }
             return JSONResponse(message("have a cookie"), headers=headers)
         return JSONResponse(message("hello"))
+
+
+@contextlib.contextmanager
+def serve_config(
+    folder: Path,
+    server: str,
+    rest: str,
+    *,
+    env: dict[str, str] | None = None,
+    keep_log: bool = False,
+) -> Iterator[tuple[int, ManagedProcess]]:
+    """``prefixgate serve --config`` as users run it, on a free port: the file holds
+    ``[server]`` with the port and the lines ``server``, then ``rest`` (upstreams,
+    tenants, routes). Yields the port and the process; stopped on the way out."""
+    port = free_port()
+    config = folder / "prefixgate.toml"
+    config.write_text(f"[server]\nport = {port}\n{server}{rest}", encoding="utf-8")
+    command = [sys.executable, "-m", "prefixgate", "serve", "--config", str(config)]
+    health = f"http://127.0.0.1:{port}/healthz"
+    with ManagedProcess("gateway", command, health, env=env, keep_log=keep_log) as process:
+        yield port, process
 
 
 @dataclass

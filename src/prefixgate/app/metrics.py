@@ -54,97 +54,86 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         up = ["tenant", "upstream"]
-        self.requests = Counter(
+        self.requests = self._counter(
             "prefixgate_requests",
             "Requests answered, by status, upstream, policy and kind.",
             ["tenant", "status", "upstream", "policy", "kind"],
-            registry=self.registry,
         )
-        self.prompt = Counter(
-            "prefixgate_prompt_tokens", "Prompt tokens as the upstream counted them.", up,
-            registry=self.registry,
-        )  # fmt: skip
-        self.cached = Counter(
-            "prefixgate_cached_tokens", "Prompt tokens the upstream served from its cache.", up,
-            registry=self.registry,
-        )  # fmt: skip
-        self.expected = Counter(
+        self.prompt = self._counter(
+            "prefixgate_prompt_tokens", "Prompt tokens as the upstream counted them.", up
+        )
+        self.cached = self._counter(
+            "prefixgate_cached_tokens", "Prompt tokens the upstream served from its cache.", up
+        )
+        self.expected = self._counter(
             "prefixgate_expected_cached_tokens",
             "Prompt tokens an ideal prefix cache on the upstream would have served.",
             up,
-            registry=self.registry,
         )
-        self.oracle = Counter(
+        self.oracle = self._counter(
             "prefixgate_oracle_cached_tokens",
             "Prompt tokens shared with any earlier prompt on the same replica (the oracle).",
             up,
-            registry=self.registry,
         )
-        self.runtime_expected = Counter(
+        self.runtime_expected = self._counter(
             "prefixgate_runtime_expected_tokens",
             "Prompt tokens the upstream should have served given what it can hold.",
             up,
-            registry=self.registry,
         )
-        self.lost = Counter(
+        self.lost = self._counter(
             "prefixgate_lost_tokens",
             "Prompt tokens between the oracle and what the upstream served, by cause.",
             [*up, "cause"],
-            registry=self.registry,
         )
-        self.unknown = Counter(
-            "prefixgate_cache_unknown",
-            "Requests whose upstream did not report its cache use.",
-            up,
-            registry=self.registry,
+        self.unknown = self._counter(
+            "prefixgate_cache_unknown", "Requests whose upstream did not report its cache use.", up
         )
-        self.misses = Counter(
-            "prefixgate_cache_misses",
-            "Requests that missed the cache, by cause.",
-            [*up, "cause"],
-            registry=self.registry,
+        self.misses = self._counter(
+            "prefixgate_cache_misses", "Requests that missed the cache, by cause.", [*up, "cause"]
         )
-        self.blocks = Counter(
+        self.blocks = self._counter(
             "prefixgate_attribution_blocks",
             "Attribution blocks found, by the policy that handled them.",
             ["tenant", "policy"],
-            registry=self.registry,
         )
-        self.ttfb = Histogram(
+        self.ttfb = self._histogram(
             "prefixgate_time_to_first_byte_seconds",
             "Time from the request to the upstream's response headers.",
             up,
             buckets=_BUCKETS,
-            registry=self.registry,
         )
-        self.total = Histogram(
+        self.total = self._histogram(
             "prefixgate_request_seconds",
             "Time from the request to its last byte.",
             up,
             buckets=_BUCKETS,
-            registry=self.registry,
         )
 
-        self.replica_requests = Counter(
+        self.replica_requests = self._counter(
             "prefixgate_replica_requests",
             "Requests answered, by replica of a replicated upstream.",
             [*up, "replica"],
-            registry=self.registry,
         )
-        self.failovers = Counter(
+        self.failovers = self._counter(
             "prefixgate_failovers",
             "Requests moved to another replica after this one refused or dropped them.",
             [*up, "replica"],
-            registry=self.registry,
         )
 
-        self.refusals = Counter(
+        self.refusals = self._counter(
             "prefixgate_refused",
             "Requests refused before they were read: no valid key, too many under way, "
             "headers too large.",
             ["tenant", "status"],
-            registry=self.registry,
         )
+
+    def _counter(self, name: str, doc: str, labels: list[str]) -> Counter:
+        return Counter(name, doc, labels, registry=self.registry)
+
+    def _histogram(
+        self, name: str, doc: str, labels: list[str], buckets: tuple[float, ...]
+    ) -> Histogram:
+        return Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
 
     def refused(self, tenant: str, status: str) -> None:
         self.refusals.labels(tenant, status).inc()

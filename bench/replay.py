@@ -70,15 +70,13 @@ from prefixgate.demo import (
 from prefixgate.replay import (
     CaptureRecord,
     Column,
-    Reached,
     load_capture,
     miss_reasons,
-    reach_column,
-    reach_pieces,
     render_report,
     select,
     summarize,
 )
+from prefixgate.replayreach import Reached, reach_column, reach_pieces
 from prefixgate.upstreams.tokenize import estimate
 
 BENCH = Path(__file__).resolve().parent

@@ -1,4 +1,4 @@
-"""Command line: serve, keygen, rewrite, key, report, diagnose, demo.
+"""Command line: serve, keygen, rewrite, key, report, diagnose, demo, doctor.
 
 Each command is a thin layer: it reads its input, calls the pure core or the
 app, and prints. Contracts other tools rely on:
@@ -375,6 +375,26 @@ def demo_cmd(all_requests: bool, corpus: str | None) -> None:
     code = run_demo(
         all_requests=all_requests, corpus=Path(corpus) if corpus else None, console=Console()
     )
+    sys.exit(code)
+
+
+@main.command("doctor")
+@click.argument("url", required=False)
+@click.option("--kind", type=click.Choice(tuple(KINDS)), default=None, help="Default: detected.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--model", default=None, help="Model name for the probes (default: the listed one).")
+def doctor_cmd(
+    url: str | None, kind: str | None, config_path: str | None, model: str | None
+) -> None:
+    """Probe a runtime (default: what serve would use) and say what its cache will do."""
+    from rich.console import Console
+
+    from prefixgate.doctor import Unreachable, run_doctor
+
+    try:
+        code = run_doctor(url, kind, config_path=config_path, model=model, console=Console())
+    except Unreachable as exc:
+        raise click.ClickException(str(exc)) from None
     sys.exit(code)
 
 

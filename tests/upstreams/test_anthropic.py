@@ -19,7 +19,13 @@ from prefixgate.upstreams.anthropic import (
     forward_headers,
     response_headers,
 )
-from prefixgate.upstreams.http import Outgoing, send, status_error, transport_error
+from prefixgate.upstreams.http import (
+    Outgoing,
+    UpstreamClient,
+    send,
+    status_error,
+    transport_error,
+)
 from prefixgate.upstreams.kind import Incoming
 
 BODY = b'{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"hi"}]}'
@@ -285,7 +291,8 @@ async def test_open_sends_the_request_with_the_configured_timeouts() -> None:
     config = UpstreamConfig(
         name="local", url="http://127.0.0.1:8080", connect_timeout=2.0, read_timeout=30.0
     )
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+    client = UpstreamClient(httpx.MockTransport(handler))
+    async with client.opened():
         post = Outgoing("/v1/messages?beta=true", b'{"a":1}', {"x-app": "cli"})
         response = await send(client, config, post)
         assert response.status_code == 200
@@ -308,7 +315,8 @@ async def test_open_turns_an_error_status_into_upstream_status() -> None:
             429, json={"type": "error", "error": {"type": "rate_limit_error", "message": "wait"}}
         )
 
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+    client = UpstreamClient(httpx.MockTransport(handler))
+    async with client.opened():
         with pytest.raises(UpstreamStatus) as caught:
             await send(client, LOCAL, Outgoing("/v1/messages", b"{}"))
     assert caught.value.upstream_status == 429
@@ -320,7 +328,8 @@ async def test_open_turns_transport_failures_into_gateway_errors() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
 
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+    client = UpstreamClient(httpx.MockTransport(handler))
+    async with client.opened():
         with pytest.raises(UpstreamUnavailable) as caught:
             await send(client, LOCAL, Outgoing("/v1/messages", b"{}"))
     assert "http://127.0.0.1:8080" in caught.value.message

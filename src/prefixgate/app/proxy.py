@@ -93,7 +93,7 @@ class Proxy:
         kind = KINDS[config.kind]
         found = attribution_headers(request, config, config.policy)
         outgoing = kind.models(config, incoming(request, found, self.settings.trust_forwarded))
-        response = await send(self.upstreams.http, config, outgoing)
+        response = await send(self.upstreams, config, outgoing)
         content = await read_all(config, response)
         return answer_response(kind.model_list(response.status_code, response.headers, content))
 
@@ -200,7 +200,7 @@ class Proxy:
         """Forward to ``upstream``; raises ``PrefixgateError`` only before an answer."""
         trusted = self.settings.trust_forwarded
         call = kind.call(upstream, incoming(request, ex.headers, trusted), rw, ex.scoped_session)
-        response = await send(self.upstreams.http, upstream, call.outgoing)
+        response = await send(self.upstreams, upstream, call.outgoing)
         ex.ttfb = time.perf_counter()
         streamed = call.stream(response.status_code, response.headers)
         if streamed is not None:

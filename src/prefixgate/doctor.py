@@ -284,7 +284,7 @@ def _endpoint_rows(f: Findings) -> list[Row]:
         "/metrics": "the runtime's own cached-token counters, to compare with the report",
     }
     missing = {
-        "/v1/models": "the gateway answers model listings itself",
+        "/v1/models": "a client listing models gets the runtime's error",
         "/tokenize": "expected cached tokens are estimated (expected_source: estimate)",
         "/slots": "the runtime model assumes cache_slots (default 4)",
         "/metrics": "only the gateway's own /metrics",
@@ -336,10 +336,10 @@ def _template_rows(f: Findings) -> list[Row]:
     t = f.template
     how = f" ({t.how})" if t.how else ""
     if t.tools is None:
-        tools = Row("template: tools", "unknown" + how, "unknown", "")
+        tools = Row("tools in template", "unknown" + how, "unknown", "")
     elif t.tools:
         tools = Row(
-            "template: tools",
+            "tools in template",
             "rendered" + how,
             "ok",
             "tools are part of the cached prefix; a ToolSearch load is placed "
@@ -347,7 +347,7 @@ def _template_rows(f: Findings) -> list[Row]:
         )
     else:
         tools = Row(
-            "template: tools",
+            "tools in template",
             "left out" + how,
             "warn",
             "the model never sees the tool definitions: run the runtime with a template "
@@ -384,20 +384,20 @@ def _template_rows(f: Findings) -> list[Row]:
         ),
         "unknown": ("unknown" + how, "unknown", ""),
     }[t.mid_system]
-    return [tools, Row("template: system mid-conversation", *mid)]
+    return [tools, Row("system mid-conversation", *mid)]
 
 
 def _reuse_rows(f: Findings) -> tuple[list[Row], str]:
     """The two cache rows and what they add up to: ``prefix``, ``exact``, ``none``
     or ``unknown``."""
     if f.cold is None or f.repeat is None or not (f.cold.ok and f.repeat.ok):
-        return [Row("cache: repeated prompt", "not probed", "unknown", "")], "unknown"
+        return [Row("repeated prompt", "not probed", "unknown", "")], "unknown"
     repeat = f.repeat.usage
     prompt = repeat.prompt_tokens or f.cold.usage.prompt_tokens
     times = f"; {_seconds(f.cold)} cold, {_seconds(f.repeat)} repeated"
     if repeat.cached_tokens is None:
         repeat_row = Row(
-            "cache: repeated prompt",
+            "repeated prompt",
             "unknown (not reported)" + times,
             "unknown",
             "the report cannot show what it served",
@@ -406,7 +406,7 @@ def _reuse_rows(f: Findings) -> tuple[list[Row], str]:
     else:
         repeated = bool(prompt) and repeat.cached_tokens >= NO_REUSE_SHARE * (prompt or 0)
         repeat_row = Row(
-            "cache: repeated prompt",
+            "repeated prompt",
             _share(repeat.cached_tokens, prompt) + times,
             "ok" if repeated else "fail",
             "a conversation's next turn reuses its previous prompt"
@@ -421,13 +421,13 @@ def _reuse_rows(f: Findings) -> tuple[list[Row], str]:
         head = f"the first ~{f.head_tokens:,}" if f.head_tokens else "its head"
         found = _share(d.cached_tokens, d.prompt_tokens)
         if d.cached_tokens is None:
-            rows.append(Row("cache: differs after ~1,000 tokens", "unknown", "unknown", ""))
+            rows.append(Row("same first ~1,000 tokens", "unknown", "unknown", ""))
         else:
             need = PARTIAL_REUSE_SHARE * (f.head_tokens or 0)
             partial = d.cached_tokens >= need and d.cached_tokens > 0
             rows.append(
                 Row(
-                    "cache: differs after ~1,000 tokens",
+                    "same first ~1,000 tokens",
                     f"{found}, {head} shared",
                     "ok" if partial else "warn",
                     "a new session of the same project reuses the system prompt and tools "
@@ -438,7 +438,7 @@ def _reuse_rows(f: Findings) -> tuple[list[Row], str]:
                 )
             )
     elif f.diverged is not None:
-        rows.append(Row("cache: differs after ~1,000 tokens", f.diverged.describe(), "unknown", ""))
+        rows.append(Row("same first ~1,000 tokens", f.diverged.describe(), "unknown", ""))
     if repeated is None and partial is None:
         return rows, "unknown"
     if partial:
@@ -508,14 +508,16 @@ def render(d: Diagnosis) -> RenderableType:
     table.add_column("", no_wrap=True)
     for row in d.rows:
         table.add_row(row.check, row.found, _MARKS[row.status])
-    actions = Text("What the gateway does about it:\n")
+    actions = Table.grid(padding=(0, 1))
+    actions.add_column(no_wrap=True, style="bold")
+    actions.add_column(overflow="fold")
     for row in d.rows:
         if row.action:
-            actions.append(f"  {row.check}: ", style="bold")
-            actions.append(f"{row.action}\n")
+            actions.add_row(row.check, row.action)
+    heading = Text("What the gateway does about it:")
     mark = "red" if d.exit_code else "green"
     verdict = Text(f"verdict: {d.verdict}", style=mark)
-    return Group(table, actions, verdict)
+    return Group(table, heading, actions, Text(), verdict)
 
 
 # --- the probe requests -----------------------------------------------------------------
@@ -526,7 +528,7 @@ def probe_head(nonce: str, tokens: int = HEAD_TOKENS) -> str:
     earlier probe's prompts are no prefix of it."""
     lines = [f"Probe {nonce}. You answer questions about a small project."]
     i = 0
-    while sum(len(line) for line in lines) < tokens * 4:
+    while sum(len(line) for line in lines) < tokens * 3:
         i += 1
         lines.append(f"Rule {i}: keep file {i % 17} unchanged unless task {i % 11} asks for it.")
     return "\n".join(lines)
@@ -643,10 +645,7 @@ def probe_runtime(
 def _probe(
     c: _Client, url: str, kind: str | None, model: str | None, configured: int | None
 ) -> Findings:
-    try:
-        models = c.call("GET", "/v1/models")
-    except httpx.UnsupportedProtocol as exc:
-        raise Unreachable(f"{url} is not a URL prefixgate can reach: {exc}") from None
+    models = c.call("GET", "/v1/models")
     if models.status is None:
         raise Unreachable(f"cannot reach {url}: {models.error}")
     props = c.call("GET", "/props")
@@ -687,8 +686,8 @@ def _probe(
     template = _probe_template(c, kind, name, path)
     nonce = secrets.token_hex(6)
     head = probe_head(nonce)
-    first = (("user", f"Task A {nonce}: list the rules about file 3, then stop. " * 8),)
-    other = (("user", f"Task B {nonce}: which rules name task 5? Answer briefly. " * 8),)
+    first = (("user", f"Task A {nonce}: list the rules about file 3, then stop. " * 4),)
+    other = (("user", f"Task B {nonce}: which rules name task 5? Answer briefly. " * 4),)
     cold = c.call("POST", path, chat_body(kind, name, head, first))
     repeat = c.call("POST", path, chat_body(kind, name, head, first))
     diverged = c.call("POST", path, chat_body(kind, name, head, other))

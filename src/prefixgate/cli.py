@@ -227,6 +227,14 @@ def keygen_cmd(tenant: str) -> None:
     help="Append every incoming request to this file (corpus format, credentials removed).",
 )
 @click.option(
+    "--saved-prefix-bytes",
+    type=click.IntRange(min=0),
+    default=None,
+    help="The bundled runtime's saved prefixes (KV state of system prompt and tools, "
+    "restored after a restart) take at most this many bytes on disk "
+    "(default 4 GiB; 0 turns them off; server.saved_prefix_bytes).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
     default="info",
@@ -246,6 +254,7 @@ def serve_cmd(
     port: int | None,
     audit_path: str | None,
     record: str | None,
+    saved_prefix_bytes: int | None,
     log_level: str,
 ) -> None:
     """Run the gateway (with the bundled local runtime when no upstream is set)."""
@@ -262,6 +271,7 @@ def serve_cmd(
         "port": port,
         "audit_path": audit_path,
         "record": record,
+        "saved_prefix_bytes": saved_prefix_bytes,
     }
     try:
         settings = load_settings(config_path, flags=flags)

@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from uvicorn.config import LOG_LEVELS as UVICORN_LEVELS
 
 from prefixgate.app.gateway import create_app
+from prefixgate.app.saved import SavedPrefixes
 from prefixgate.config import Settings
 from prefixgate.connections import protocol_class
 from prefixgate.store.audit import AuditSink
@@ -55,8 +56,9 @@ def run(settings: Settings, *, log_level: str = "info") -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     with contextlib.ExitStack() as stack:
+        prefixes = None
         if settings.embedded:
-            url, cache = _start_embedded(stack)
+            url, cache, prefixes = _start_embedded(stack, settings)
             settings = settings.with_upstream(url, cache=cache)
         audit = _open_audit(settings)
         app = create_app(
@@ -64,6 +66,7 @@ def run(settings: Settings, *, log_level: str = "info") -> None:
             audit=audit,
             capture=_open_capture(settings.record_path),
             state=_open_state(settings.state_url),
+            prefixes=prefixes,
         )
         log.info("prefixgate listening on http://%s:%d", settings.host, settings.port)
         log.info("audit log: %s", settings.audit_path or "in memory only")
@@ -215,14 +218,26 @@ def _open_capture(path: str | None) -> CaptureLog | None:
         raise click.ClickException(f"cannot open the capture file {path}: {exc.strerror}") from None
 
 
-def _start_embedded(stack: contextlib.ExitStack) -> tuple[str, dict[str, int]]:
-    """The bundled runtime started: its URL, and what it can hold (its slots and
-    its RAM prompt cache in tokens, for the expected cached tokens)."""
+def _start_embedded(
+    stack: contextlib.ExitStack, settings: Settings
+) -> tuple[str, dict[str, int], SavedPrefixes | None]:
+    """The bundled runtime started: its URL, what it can hold (its slots and its
+    RAM prompt cache in tokens, for the expected cached tokens), and its saved
+    prefixes (None when ``server.saved_prefix_bytes`` is 0 or its kind is not
+    anthropic)."""
     from prefixgate.core.oracle import ram_cache_tokens
-    from prefixgate.runtime.local import LocalRuntime, RuntimeMissing, default_spec
+    from prefixgate.runtime.local import (
+        LocalRuntime,
+        RuntimeMissing,
+        default_spec,
+        saved_prefix_dir,
+    )
 
+    saving = settings.saved_prefix_bytes > 0 and settings.upstream_kind == "anthropic"
+    if settings.saved_prefix_bytes > 0 and not saving:
+        log.info("saved prefixes are off: they need the anthropic kind")
     try:
-        spec = default_spec()
+        spec = default_spec(slot_save_path=saved_prefix_dir() if saving else None)
     except RuntimeMissing as exc:
         raise click.ClickException(
             f"no upstream configured and the bundled runtime is not installed.\n{exc}\n"
@@ -234,4 +249,17 @@ def _start_embedded(stack: contextlib.ExitStack) -> tuple[str, dict[str, int]]:
     stack.callback(runtime.stop)
     log.info("bundled runtime ready at %s", runtime.base_url)
     cache = {"cache_slots": spec.slots, "cache_tokens": ram_cache_tokens(spec.cache_ram_mib)}
-    return runtime.base_url, cache
+    prefixes = None
+    if spec.slot_save_path is not None:
+        from prefixgate.runtime.prefixes import PrefixStore
+
+        store = PrefixStore(spec.slot_save_path, settings.saved_prefix_bytes)
+        prefixes = SavedPrefixes(runtime.base_url, store, spec.model, runtime)
+        log.info(
+            "saved prefixes: %s (%d files, %.1f of %.1f GiB)",
+            spec.slot_save_path,
+            len(store.entries()),
+            store.total / 2**30,
+            store.cap / 2**30,
+        )
+    return runtime.base_url, cache, prefixes

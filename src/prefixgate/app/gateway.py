@@ -4,6 +4,8 @@
 handed to the proxy and the observer when they are made) is opened when the
 app starts (lifespan) and closed when it stops, and tests inject a transport
 (``httpx.MockTransport`` or a real server) instead of sockets of their own.
+With the bundled runtime, ``prefixes`` (``app/saved.py``) restores and saves
+its prefixes while the app runs.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from prefixgate.app.metrics import Metrics
 from prefixgate.app.observer import CacheObserver
 from prefixgate.app.proxy import Proxy
 from prefixgate.app.router import Router
+from prefixgate.app.saved import SavedPrefixes
 from prefixgate.config import Settings
 from prefixgate.core.errors import error_body, error_type_for_status
 from prefixgate.report import build_report, prices_of, report_json
@@ -49,19 +52,23 @@ def create_app(
     audit: AuditSink | None = None,
     capture: CaptureLog | None = None,
     state: StateStore | None = None,
+    prefixes: SavedPrefixes | None = None,
 ) -> Starlette:
     """Build the gateway for ``settings``; nothing is opened until it starts.
 
     The app owns ``audit``, ``capture`` and ``state`` (routing state, e.g.
     ``RedisState``; default: this process only) from here on: all are closed
-    when it stops, after the last records are written.
+    when it stops, after the last records are written. ``prefixes``: the
+    bundled runtime's saved prefixes (its upstream must be of kind anthropic).
     """
     sink = audit or MemoryAudit()
     metrics = Metrics()
     upstreams = UpstreamClient(transport)  # opened by the lifespan
     observer = CacheObserver(settings, sink, metrics, upstreams)
     router = Router(settings, upstreams, state)
-    proxy = Proxy(settings, upstreams, observer, capture, router)
+    if prefixes is not None:
+        prefixes.bind(observer, lambda: upstreams.http)
+    proxy = Proxy(settings, upstreams, observer, capture, router, prefixes)
     views = Views(settings, sink, router)
     app = Starlette(
         routes=[
@@ -81,6 +88,7 @@ def create_app(
     app.state.audit = sink
     app.state.metrics = metrics
     app.state.router = router
+    app.state.prefixes = prefixes
     return app
 
 
@@ -96,7 +104,7 @@ def _lifespan(proxy: Proxy) -> Callable[[Starlette], contextlib.AbstractAsyncCon
         try:
             async with proxy.upstreams.opened():
                 try:
-                    async with _watching(proxy.router):
+                    async with _watching(proxy.router), _saving(proxy.prefixes):
                         for warning in proxy.settings.warnings():
                             log.warning("%s", warning)
                         yield
@@ -118,6 +126,16 @@ async def _watching(router: Router) -> AsyncIterator[None]:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+
+
+@contextlib.asynccontextmanager
+async def _saving(prefixes: SavedPrefixes | None) -> AsyncIterator[None]:
+    """The saved prefixes' background task (saves, the runtime watched), if any."""
+    if prefixes is None:
+        yield
+        return
+    async with prefixes.running():
+        yield
 
 
 async def _close(proxy: Proxy) -> None:

@@ -102,6 +102,15 @@ class CacheObserver:
         it held before is lost there (lost tokens are then named ``restarted``)."""
         self._reach.restarted(target)
 
+    def placed(
+        self, upstream: UpstreamConfig, chain: Chain, tokens: int, *, restored: bool
+    ) -> None:
+        """A slot action loaded ``chain`` (``tokens`` long) into one of ``upstream``'s
+        slots: a saved prefix restored (``restored``: the next request's expected
+        counts it, and a shortfall is ``partial_restore_refused``), or a priming
+        request that replaced the slot's prompt (``app/saved.py``)."""
+        self._reach.place(upstream.target, chain, tokens, capacity(upstream), restored=restored)
+
     def answered(self, seen: Observation) -> None:
         """The upstream has answered ``seen`` in full: it now holds that prompt.
 

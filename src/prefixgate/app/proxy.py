@@ -14,6 +14,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -32,6 +33,7 @@ from prefixgate.app.guard import tenant_of
 from prefixgate.app.observer import CacheObserver
 from prefixgate.app.relay import Relay, RelayResponse, Streams
 from prefixgate.app.router import Router, Target
+from prefixgate.app.saved import SavedPrefixes
 from prefixgate.config import Settings, UpstreamConfig
 from prefixgate.core.door import forwarded_names
 from prefixgate.core.errors import NotFound, PermissionDenied, PrefixgateError
@@ -60,8 +62,10 @@ class Proxy:
         observer: CacheObserver,
         capture: CaptureLog | None = None,
         router: Router | None = None,
+        prefixes: SavedPrefixes | None = None,
     ) -> None:
         self.settings = settings
+        self.prefixes = prefixes  # the bundled runtime's saved prefixes (app/saved.py)
         self.upstreams = upstreams
         self.observer = observer
         self.capture = capture
@@ -176,11 +180,14 @@ class Proxy:
         begun to stream, it is relayed (or ends with an ``error`` event) there.
         """
         for attempt, target in enumerate(targets):
+            sent, release = rw, _releasing(self.router, target)
+            if self.prefixes is not None:  # may restore a saved prefix, send to its slot
+                sent, release = await self.prefixes.hold(target.config, rw, who.kind, release)
             seen = self.observer.begin(who, rw, target.config, ex.tenant)
             self.router.started(target)
-            ex.sent_to(target.config, seen, functools.partial(self.router.ended, target))
+            ex.sent_to(target.config, seen, release)
             try:
-                response = await self._send(request, ex, kind, target.config, rw)
+                response = await self._send(request, ex, kind, target.config, sent)
             except PrefixgateError as exc:
                 ex.let_go()
                 if not exc.retryable or attempt == len(targets) - 1:
@@ -249,6 +256,10 @@ class Proxy:
                 f"(model {model!r}); its keys allow: {', '.join(tenant.upstreams or ())}"
             )
         return route
+
+
+def _releasing(router: Router, target: Target) -> Callable[[], None]:
+    return functools.partial(router.ended, target)
 
 
 def incoming(request: Request, found: HeaderRewrite, trust_forwarded: bool = False) -> Incoming:

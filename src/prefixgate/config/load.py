@@ -40,8 +40,16 @@ SERVER_ENV = (
     "audit_path",
     "capture_bodies",
     "allow_unauthenticated",
+    "saved_prefix_bytes",
 )
-SERVER_FLAGS = ("host", "port", "audit_path", "allow_unauthenticated", "allowed_hosts")
+SERVER_FLAGS = (
+    "host",
+    "port",
+    "audit_path",
+    "allow_unauthenticated",
+    "allowed_hosts",
+    "saved_prefix_bytes",
+)
 
 
 def environment() -> Mapping[str, str]:

@@ -31,6 +31,10 @@ DEFAULT_BODY_TIMEOUT = 120.0
 DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_MAX_CONNECTIONS = 4096
 DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 256
+#: The bundled runtime's saved prefixes on disk, at most (``server.saved_prefix_bytes``;
+#: 0 turns saving and restoring off). A 20,000-token prefix of the bundled model is
+#: about 370 MB.
+DEFAULT_SAVED_PREFIX_BYTES = 4 * 1024**3
 LOOPBACK_NAMES = ("localhost",)
 IN_MEMORY = ("memory", "none")
 
@@ -69,6 +73,8 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     # X-Forwarded-* / Forwarded from clients: believed and passed upstream only if set
     trust_forwarded: bool = False
+    # the bundled runtime's saved prefixes (app/saved.py): their cap in bytes; 0: off
+    saved_prefix_bytes: int = DEFAULT_SAVED_PREFIX_BYTES
 
     @property
     def limits(self) -> Limits:
@@ -163,6 +169,7 @@ class ServerSettings(LimitSettings):
     allowed_hosts: tuple[str, ...]
     allowed_origins: tuple[str, ...]
     trust_forwarded: bool
+    saved_prefix_bytes: int
 
 
 def server_settings(server: Mapping[str, Any]) -> ServerSettings:
@@ -182,6 +189,11 @@ def server_settings(server: Mapping[str, Any]) -> ServerSettings:
         allowed_hosts=read_names("server.allowed_hosts", server.get("allowed_hosts", [])),
         allowed_origins=read_names("server.allowed_origins", server.get("allowed_origins", [])),
         trust_forwarded=read_flag("server.trust_forwarded", server.get("trust_forwarded", False)),
+        saved_prefix_bytes=read_int(
+            "server.saved_prefix_bytes",
+            server.get("saved_prefix_bytes", DEFAULT_SAVED_PREFIX_BYTES),
+            0,
+        ),
         **limit_settings(server),
     )
 

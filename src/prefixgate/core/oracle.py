@@ -51,7 +51,9 @@ counted (``misses.prefix_tokens``):
     when it knows, e.g. the bundled runtime's manager restarted the server)
 ``partial_restore_refused``
     the expected prefix came from a RAM-cached prompt that the new one does
-    not extend exactly (a partial match, longer than the slot's own)
+    not extend exactly (a partial match, longer than the slot's own), or
+    from a saved prefix the gateway restored into a slot just before
+    (``RuntimeModel.place``) that the runtime then did not reuse
 ``evicted``
     the model says the slot the prompt landed in still held the prefix, but
     the runtime served less: it dropped it (another slot layout, a smaller
@@ -198,6 +200,7 @@ class _Held:
     tokens: int
     epoch: int
     used: int = 0
+    restored: bool = False  # loaded from a saved prefix, not yet followed by a request
 
 
 @dataclass(frozen=True)
@@ -210,6 +213,7 @@ class Landing:
     ram_exact: int  # pieces of the longest RAM-cached prompt the new one extends exactly
     ram_key: int | None  # that best RAM entry (its last chain hash)
     stale: bool  # the holder of the expected prefix predates the last restart
+    restored: bool = False  # the holder of the expected prefix is a restored saved prefix
 
     @property
     def pieces(self) -> int:
@@ -267,7 +271,8 @@ class RuntimeModel:
         stale = (
             holder is not None and holder.epoch < self.epoch and max(best_common, ram_common) > 0
         )
-        return Landing(best, best_common, ram_common, ram_exact, key, stale)
+        restored = holder is not None and holder.restored and max(best_common, ram_common) > 0
+        return Landing(best, best_common, ram_common, ram_exact, key, stale, restored)
 
     def remember(self, chain: Chain, tokens: int) -> Landing:
         """The runtime processed ``chain`` (``tokens`` long): it now sits in a slot."""
@@ -280,6 +285,19 @@ class RuntimeModel:
             self._cache(old)  # the new prompt does not extend it: to the RAM cache
         self._slots[landing.slot] = _Held(
             chain, frozenset(chain), tokens, self.epoch, used=self._clock
+        )
+        return landing
+
+    def place(self, chain: Chain, tokens: int, *, restored: bool = False) -> Landing:
+        """A slot action loaded ``chain`` (``tokens`` long) into the slot it lands in:
+        a saved prefix restored (``restored``), or a priming request sent to that
+        slot. The slot's previous prompt is dropped, not cached: llama-server
+        neither keeps a slot it restores into nor searches the RAM cache for a
+        request pinned to a slot."""
+        landing = self.land(chain)
+        self._clock += 1
+        self._slots[landing.slot] = _Held(
+            chain, frozenset(chain), tokens, self.epoch, used=self._clock, restored=restored
         )
         return landing
 
@@ -336,6 +354,7 @@ class Reach:
     source: str  # one of SOURCES
     stale: bool  # the expected prefix predates the runtime's last restart
     exact: int = 0  # expected, were only exact extensions restored from the RAM cache
+    restored: bool = False  # expected comes from a saved prefix restored for this request
 
 
 class ReachTracker:
@@ -361,12 +380,20 @@ class ReachTracker:
             source=landing.source,
             stale=landing.stale,
             exact=max(landing.slot_common, landing.ram_exact),
+            restored=landing.restored,
         )
 
     def remember(self, target: str, chain: Chain, tokens: int, capacity: Capacity) -> None:
         """``target`` processed ``chain`` (about ``tokens`` long)."""
         self._oracle(target).remember(chain)
         self._model(target, capacity).remember(chain, tokens)
+
+    def place(
+        self, target: str, chain: Chain, tokens: int, capacity: Capacity, *, restored: bool
+    ) -> None:
+        """A slot action on ``target`` loaded ``chain`` into a slot (``RuntimeModel.place``)."""
+        self._oracle(target).remember(chain)
+        self._model(target, capacity).place(chain, tokens, restored=restored)
 
     def restarted(self, target: str) -> None:
         """``target``'s runtime restarted (what its model holds is lost there)."""
@@ -418,7 +445,7 @@ def judge_loss(reach: Reach, oracle: int, expected: int, actual: int | None) -> 
     if is_miss(expected, actual):
         if reach.stale:
             cause = "restarted"
-        elif reach.source == "ram_partial":
+        elif reach.source == "ram_partial" or reach.restored:
             cause = "partial_restore_refused"
         elif reach.source == "slot":
             cause = "evicted"

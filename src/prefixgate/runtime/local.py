@@ -43,6 +43,7 @@ __all__ = [
     "default_spec",
     "default_template_path",
     "find_local_runtime",
+    "saved_prefix_dir",
 ]
 
 INSTALL_HINT = (
@@ -92,6 +93,9 @@ class LocalRuntimeSpec:
     #: ``--no-repack`` when the server crashes at startup (CPUs that advertise AMX
     #: without the hypervisor letting it run); False = always ``--no-repack``.
     repack: bool | None = None
+    #: llama-server's ``--slot-save-path``: the folder saved prefixes are written to and
+    #: restored from (``runtime/prefixes.py``, ``app/saved.py``); None: slot saves are off.
+    slot_save_path: Path | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -145,6 +149,9 @@ def build_command(spec: LocalRuntimeSpec, port: int) -> list[str]:
         command += ["--cache-ram", str(spec.cache_ram_mib)]
     if spec.repack is False:
         command.append("--no-repack")
+    if spec.slot_save_path is not None:
+        # llama-server joins the folder and the file name as strings: end it with a slash
+        command += ["--slot-save-path", f"{str(spec.slot_save_path).rstrip('/')}/"]
     command += spec.extra_args
     return command
 
@@ -160,6 +167,11 @@ def default_template_path() -> Path:
 def cache_dir() -> Path:
     """Where the assembled model lives: ``$PREFIXGATE_CACHE_DIR`` or ``~/.cache/prefixgate``."""
     return env_path(CACHE_DIR_ENV) or Path.home() / ".cache" / "prefixgate"
+
+
+def saved_prefix_dir() -> Path:
+    """Where the bundled runtime keeps saved prefixes: ``<cache dir>/saved-prefixes``."""
+    return cache_dir() / "saved-prefixes"
 
 
 def _import_package(name: str) -> ModuleType:
@@ -383,6 +395,8 @@ class LocalRuntime:
             os.close(handle)
             self._log_path = Path(name)
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self._active_spec.slot_save_path is not None:
+            self._active_spec.slot_save_path.mkdir(parents=True, exist_ok=True)
         command = build_command(self._active_spec, port)
         self._log_file = self._log_path.open("ab")
         self._log_offset = self._log_file.tell()

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from prefixgate.core.errors import InvalidRequest
-from prefixgate.core.limits import Limits, check_limits, count_blocks, json_depth
+from prefixgate.core.limits import Limits, check_limits, count_blocks, json_depth, json_shape
 from prefixgate.core.pipeline import parse_request, rewrite
 
 
@@ -79,6 +79,29 @@ def test_json_depth_needs_no_recursion_and_stops_early() -> None:
     assert json_depth(deep) == 200_000
     assert json_depth(deep, stop_after=64) == 65
     assert json_depth(nested(64), stop_after=64) == 64
+
+
+@pytest.mark.parametrize(
+    ("value", "floats"),
+    [
+        (1.5, True),
+        ({"a": 1, "b": [True, None, "2.5"]}, False),
+        ({"temperature": 0.7}, True),
+        ([[{"x": [1, 2, {"y": 1e-9}]}]], True),
+        ({"a": 2**70}, False),
+    ],
+)
+def test_json_shape_finds_a_float_anywhere_and_measures_as_json_depth(
+    value: Any, floats: bool
+) -> None:
+    assert json_shape(value) == (json_depth(value), floats)
+
+
+def test_a_body_with_a_float_is_parsed_by_the_standard_library() -> None:
+    # 0.1 + 0.2 style digits: the values must be exactly json.loads's
+    raw = json.dumps({**request(), "temperature": 0.30000000000000004, "n": 2**70}).encode()
+    assert parse_request(raw) == json.loads(raw)
+    assert type(parse_request(raw)["n"]) is int
 
 
 # ------------------------------------------------------------ count_blocks

@@ -24,7 +24,7 @@ import orjson
 from prefixgate.core.attribution import Attribution, detect
 from prefixgate.core.cachekey import ADAPTER_VERSION, PromptCacheKey, build_key
 from prefixgate.core.errors import InvalidRequest
-from prefixgate.core.limits import DEFAULT_LIMITS, Limits, check_limits, depth_error
+from prefixgate.core.limits import DEFAULT_LIMITS, Limits, check_limits, depth_error, json_shape
 from prefixgate.core.policy import (
     DEFAULT_NORMALIZE_KEEP,
     Policy,
@@ -142,7 +142,7 @@ def parse_request(
 ) -> dict[str, Any]:
     """Parse and check the fields the gateway relies on and its limits; raise InvalidRequest."""
     try:
-        body = _loads(raw)
+        body, depth = _loads(raw, limits.max_json_depth)
     except RecursionError:
         # The stdlib parser recurses once per level; thousands of levels exhaust the stack.
         raise depth_error(limits, "nesting too deep to parse") from None
@@ -150,13 +150,15 @@ def parse_request(
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
-    check_limits(body, limits)
+    check_limits(body, limits, depth=depth)
     _check_fields(body, require_max_tokens=require_max_tokens)
     return body
 
 
-def _loads(raw: bytes) -> Any:
-    """``raw`` parsed as the standard library parses it, through orjson when that is the same.
+def _loads(raw: bytes, max_depth: int) -> tuple[Any, int]:
+    """``raw`` parsed as the standard library parses it, through orjson when that
+    is the same; with its nesting depth (``limits.json_shape``, stopped past
+    ``max_depth``).
 
     orjson reads a body in about half the time. It gives the same values for
     every JSON text it accepts except numbers: integers past 64 bits come back
@@ -170,9 +172,11 @@ def _loads(raw: bytes) -> Any:
     except orjson.JSONDecodeError:
         pass
     else:
-        if _floatless(body):
-            return body
-    return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+        depth, floats = json_shape(body, stop_after=max_depth)
+        if not floats or depth > max_depth:  # too deep is refused whatever its numbers
+            return body, depth
+    body = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    return body, json_shape(body, stop_after=max_depth)[0]
 
 
 def _reject_constant(name: str) -> Any:

@@ -208,7 +208,9 @@ class CacheObserver:
         if tokens is not None and seen.reach is not None:
             oracle = prefix_tokens(view, seen.reach.oracle, tokens, rec.prompt_tokens)
             runtime = prefix_tokens(view, seen.reach.expected, tokens, rec.prompt_tokens)
-            loss = judge_loss(seen.reach, oracle, runtime, rec.cached_tokens if ok else None)
+            restored = prefix_tokens(view, seen.reach.restored, tokens, rec.prompt_tokens)
+            actual = rec.cached_tokens if ok else None
+            loss = judge_loss(seen.reach, oracle, runtime, actual, restored)
             if loss is not None:
                 lost, lost_cause = loss.lost_by_runtime, loss.cause
         return replace(

@@ -45,15 +45,16 @@ counted (``misses.prefix_tokens``):
 ``lost_by_runtime`` is ``expected - actual`` when that is more than noise
 (``misses.is_miss``), else 0. Its cause, the first that applies:
 
+``partial_restore_refused``
+    the expected prefix came from a RAM-cached prompt that the new one does
+    not extend exactly (a partial match, longer than the slot's own), or the
+    runtime served less than the saved prefix the gateway restored into a slot
+    just before (``RuntimeModel.place``; ``Reach.restored``)
 ``restarted``
     the slot or RAM entry expected to hold the prefix was filled before the
     runtime's last restart (``RuntimeModel.restarted``: the gateway calls it
-    when it knows, e.g. the bundled runtime's manager restarted the server)
-``partial_restore_refused``
-    the expected prefix came from a RAM-cached prompt that the new one does
-    not extend exactly (a partial match, longer than the slot's own), or
-    from a saved prefix the gateway restored into a slot just before
-    (``RuntimeModel.place``) that the runtime then did not reuse
+    when it knows, e.g. the bundled runtime's manager restarted the server);
+    a saved prefix restored since makes its head current again
 ``evicted``
     the model says the slot the prompt landed in still held the prefix, but
     the runtime served less: it dropped it (another slot layout, a smaller
@@ -200,7 +201,9 @@ class _Held:
     tokens: int
     epoch: int
     used: int = 0
-    restored: bool = False  # loaded from a saved prefix, not yet followed by a request
+    # leading pieces loaded from a saved prefix since the last request here: current
+    # even when the rest predates a restart
+    restored: int = 0
 
 
 @dataclass(frozen=True)
@@ -213,7 +216,7 @@ class Landing:
     ram_exact: int  # pieces of the longest RAM-cached prompt the new one extends exactly
     ram_key: int | None  # that best RAM entry (its last chain hash)
     stale: bool  # the holder of the expected prefix predates the last restart
-    restored: bool = False  # the holder of the expected prefix is a restored saved prefix
+    restored: int = 0  # pieces of the expected prefix restored from a saved prefix
 
     @property
     def pieces(self) -> int:
@@ -268,10 +271,9 @@ class RuntimeModel:
                 else next(reversed(self._index[chain[ram_common - 1]]))
             )
         holder = self._ram.get(key) if key is not None else self._slots[best]
-        stale = (
-            holder is not None and holder.epoch < self.epoch and max(best_common, ram_common) > 0
-        )
-        restored = holder is not None and holder.restored and max(best_common, ram_common) > 0
+        pieces = max(best_common, ram_common)
+        restored = min(pieces, holder.restored) if holder is not None else 0
+        stale = holder is not None and holder.epoch < self.epoch and pieces > restored
         return Landing(best, best_common, ram_common, ram_exact, key, stale, restored)
 
     def remember(self, chain: Chain, tokens: int) -> Landing:
@@ -293,11 +295,29 @@ class RuntimeModel:
         a saved prefix restored (``restored``), or a priming request sent to that
         slot. The slot's previous prompt is dropped, not cached: llama-server
         neither keeps a slot it restores into nor searches the RAM cache for a
-        request pinned to a slot."""
+        request pinned to a slot.
+
+        A restore into a slot whose prompt predates the last restart and extends
+        the restored prefix keeps that prompt, its shared head now current: what
+        the restart lost beyond the saved prefix stays ``restarted``."""
         landing = self.land(chain)
         self._clock += 1
+        held = self._slots[landing.slot]
+        if (
+            restored
+            and held is not None
+            and held.epoch < self.epoch
+            and 0 < landing.slot_common < len(held.chain)
+        ):
+            held.restored, held.used = landing.slot_common, self._clock
+            return landing
         self._slots[landing.slot] = _Held(
-            chain, frozenset(chain), tokens, self.epoch, used=self._clock, restored=restored
+            chain,
+            frozenset(chain),
+            tokens,
+            self.epoch,
+            used=self._clock,
+            restored=len(chain) if restored else 0,
         )
         return landing
 
@@ -311,6 +331,7 @@ class RuntimeModel:
 
     def _cache(self, held: _Held) -> None:
         limit = self.capacity.tokens
+        held.restored = 0  # restored for the request after the restore, which is past
         if not held.chain or held.tokens > limit:
             return
         key = held.chain[-1]
@@ -354,7 +375,7 @@ class Reach:
     source: str  # one of SOURCES
     stale: bool  # the expected prefix predates the runtime's last restart
     exact: int = 0  # expected, were only exact extensions restored from the RAM cache
-    restored: bool = False  # expected comes from a saved prefix restored for this request
+    restored: int = 0  # pieces of expected restored from a saved prefix for this request
 
 
 class ReachTracker:
@@ -437,15 +458,22 @@ def capacity_gap(oracle: int | None, expected: int | None) -> int:
     return oracle - expected
 
 
-def judge_loss(reach: Reach, oracle: int, expected: int, actual: int | None) -> Loss | None:
-    """The loss for one request, its three numbers in tokens (``None``: actual unknown)."""
+def judge_loss(
+    reach: Reach, oracle: int, expected: int, actual: int | None, restored: int | None = None
+) -> Loss | None:
+    """The loss for one request, its three numbers in tokens (``None``: actual unknown).
+
+    ``restored``: the tokens of ``reach.restored`` pieces, a saved prefix restored
+    for this request; served less than that, the restore was refused."""
     if actual is None:
         return None
     capacity = capacity_gap(oracle, expected)
     if is_miss(expected, actual):
-        if reach.stale:
+        if reach.restored and restored is not None and is_miss(restored, actual):
+            cause = "partial_restore_refused"
+        elif reach.stale:
             cause = "restarted"
-        elif reach.source == "ram_partial" or reach.restored:
+        elif reach.source == "ram_partial":
             cause = "partial_restore_refused"
         elif reach.source == "slot":
             cause = "evicted"

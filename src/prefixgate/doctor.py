@@ -274,19 +274,19 @@ def _endpoint_rows(f: Findings) -> list[Row]:
             else "use kind openai (--upstream-kind openai): the gateway translates"
         ),
         "/v1/chat/completions": (
-            "kind openai translates to it, byte-stable"
+            "kind openai works too: translated, no byte the cache depends on moved"
             if chat and chat.ok
             else "kind openai cannot be used"
         ),
         "/v1/models": "relayed to clients that list models",
         "/tokenize": "expected cached tokens counted with the runtime's own tokenizer",
-        "/slots": "slot count and context read for the runtime model",
+        "/slots": "the slots and their context size (row slots)",
         "/metrics": "the runtime's own cached-token counters, to compare with the report",
     }
     missing = {
         "/v1/models": "a client listing models gets the runtime's error",
         "/tokenize": "expected cached tokens are estimated (expected_source: estimate)",
-        "/slots": "the runtime model assumes cache_slots (default 4)",
+        "/slots": "slots read from /props where it answers (row slots)",
         "/metrics": "only the gateway's own /metrics",
     }
     rows = []

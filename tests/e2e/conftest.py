@@ -24,8 +24,9 @@ from prefixgate.runtime.local import LocalRuntime, default_spec
 
 @pytest.fixture(scope="session")
 def local_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRuntime]:
-    """A started LocalRuntime (bundled llama-server, Gemma 3 270M, one slot)."""
-    spec = default_spec()
+    """A started LocalRuntime (bundled llama-server, Gemma 3 270M, one slot), with a
+    slot-save folder of its own (``--slot-save-path``, for test_prefix_restore.py)."""
+    spec = default_spec(slot_save_path=tmp_path_factory.mktemp("saved-prefixes"))
     log_path = tmp_path_factory.mktemp("local-runtime") / "llama-server.log"
     runtime = LocalRuntime(spec, log_path=log_path, startup_timeout=300.0)
     runtime.start()

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 
+from prefixgate.runtime.local import LocalRuntimeSpec, build_command
 from prefixgate.runtime.prefixes import SavedPrefix, saved_name
 from prefixgate.runtime.restore import (
     PRIMING_MESSAGE,
@@ -183,3 +185,12 @@ async def test_a_cancelled_waiter_leaves_no_trace() -> None:
         await waiting
     gate.leave()
     assert gate.idle and not gate.held
+
+
+def test_the_runtime_starts_with_its_slot_save_folder(tmp_path: Path) -> None:
+    binary, model, template = (tmp_path / n for n in ("llama-server", "m.gguf", "t.jinja"))
+    off = LocalRuntimeSpec(binary=binary, model=model, template=template)
+    assert "--slot-save-path" not in build_command(off, 8080)
+    on = LocalRuntimeSpec(binary, model, template, slot_save_path=tmp_path / "saved")
+    command = build_command(on, 8080)
+    assert command[command.index("--slot-save-path") + 1] == f"{tmp_path / 'saved'}/"

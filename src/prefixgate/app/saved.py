@@ -277,7 +277,7 @@ class SavedPrefixes:
         assert runtime is not None
         while True:
             await asyncio.sleep(WATCH_EVERY_S)
-            if runtime.is_running():
+            if self.gate.held or runtime.is_running():  # held: a restart may be under way
                 continue
             log.warning("the bundled runtime stopped: starting it again")
             try:

@@ -61,10 +61,12 @@ class Runtime:
         mid: str = "keep",
         model: str = "some-model",
         slots: list[dict[str, Any]] | None = None,
+        prefix: str = "",
     ) -> None:
         self.usage, self.paths, self.cache, self.tools, self.mid = usage, paths, cache, tools, mid
         self.model = model
         self.slots = slots
+        self.prefix = prefix  # the path of a base URL such as https://host/api/v1, less /v1
         self.last: list[str] = []
         self.sizes: list[int] = []  # of every prompt rendered for a chat request
         self.seen: set[tuple[str, ...]] = set()
@@ -92,7 +94,7 @@ class Runtime:
         return hoisted + words
 
     def respond(self, request: httpx.Request) -> httpx.Response:
-        path = request.url.path
+        path = request.url.path.removeprefix(self.prefix)
         if path not in self.paths:
             return httpx.Response(404, json={"error": "not found"})
         if path == "/v1/models":
@@ -153,8 +155,8 @@ class Runtime:
             answer["prompt_eval_count"], answer["prompt_eval_cached_count"] = n - cached, cached
         return httpx.Response(200, json=answer)
 
-    def probe(self, kind: str | None = None, **options: Any) -> Diagnosis:
-        findings = probe_runtime(URL, kind, transport=self.upstream.transport, **options)
+    def probe(self, kind: str | None = None, url: str = URL, **options: Any) -> Diagnosis:
+        findings = probe_runtime(url, kind, transport=self.upstream.transport, **options)
         return assess(findings)
 
 
@@ -204,6 +206,7 @@ def test_ollama_like_without_cache_fields_is_unknown_never_zero() -> None:
     text = text_of(d, 120)
     assert "unknown in the report, never 0" in text
     assert "never sees Claude Code's environment message" in text
+    assert 'kind openai with system_messages = "user"' in text
     # its native counters, where the answer has them, are read
     native = Runtime(usage="ollama", paths=CHAT)
     assert rows_of(native.probe("openai"))["usage"] == ("prompt_eval_cached_count", "ok")
@@ -248,6 +251,8 @@ def test_llama_cpp_like_template_read_from_the_rendered_prompt() -> None:
 def test_a_mid_conversation_system_message_refused_by_the_chat_endpoint() -> None:
     d = Runtime(usage="openai", paths=CHAT, mid="refuse").probe()
     assert rows_of(d)["system mid-conversation"] == ("refused (token counts)", "fail")
+    assert 'system_messages = "user" for this upstream' in text_of(d, 120)
+    assert d.exit_code == 0  # it still reuses prefixes: a failed row, not a failed runtime
 
 
 def test_the_chosen_kind_must_answer() -> None:
@@ -256,6 +261,17 @@ def test_the_chosen_kind_must_answer() -> None:
     assert rows["/v1/messages"] == ("404 (not served)", "fail")
     assert d.exit_code == 1 and "/v1/messages does not answer" in d.verdict
     assert "use kind openai" in text_of(d, 120)
+
+
+def test_a_base_url_with_a_path_is_probed_as_the_openai_kind_sends_to_it() -> None:
+    runtime = Runtime(usage="openai", paths=CHAT | {"/slots"}, prefix="/api", slots=[{}])
+    d = runtime.probe(url=f"{URL}/api/v1")
+    rows = rows_of(d)
+    assert rows["/v1/chat/completions"] == ("200", "ok") and rows["/v1/models"] == ("200", "ok")
+    assert rows["/slots"] == ("200", "ok")  # llama-server's own endpoints at the root
+    paths = {r.url.path for r in runtime.upstream.requests}
+    assert {"/api/v1/chat/completions", "/api/v1/models", "/slots"} <= paths
+    assert d.exit_code == 0
 
 
 def test_a_tokenize_of_another_shape_is_not_llama_cpps() -> None:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from rich.console import Console, Group, RenderableType
@@ -353,6 +354,12 @@ def _template_rows(f: Findings) -> list[Row]:
             "the model never sees the tool definitions: run the runtime with a template "
             "that renders them (the bundled runtime: templates/gemma3-tools.jinja)",
         )
+    # the openai kind can send the message as a user message where it stands
+    remedy = (
+        '; or system_messages = "user" for this upstream (sent as a user message in place)'
+        if f.kind == "openai"
+        else '; or kind openai with system_messages = "user" (sent as a user message in place)'
+    )
     mid = {
         "in_place": (
             "in place" + how,
@@ -368,19 +375,20 @@ def _template_rows(f: Findings) -> list[Row]:
             "moved out of place" + how,
             "warn",
             "the environment and date move ahead of the conversation: a new date or "
-            "directory changes the head of every prompt; use a template that keeps it in place",
+            "directory changes the head of every prompt; use a template that keeps it in place"
+            + remedy,
         ),
         "dropped": (
             "dropped" + how,
             "warn",
             "the model never sees Claude Code's environment message (2.1.332 sends one): "
-            "use a template that keeps it",
+            "use a template that keeps it" + remedy,
         ),
         "refused": (
             "refused" + how,
             "fail",
             "requests with a mid-conversation system message fail (Claude Code 2.1.332 "
-            "sends one): use a template that accepts it",
+            "sends one): use a template that accepts it" + remedy,
         ),
         "unknown": ("unknown" + how, "unknown", ""),
     }[t.mid_system]
@@ -591,14 +599,31 @@ PROBE_TURNS: tuple[tuple[str, str], ...] = (
 
 
 class _Client:
-    def __init__(self, client: httpx.Client) -> None:
+    """Sends each probe where the gateway would: ``/v1/messages`` under the URL,
+    chat completions and the model list as the openai kind does (``/v1/...``
+    under a bare host, right under a URL with a path such as ``.../api/v1``),
+    llama-server's own endpoints (``/tokenize``, ``/slots``, ``/props``, ...) at
+    the root of the host."""
+
+    def __init__(self, client: httpx.Client, url: str) -> None:
         self.client = client
+        self.base = url.rstrip("/")
+        parts = urlsplit(self.base)
+        self.root = urlunsplit((parts.scheme, parts.netloc, "", "", ""))
+        self.versioned = parts.path.strip("/") != ""  # upstreams/openai.py api_path
+
+    def where(self, path: str) -> str:
+        if path in ("/v1/chat/completions", "/v1/models"):
+            return self.base + (path.removeprefix("/v1") if self.versioned else path)
+        if path.startswith("/v1/"):
+            return self.base + path
+        return self.root + path
 
     def call(self, method: str, path: str, body: Any = None) -> Answer:
         start = time.monotonic()
         try:
-            response = self.client.request(method, path, json=body)
-        except httpx.TransportError as exc:
+            response = self.client.request(method, self.where(path), json=body)
+        except (httpx.TransportError, httpx.InvalidURL) as exc:
             return Answer(None, error=_reason(exc), seconds=time.monotonic() - start)
         elapsed = time.monotonic() - start
         try:
@@ -623,23 +648,25 @@ def probe_runtime(
     model: str | None = None,
     headers: Mapping[str, str] | None = None,
     configured_slots: int | None = None,
+    auth: tuple[str, str] | None = None,
     transport: httpx.BaseTransport | None = None,
     timeout: float = 300.0,
 ) -> Findings:
     """Probe the runtime at ``url``; ``kind`` None: anthropic when ``/v1/messages``
     answers, else openai. Raises ``Unreachable`` when nothing answers."""
-    try:
-        client = httpx.Client(
-            base_url=url.rstrip("/"),
-            headers=dict(headers or {}),
-            timeout=httpx.Timeout(timeout, connect=10.0),
-            transport=transport,
-            trust_env=False,
-        )
-    except (httpx.InvalidURL, ValueError, TypeError) as exc:
-        raise Unreachable(f"{url} is not a URL prefixgate can reach: {exc}") from None
+    client = httpx.Client(
+        headers=dict(headers or {}),
+        auth=auth,
+        timeout=httpx.Timeout(timeout, connect=10.0),
+        transport=transport,
+        trust_env=False,
+    )
     with client:
-        return _probe(_Client(client), url, kind, model, configured_slots)
+        try:
+            c = _Client(client, url)
+        except ValueError as exc:
+            raise Unreachable(f"{url} is not a URL prefixgate can reach: {exc}") from None
+        return _probe(c, url, kind, model, configured_slots)
 
 
 def _probe(
@@ -820,6 +847,7 @@ def run_doctor(
             model=model,
             headers=headers,
             configured_slots=up.cache_slots,
+            auth=up.basic_auth(),
         )
         code = max(code, _print(findings, console))
     return code

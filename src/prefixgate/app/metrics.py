@@ -37,6 +37,7 @@ series of that key's tenant; an admin tenant's key sees every series.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -53,6 +54,7 @@ _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         up = ["tenant", "upstream"]
         self.requests = self._counter(
             "prefixgate_requests",
@@ -127,6 +129,16 @@ class Metrics:
             ["tenant", "status"],
         )
 
+    def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up in a plain dict after the first time
+        (prometheus_client checks and locks on every ``labels`` call, and a request
+        touches about ten series)."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def _counter(self, name: str, doc: str, labels: list[str]) -> Counter:
         return Counter(name, doc, labels, registry=self.registry)
 
@@ -136,44 +148,49 @@ class Metrics:
         return Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
 
     def refused(self, tenant: str, status: str) -> None:
-        self.refusals.labels(tenant, status).inc()
+        self._child(self.refusals, tenant, status).inc()
 
     def failover(self, tenant: str, upstream: str, replica: str) -> None:
-        self.failovers.labels(tenant, upstream, replica).inc()
+        self._child(self.failovers, tenant, upstream, replica).inc()
 
     def observe(self, rec: AuditRecord) -> None:
         up = (rec.tenant, rec.upstream or "-")
-        self.requests.labels(
-            rec.tenant, str(rec.status), rec.upstream or "-", rec.policy or "-", rec.kind
+        self._child(
+            self.requests,
+            rec.tenant,
+            str(rec.status),
+            rec.upstream or "-",
+            rec.policy or "-",
+            rec.kind,
         ).inc()
         if rec.replica:
-            self.replica_requests.labels(*up, rec.replica).inc()
+            self._child(self.replica_requests, *up, rec.replica).inc()
         if rec.attribution_found:
-            self.blocks.labels(rec.tenant, rec.policy or "-").inc()
+            self._child(self.blocks, rec.tenant, rec.policy or "-").inc()
         if rec.kind in CACHE_KINDS and not is_error(rec):  # as in the report
             self._tokens(rec, up)
         if rec.cause and rec.cause != "none":
-            self.misses.labels(*up, rec.cause).inc()
+            self._child(self.misses, *up, rec.cause).inc()
         if rec.ttfb_ms is not None:
-            self.ttfb.labels(*up).observe(rec.ttfb_ms / 1000)
+            self._child(self.ttfb, *up).observe(rec.ttfb_ms / 1000)
         if rec.total_ms is not None:
-            self.total.labels(*up).observe(rec.total_ms / 1000)
+            self._child(self.total, *up).observe(rec.total_ms / 1000)
 
     def _tokens(self, rec: AuditRecord, up: tuple[str, str]) -> None:
         if rec.prompt_tokens is not None:
-            self.prompt.labels(*up).inc(rec.prompt_tokens)
+            self._child(self.prompt, *up).inc(rec.prompt_tokens)
         if rec.cached_tokens is not None:
-            self.cached.labels(*up).inc(rec.cached_tokens)
+            self._child(self.cached, *up).inc(rec.cached_tokens)
         else:
-            self.unknown.labels(*up).inc()
+            self._child(self.unknown, *up).inc()
         if rec.expected_cached_tokens is not None:
-            self.expected.labels(*up).inc(rec.expected_cached_tokens)
+            self._child(self.expected, *up).inc(rec.expected_cached_tokens)
         if rec.oracle_tokens is not None:
-            self.oracle.labels(*up).inc(rec.oracle_tokens)
+            self._child(self.oracle, *up).inc(rec.oracle_tokens)
         if rec.runtime_expected_tokens is not None:
-            self.runtime_expected.labels(*up).inc(rec.runtime_expected_tokens)
+            self._child(self.runtime_expected, *up).inc(rec.runtime_expected_tokens)
         for cause, tokens in lost_by_cause(rec):
-            self.lost.labels(*up, cause).inc(tokens)
+            self._child(self.lost, *up, cause).inc(tokens)
 
     def exposition(self, tenant: str | None = None) -> bytes:
         """The text format: every series, or only ``tenant``'s."""

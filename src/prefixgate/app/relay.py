@@ -20,8 +20,8 @@ response ends, and records a stream the client abandoned.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import anyio
@@ -111,7 +111,7 @@ class Relay:
         self._recorded = False  # the exchange was ended (once)
         self._closed = False
         self._stopping: str | None = None  # abort's message
-        self._reading: anyio.CancelScope | None = None  # around a pending read
+        self._reading: asyncio.Timeout | None = None  # around a pending read
 
     async def events(self) -> AsyncIterator[bytes]:
         """The client's bytes, each batch sent as soon as its last upstream byte arrived.
@@ -185,7 +185,7 @@ class Relay:
         if self._stopping is not None:
             raise GatewayStopping(self._stopping)
         try:
-            with anyio.move_on_after(limit if limit > 0 else math.inf) as scope:
+            async with asyncio.timeout(limit if limit > 0 else None) as scope:
                 self._reading = scope
                 try:
                     return await chunks.__anext__()
@@ -193,6 +193,8 @@ class Relay:
                     return None
                 finally:
                     self._reading = None
+        except TimeoutError:
+            pass  # silent too long, or ``abort`` ended the read
         except httpx.HTTPError as exc:
             if self._stopping is not None:  # abort closed the response under the read
                 raise GatewayStopping(self._stopping) from None
@@ -245,8 +247,8 @@ class Relay:
         if self._ended or self._stopping is not None:
             return
         self._stopping = message
-        if self._reading is not None:
-            self._reading.cancel()  # the pending read ends at once
+        if self._reading is not None:  # the pending read ends at once
+            self._reading.reschedule(asyncio.get_running_loop().time())
         else:  # between reads (sending to the client): the next read stops
             with anyio.CancelScope(shield=True):
                 await self._response.aclose()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -224,6 +225,10 @@ def status_error(config: UpstreamConfig, status: int, content: bytes) -> Upstrea
     return UpstreamStatus(status, error_type, f"upstream {config.name!r}: {message}")
 
 
+#: Bytes no header value may hold: controls but the tab, and DEL.
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def check_header_values(headers: Mapping[str, str]) -> None:
     """Refuse a header value HTTP does not carry, before anything is sent.
 
@@ -235,11 +240,13 @@ def check_header_values(headers: Mapping[str, str]) -> None:
     """
     for name, value in headers.items():
         raw = wire_value(value)
-        if any((b < 0x20 and b != 0x09) or b == 0x7F for b in raw):
+        if _CONTROL.search(raw) is not None:
             raise InvalidRequest(
                 f"header {name[:40]!r} holds a control character (a line break, NUL, ...); "
                 "it is not forwarded"
             )
+        if raw.isascii():
+            continue
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError:

@@ -1,9 +1,10 @@
 """Saved prefixes through the whole app (app/saved.py), against a fake llama-server.
 
 The fake (``httpx.MockTransport``) has one slot and the ``/slots`` API: a save
-writes a file into the saved-prefix folder, a restore reads it back; a request
-reports as cached the tokens the slot holds when it is sent there (``id_slot``)
-right after a restore (``refuse`` turns that off), else what a test sets.
+writes the slot's tokens into a file of the saved-prefix folder, a restore
+reads them back; a request reports as cached the tokens the slot holds when it
+is sent there (``id_slot``) right after a restore (``refuse`` turns that off),
+else what a test sets.
 ``/tokenize`` counts one token per 4 characters.
 """
 
@@ -20,7 +21,7 @@ from support.app import records_of, running
 
 from prefixgate.app import saved as saved_module
 from prefixgate.app.gateway import create_app
-from prefixgate.app.saved import SavedPrefixes, forget_gone_models
+from prefixgate.app.saved import SCRATCH_NAME, SavedPrefixes, forget_gone_models
 from prefixgate.config import build_settings
 from prefixgate.runtime.prefixes import PrefixStore, model_digest
 from prefixgate.runtime.restore import PRIMING_MESSAGE
@@ -54,18 +55,27 @@ class FakeLlama:
         self.folder = folder
         self.transport = httpx.MockTransport(self._handle)
         self.asked: list[tuple[str, dict[str, Any]]] = []  # (path?action, body)
+        self.slot = 0  # tokens the slot holds
+        self.files: dict[str, int] = {}  # tokens in each saved file
         self.restored = 0  # tokens in the slot from the last restore, until a request
         self.refuse = False
         self.cached = 0
 
     def restart(self) -> None:
-        self.restored = 0
+        self.restored = self.slot = 0
 
     def messages(self) -> list[dict[str, Any]]:
         return [b for p, b in self.asked if p == "/v1/messages"]
 
     def actions(self) -> list[str]:
-        return [p for p, _ in self.asked if p.startswith("/slots/")]
+        """``save NAME`` / ``restore NAME``, NAME the saved prefix's or ``scratch``."""
+        out = []
+        for path, body in self.asked:
+            if path.startswith("/slots/0?"):
+                name = body.get("filename", "")
+                action = path.split("?")[1]
+                out.append(f"{action} {'scratch' if name == SCRATCH_NAME else 'prefix'}")
+        return out
 
     def _handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
@@ -80,12 +90,15 @@ class FakeLlama:
             target = self.folder / body["filename"]
             if action == "save":
                 target.write_bytes(b"kv" * 1000)
-                return httpx.Response(200, json={"n_saved": SAVED_TOKENS, "n_written": 2000})
-            if not target.is_file():
+                self.files[target.name] = self.slot
+                return httpx.Response(200, json={"n_saved": self.slot, "n_written": 2000})
+            if not target.is_file() or not self.files.get(target.name):
                 return httpx.Response(400, json={"error": {"message": "failed to load"}})
-            self.restored = SAVED_TOKENS
-            return httpx.Response(200, json={"n_restored": SAVED_TOKENS, "n_read": 2000})
+            self.restored = self.slot = self.files[target.name]
+            return httpx.Response(200, json={"n_restored": self.slot, "n_read": 2000})
         self.asked.append((path, body))
+        priming = body["messages"] == [{"role": "user", "content": PRIMING_MESSAGE}]
+        self.slot = SAVED_TOKENS if priming else PROMPT
         cached = self.cached
         if body.get("id_slot") == 0 and self.restored and not self.refuse:
             cached = self.restored
@@ -180,7 +193,9 @@ async def test_a_new_prefix_is_saved_by_a_priming_request_after_the_answer(
     assert priming["messages"] == [{"role": "user", "content": PRIMING_MESSAGE}]
     assert (priming["max_tokens"], priming["id_slot"], priming["stream"]) == (1, 0, False)
     assert priming["system"] == first["system"] and priming["tools"] == first["tools"]
-    assert llama.actions() == ["/slots/0?save"]
+    # the slot's own prompt kept aside and put back: the conversation goes on from it
+    assert llama.actions() == ["save scratch", "save prefix", "restore scratch"]
+    assert llama.slot == PROMPT and not (folder / SCRATCH_NAME).exists()
     (entry,) = PrefixStore(folder, 1 << 30).entries()
     assert entry.name.startswith(model_digest(model)[:12]) and entry.tokens == SAVED_TOKENS
 
@@ -197,7 +212,7 @@ async def test_after_a_restart_the_saved_prefix_is_restored_and_expected(
         await send(client, request("another task"))
         await send(client, request("another task, more"))
         records = await records_of(app, 2)
-    assert llama.actions() == ["/slots/0?restore"]  # once: the key is seen since
+    assert llama.actions() == ["restore prefix"]  # once: the key is seen since
     first, second = llama.messages()
     assert first["id_slot"] == 0 and "id_slot" not in second
     assert (prefixes.counts.restores, prefixes.counts.restored_tokens) == (1, SAVED_TOKENS)
@@ -246,7 +261,7 @@ async def test_a_runtime_that_stopped_is_started_again_and_restores_again(
         await prefixes.restart_runtime()
         await send(client, request("another task"))
         records = await records_of(app, 3)
-    assert llama.actions() == ["/slots/0?restore"] * 3
+    assert llama.actions() == ["restore prefix"] * 3
     assert [m.get("id_slot") for m in llama.messages()] == [0, 0, 0]
     assert [r.cached_tokens for r in records] == [SAVED_TOKENS] * 3
     first, *after = records
@@ -270,8 +285,9 @@ async def test_a_file_the_runtime_refuses_is_forgotten_and_saved_again(
     original = llama._handle
 
     def refusing(request: httpx.Request) -> httpx.Response:
-        if request.url.params.get("action") == "restore":
-            llama.asked.append(("/slots/0?restore", {}))
+        body = json.loads(request.content) if request.content else {}
+        if request.url.params.get("action") == "restore" and body["filename"] == entry.name:
+            llama.asked.append(("/slots/0?restore", body))
             return httpx.Response(400, json={"error": {"message": "failed to load"}})
         return original(request)
 
@@ -285,7 +301,7 @@ async def test_a_file_the_runtime_refuses_is_forgotten_and_saved_again(
         assert rec.status == 200
         await send(client, request("a third task"))
         await until(lambda: prefixes.counts.saves == 1 and not prefixes.busy)
-    assert llama.actions() == ["/slots/0?restore", "/slots/0?save"]
+    assert llama.actions() == ["restore prefix", "save scratch", "save prefix", "restore scratch"]
 
 
 async def test_other_upstreams_are_left_alone(folder: Path, model: Path) -> None:

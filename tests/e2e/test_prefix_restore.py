@@ -119,7 +119,12 @@ def test_a_saved_prefix_is_served_after_a_gateway_and_runtime_restart(
             time.sleep(0.1)
         counts = first.prefixes.counts
         assert (counts.saves, counts.save_failures, counts.restores) == (1, 0, 0)
-        (cold,) = first.records()
+        # the slot's own prompt was put back after the priming: the conversation
+        # goes on from the whole first request, not just from the saved prefix
+        turn = [{"role": "assistant", "content": "ok"}, {"role": "user", "content": "go on"}]
+        _, went_on, _ = first.send({**body, "messages": [*body["messages"], *turn]})
+        assert went_on >= prompt - 16, (went_on, prompt)
+        cold, _ = first.records()
     (saved,) = store.entries()
     assert saved.tokens == counts.saved_tokens > 1000
     assert cold_cached < 0.1 * saved.tokens, "a restarted runtime should hold nothing"
@@ -143,6 +148,7 @@ def test_a_saved_prefix_is_served_after_a_gateway_and_runtime_restart(
     assert (counts.restores, counts.restored_tokens, counts.saves) == (2, 2 * saved.tokens, 0)
     assert prompt_after == prompt > saved.tokens
     print(
+        f"\nthe next turn after the background save: {went_on} cached"
         f"\nsaved prefix {saved.tokens} tokens ({saved.size / 2**20:.1f} MiB);"
         f" request {prompt} tokens: cold {cold_cached} cached in {cold_s:.1f} s,"
         f" after the restart and restore {cached} cached in {warm_s:.1f} s;"

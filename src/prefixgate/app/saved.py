@@ -13,6 +13,9 @@ tells the observer what a slot action put in a slot:
 - A key with no file is queued for saving; the ``run`` task saves it when the
   runtime is idle: a priming request (same system prompt and tools, one short
   message, ``max_tokens`` 1, ``id_slot``), then ``save``, then the store's LRU.
+  The slot's prompt before the priming (the conversation the client goes on
+  with) is saved to a scratch file first and restored after, so the next
+  request still finds it.
 - The same task watches the runtime: one that died is started again, and the
   observer and the plan are told (``CacheObserver.restarted``).
 
@@ -62,6 +65,9 @@ RESTORE_WAIT_S = 30.0
 WATCH_EVERY_S = 1.0
 RETRY_START_S = 30.0
 PRIMING_TIMEOUT_S = 600.0
+#: The slot's own prompt while a priming request uses the slot (not a saved-prefix
+#: name: the store never adopts it).
+SCRATCH_NAME = "scratch-slot.kv"
 
 
 class Runtime(Protocol):
@@ -230,29 +236,28 @@ class SavedPrefixes:
                     self._saving = False
 
     async def _save(self, job: PendingSave) -> None:
-        """Prime an idle slot with ``job``'s prefix and save it, the runtime held alone."""
+        """Prime an idle slot with ``job``'s prefix and save it, the runtime held alone;
+        the slot's own prompt is kept aside meanwhile and put back after."""
         await self.gate.exclusive()
         started = time.perf_counter()
+        kept, put_back, slot, primed = False, False, None, False
         try:
             client = self._client()
             slots = SlotClient(self.url, client)
             slot = await slots.idle_slot()
             if slot is None:
                 raise SlotActionError("no idle slot")
+            kept = await self._keep(slots, slot)
             response = await client.post(
                 f"{self.url}/v1/messages",
                 content=with_slot(job.body, slot),
                 headers={"content-type": "application/json"},
                 timeout=PRIMING_TIMEOUT_S,
             )
+            primed = True  # the slot's prompt is the priming request's now
             if response.status_code != 200:
                 raise SlotActionError(f"priming answered HTTP {response.status_code}")
             done = await slots.save(slot, job.name)
-            if self._observer is not None and self._upstream is not None:
-                # the slot now holds the prefix and the stub, not the last request
-                self._observer.placed(
-                    self._upstream, stub_chain(job.body), done.tokens, restored=False
-                )
             evicted = self.store.saved(job.name, done.tokens)
         except Exception as exc:  # a failed save must never hurt the gateway
             log.warning("prefix %s could not be saved: %s", job.name, exc)
@@ -260,6 +265,13 @@ class SavedPrefixes:
             self.counts.save_failures += 1
             return
         finally:
+            if kept and slot is not None:
+                put_back = await self._put_back(slots, slot)
+            observer, upstream = self._observer, self._upstream
+            if primed and not put_back and observer is not None and upstream is not None:
+                # the slot holds the prefix and the stub now, not the last request
+                chain = stub_chain(job.body)
+                observer.placed(upstream, chain, 0, restored=False)  # size unknown
             self.gate.release()
         self.counts.saves += 1
         self.counts.saved_tokens += done.tokens
@@ -271,6 +283,24 @@ class SavedPrefixes:
             time.perf_counter() - started,
             f" ({len(evicted)} older evicted)" if evicted else "",
         )
+
+    async def _keep(self, slots: SlotClient, slot: int) -> bool:
+        """Save the slot's own prompt to the scratch file; False if it holds none."""
+        try:
+            return (await slots.save(slot, SCRATCH_NAME)).tokens > 0
+        except SlotActionError:
+            return False
+
+    async def _put_back(self, slots: SlotClient, slot: int) -> bool:
+        """Restore the slot's own prompt from the scratch file, then delete it."""
+        try:
+            await slots.restore(slot, SCRATCH_NAME)
+            return True
+        except (SlotActionError, httpx.HTTPError) as exc:
+            log.info("the slot's prompt could not be put back after priming: %s", exc)
+            return False
+        finally:
+            (self.store.directory / SCRATCH_NAME).unlink(missing_ok=True)
 
     async def _watch(self) -> None:
         runtime = self.runtime

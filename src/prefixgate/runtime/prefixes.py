@@ -1,8 +1,9 @@
 """Saved prefixes: the KV state of a stable prompt prefix, kept on disk so that a
 restarted llama-server (or a new session) need not compute it again.
 
-A prototype, not yet on the gateway's request path (docs/runtime-cache.md says
-what wiring it needs). Three pieces:
+The files and the runtime's slot API; the decisions are ``runtime/restore.py``'s
+and the gateway's wiring ``app/saved.py``'s (docs/runtime-cache.md, "Saved
+prefixes"). Three pieces:
 
 - ``saved_name``: the file a prefix is saved under, from the gateway's prefix key
   (``core/cachekey.py``) and the digest of the model file (``model_digest``), so

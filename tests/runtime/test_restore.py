@@ -9,16 +9,20 @@ from pathlib import Path
 
 import pytest
 
+from prefixgate.core.prompt import PromptView, prompt_view
 from prefixgate.runtime.local import LocalRuntimeSpec, build_command
 from prefixgate.runtime.prefixes import SavedPrefix, saved_name
 from prefixgate.runtime.restore import (
+    MIN_PREFIX_CHARS,
     PRIMING_MESSAGE,
     ModelMark,
     PrefixPlan,
     RuntimeGate,
     gone_models,
+    prefix_chars,
     priming_body,
     with_slot,
+    worth_saving,
 )
 
 DIGEST = "ab" * 32
@@ -194,3 +198,17 @@ def test_the_runtime_starts_with_its_slot_save_folder(tmp_path: Path) -> None:
     on = LocalRuntimeSpec(binary, model, template, slot_save_path=tmp_path / "saved")
     command = build_command(on, 8080)
     assert command[command.index("--slot-save-path") + 1] == f"{tmp_path / 'saved'}/"
+
+
+def test_a_short_prefix_is_not_worth_a_file() -> None:
+    def view(system: str) -> PromptView:
+        body = {
+            "model": "m",
+            "system": system,
+            "messages": [{"role": "user", "content": "x" * 9000}],
+        }
+        return prompt_view(body, None)
+
+    assert prefix_chars(view("short")) == 5  # the message is not part of it
+    assert not worth_saving(view("short"))
+    assert worth_saving(view("y" * MIN_PREFIX_CHARS))

@@ -50,6 +50,7 @@ from prefixgate.runtime.restore import (
     gone_models,
     priming_body,
     with_slot,
+    worth_saving,
 )
 
 if TYPE_CHECKING:
@@ -148,7 +149,8 @@ class SavedPrefixes:
             slot = await self._restore(upstream, rw, arrival)
         else:
             await self.gate.enter()  # before queueing: the save must wait for this request
-            if arrival.save and self.plan.queue(rw.key.hex, priming_body(rw.body)):
+            queued = arrival.save and worth_saving(rw.view)
+            if queued and self.plan.queue(rw.key.hex, priming_body(rw.body)):
                 self._wake.set()
         sent = rw if slot is None else replace(rw, body=with_slot(rw.body, slot))
         return sent, _both(release, self.gate.leave)

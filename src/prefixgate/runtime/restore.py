@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from prefixgate.core.prompt import PromptView
 from prefixgate.runtime.prefixes import SavedPrefix, saved_name
 
 __all__ = [
@@ -38,8 +39,10 @@ __all__ = [
     "PrefixPlan",
     "RuntimeGate",
     "gone_models",
+    "prefix_chars",
     "priming_body",
     "with_slot",
+    "worth_saving",
 ]
 
 #: The first message of a priming request: the saved state then ends a few
@@ -47,6 +50,11 @@ __all__ = [
 PRIMING_MESSAGE = "."
 #: Saves waiting for an idle runtime; more are dropped (tried again on a later request).
 MAX_PENDING_SAVES = 16
+#: A prefix shorter than this (system prompt and tools, in characters: about 500
+#: tokens) is not saved: computing it again costs less than a file of at least 7.5 MiB.
+MIN_PREFIX_CHARS = 2000
+#: The sections a priming request keeps (core/prompt.py).
+PREFIX_SECTIONS = frozenset({"attribution", "system", "tools", "mcp_tools", "tool_loaded"})
 
 
 @dataclass(frozen=True)
@@ -132,6 +140,20 @@ class PrefixPlan:
 
     def seen(self, key: str) -> bool:
         return key in self._seen
+
+
+def prefix_chars(view: PromptView) -> int:
+    """Characters of the leading pieces a priming request keeps (system prompt, tools)."""
+    total = 0
+    for piece in view.pieces:
+        if piece.section not in PREFIX_SECTIONS:
+            break
+        total += len(piece.text)
+    return total
+
+
+def worth_saving(view: PromptView) -> bool:
+    return prefix_chars(view) >= MIN_PREFIX_CHARS
 
 
 def priming_body(forwarded: bytes, slot: int | None = None) -> bytes:

@@ -213,7 +213,11 @@ class Proxy:
         if streamed is not None:
             relay = Relay(ex, upstream, response, streamed.events, self.streams, streamed.decoder)
             return RelayResponse(
-                relay.events(), relay.close, status_code=streamed.status, headers=streamed.headers
+                relay.events(),
+                relay.close,
+                status_code=streamed.status,
+                headers=streamed.headers,
+                ended=relay.ended,
             )
         # an upstream that echoes its own key must not hand it to the client or the store
         content = redact_bytes(await read_all(upstream, response), upstream.secrets)

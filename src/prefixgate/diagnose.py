@@ -18,9 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from rich import box
 from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from prefixgate.core.errors import PrefixgateError
@@ -31,6 +29,7 @@ from prefixgate.core.policy import Policy
 from prefixgate.core.prompt import PromptView
 from prefixgate.core.toolload import ToolLoads
 from prefixgate.replay import CaptureRecord
+from prefixgate.reporttables import Column, FittedTable
 
 UPSTREAM = "capture"
 # the provider of ``serve --upstream URL`` (upstream kind ``anthropic``, named ``default``),
@@ -144,36 +143,33 @@ def _failed(index: int, message: str) -> Diagnosis:
 
 
 def render_diagnosis(diagnoses: Sequence[Diagnosis], policy: Policy) -> RenderableType:
-    table = Table(
-        title=f"Prefix changes, request by request (policy {policy.value}; tokens estimated)",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        collapse_padding=True,
-    )
-    for name, justify in [
-        ("#", "right"), ("session", "left"), ("agent", "left"), ("key", "left"),
-        ("prompt~", "right"), ("expected~", "right"), ("vs session", "left"),
-        ("vs previous", "left"), ("cause", "left"),
-    ]:  # fmt: skip
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    for d in diagnoses:
-        table.add_row(
-            str(d.index),
-            (d.session or "-")[:8],
-            d.agent or "-",
-            (d.key or "-")[:8],
-            _num(d.prompt_tokens),
-            _num(d.expected_cached_tokens),
-            d.changed_vs_session or "-",
-            d.changed_vs_previous or "-",
-            Text(d.cause, style="bold red" if d.cause != "none" else "green"),
-        )
+    """The table (as many columns as the terminal holds, ``reporttables.FittedTable``),
+    then a line for each request that missed or failed."""
+    title = f"Prefix changes, request by request (policy {policy.value}; tokens estimated)"
+    ds = list(diagnoses)
+    # drop: the order columns are left out in when the terminal is narrow
+    columns = [
+        Column("#", [str(d.index) for d in ds]),
+        Column("session", [(d.session or "-")[:8] for d in ds], right=False),
+        Column("agent", [d.agent or "-" for d in ds], right=False, drop=3),
+        Column("key", [(d.key or "-")[:8] for d in ds], right=False, drop=1),
+        Column("prompt~", [_num(d.prompt_tokens) for d in ds], drop=6),
+        Column("expected~", [_num(d.expected_cached_tokens) for d in ds], drop=4),
+        Column("vs session", [d.changed_vs_session or "-" for d in ds], right=False, drop=5),
+        Column("vs previous", [d.changed_vs_previous or "-" for d in ds], right=False, drop=2),
+        Column("cause", [_cause(d) for d in ds], right=False),
+    ]
+    table = FittedTable(title, columns, hint="a wider terminal or diagnose --json shows them")
     details = [
         Text(f"#{d.index} {d.cause}: {d.detail or d.error}")
         for d in diagnoses
         if d.cause != "none" or d.error
     ]
     return Group(table, *details)
+
+
+def _cause(d: Diagnosis) -> Text:
+    return Text(d.cause, style="bold red" if d.cause != "none" else "green")
 
 
 def _num(value: int | None) -> str:

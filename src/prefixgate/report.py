@@ -3,7 +3,7 @@
 Pure functions over a sequence of ``AuditRecord`` values (no I/O, no clock):
 
 ``build_report``   totals, one row per (tenant, session), miss causes with examples
-``render_report``  rich tables for a terminal
+``render_report``  rich tables for a terminal, fitted to its width (``reporttables.py``)
 ``report_json``    the same numbers as plain JSON-ready values
 
 Rules, shared with the dashboard (which is built from ``build_report``):
@@ -39,20 +39,24 @@ Rules, shared with the dashboard (which is built from ``build_report``):
 from __future__ import annotations
 
 import statistics
-import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from rich import box
-from rich.console import Group, RenderableType
-from rich.table import Table
-from rich.text import Text
-
 from prefixgate.config.upstream import UpstreamConfig
 from prefixgate.core.misses import CAUSE_WORDS
 from prefixgate.core.oracle import LOSS_CAUSES, LOSS_WORDS, capacity_gap
+from prefixgate.reporttables import (
+    UNKNOWN,
+    format_agents,
+    format_count,
+    format_duration,
+    format_money,
+    format_share,
+    format_time,
+    render_report,
+)
 from prefixgate.store.audit import AuditRecord
 
 __all__ = [
@@ -85,7 +89,6 @@ __all__ = [
 
 CACHE_KINDS = frozenset({"message", "probe"})
 HIT = "none"
-UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)
@@ -447,196 +450,3 @@ def _totals_json(totals: Totals) -> dict[str, Any]:
         row.cause: {"tokens": row.tokens, "requests": row.requests} for row in totals.lost
     }
     return data
-
-
-# -- formatting -------------------------------------------------------------
-
-
-def format_count(value: int | None) -> str:
-    return UNKNOWN if value is None else f"{value:,}"
-
-
-def format_share(value: float | None) -> str:
-    return UNKNOWN if value is None else f"{value:.1%}"
-
-
-def format_duration(ms: float | None) -> str:
-    """``~350 ms``, ``~4.2 s``, ``~3 min 5 s`` (always an estimate here)."""
-    if ms is None:
-        return UNKNOWN
-    if ms < 1000:
-        return f"~{ms:,.0f} ms"
-    seconds = ms / 1000
-    if seconds < 60:
-        return f"~{seconds:.1f} s"
-    minutes, rest = divmod(round(seconds), 60)
-    return f"~{minutes:,} min {rest} s"
-
-
-def format_money(value: float | None) -> str:
-    """``12.34``, ``0.0042`` for amounts under a cent (in the prices' currency)."""
-    if value is None:
-        return UNKNOWN
-    if 0 < abs(value) < 0.01:
-        return f"{value:.4f}"
-    return f"{value:,.2f}"
-
-
-def format_time(epoch: float) -> str:
-    """``2025-01-31 14:05:09`` in UTC."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch))
-
-
-def format_agents(agents: Sequence[tuple[str, int]]) -> str:
-    return ", ".join(f"{name} {count}" for name, count in agents)
-
-
-# -- rendering --------------------------------------------------------------
-
-
-def render_report(report: Report) -> RenderableType:
-    """ "Sessions" and "Miss causes" tables, what to do about each cause, then a totals line."""
-    return Group(
-        _sessions_table(report),
-        _causes_table(report),
-        *_cause_words(report),
-        *_lost_table(report.totals),
-        *_money_table(report),
-        _totals_line(report.totals),
-    )
-
-
-def _cause_words(report: Report) -> list[Text]:
-    return [Text(f"{row.cause}: {row.words}") for row in report.causes]
-
-
-def _table(title: str) -> Table:
-    return Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-
-
-def _sessions_table(report: Report) -> Table:
-    table = _table("Sessions")
-    table.add_column("session", no_wrap=True)
-    table.add_column("tenant", no_wrap=True)
-    table.add_column("agents")
-    for name in ("requests", "errors", "unknown", "prompt", "cached\n= saved", "expected"):
-        table.add_column(name, justify="right", no_wrap=True)
-    table.add_column("hit share\nvs expected", justify="right", no_wrap=True)
-    for name in ("oracle", "runtime\nexpected", "of oracle\nreached"):
-        table.add_column(name, justify="right", no_wrap=True)
-    table.add_column("time saved\n(estimate)", justify="right", no_wrap=True)
-    if report.money:
-        table.add_column("money\nsaved", justify="right", no_wrap=True)
-    for row in report.sessions:
-        t = row.totals
-        money = [format_money(t.money_saved) if t.money_saved is not None else ""]
-        table.add_row(
-            Text((row.session or "-")[:8]),
-            Text(row.tenant),
-            Text(format_agents(t.agents)),
-            *_counts(t),
-            _shares(t),
-            format_count(t.oracle_tokens),
-            format_count(t.runtime_expected_tokens),
-            format_share(t.oracle_share),
-            format_duration(t.time_saved_estimate_ms),
-            *(money if report.money else []),
-        )
-    return table
-
-
-def _counts(t: Totals) -> list[str]:
-    return [
-        f"{t.requests:,}",
-        f"{t.errors:,}" if t.errors else "",
-        f"{t.unknown_cached:,}" if t.unknown_cached else "",
-        format_count(t.prompt_tokens),
-        format_count(t.cached_tokens),
-        format_count(t.expected_cached_tokens),
-    ]
-
-
-def _shares(t: Totals) -> str:
-    return f"{format_share(t.hit_share)} / {format_share(t.expected_share)}"
-
-
-def _causes_table(report: Report) -> Table:
-    table = _table("Miss causes")
-    table.add_column("cause", no_wrap=True)
-    table.add_column("count", justify="right", no_wrap=True)
-    table.add_column("latest example")
-    for row in report.causes:
-        table.add_row(Text(row.cause), f"{row.count:,}", Text(_example_text(row.example)))
-    return table
-
-
-def _example_text(ex: CauseExample) -> str:
-    parts = [(ex.session or "-")[:8], format_time(ex.time)]
-    if ex.changed_segment:
-        parts.append(ex.changed_segment)
-    if ex.cause_detail:
-        parts.append(ex.cause_detail)
-    return "  ".join(parts)
-
-
-def _lost_table(t: Totals) -> list[RenderableType]:
-    """Tokens lost between oracle and actual, by cause, with what each means."""
-    if not t.lost:
-        return []
-    table = _table("Lost between oracle and actual")
-    table.add_column("cause", no_wrap=True)
-    table.add_column("tokens", justify="right", no_wrap=True)
-    table.add_column("requests", justify="right", no_wrap=True)
-    table.add_column("what it means")
-    for row in t.lost:
-        table.add_row(Text(row.cause), f"{row.tokens:,}", f"{row.requests:,}", Text(row.words))
-    return [table]
-
-
-def _money_table(report: Report) -> list[RenderableType]:
-    """Money the cache saved per upstream and model, only where prices are configured."""
-    if not report.money:
-        return []
-    table = _table("Saved at your prices (per million tokens)")
-    table.add_column("upstream", no_wrap=True)
-    table.add_column("model")
-    for name in ("requests", "cached", "input - cached", "saved"):
-        table.add_column(name, justify="right", no_wrap=True)
-    for row in report.money:
-        table.add_row(
-            Text(row.upstream),
-            Text(row.model or "-"),
-            f"{row.requests:,}",
-            f"{row.cached_tokens:,}",
-            f"{row.price_input:g} - {row.price_cached:g}",
-            format_money(row.saved),
-        )
-    return [table]
-
-
-def _totals_line(t: Totals) -> Text:
-    errors = f", {t.errors:,} failed" if t.errors else ""
-    unknown = f", {t.unknown_cached:,} with unknown cache" if t.unknown_cached else ""
-    return Text(
-        f"Total: {t.requests:,} requests{errors}{unknown}; "
-        f"prompt {format_count(t.prompt_tokens)}, "
-        f"cached {_with_share(t.cached_tokens, t.hit_share)}, "
-        f"expected {_with_share(t.expected_cached_tokens, t.expected_share)}; "
-        f"oracle {format_count(t.oracle_tokens)}, "
-        f"runtime expected {format_count(t.runtime_expected_tokens)}, "
-        f"{format_share(t.oracle_share)} of the oracle reached; "
-        f"tokens saved {format_count(t.tokens_saved)}, time saved {_estimate(t)}"
-        + (f", money saved {format_money(t.money_saved)}" if t.money_saved is not None else "")
-    )
-
-
-def _with_share(tokens: int | None, share: float | None) -> str:
-    if share is None:
-        return format_count(tokens)
-    return f"{format_count(tokens)} ({format_share(share)})"
-
-
-def _estimate(t: Totals) -> str:
-    if t.time_saved_estimate_ms is None:
-        return "unknown (no prefill timings)"
-    return f"{format_duration(t.time_saved_estimate_ms)} (estimate)"

@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -244,22 +245,23 @@ class FakeUpstream:
 
 
 @contextlib.contextmanager
-def serving(installed: Installed, upstream: str) -> Iterator[str]:
-    """``prefixgate serve --upstream URL`` from the installed script; yields its URL."""
+def serving(installed: Installed, *args: str, startup_s: float = 60, **extra: str) -> Iterator[str]:
+    """``prefixgate serve ARGS`` from the installed script; yields its URL."""
     port = free_port()
     log = installed.outside / f"serve-{port}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [str(installed.script), "serve", "--upstream", upstream, "--port", str(port)],
+            [str(installed.script), "serve", *args, "--port", str(port)],
             cwd=installed.outside,
-            env=installed.environ(),
+            env=installed.environ(**extra),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # stopped with the runtime it may have started
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + startup_s
         while True:
             assert process.poll() is None, f"serve exited:\n{log.read_text(errors='replace')}"
             with contextlib.suppress(httpx.HTTPError):
@@ -269,11 +271,11 @@ def serving(installed: Installed, upstream: str) -> Iterator[str]:
             time.sleep(0.1)
         yield url
     finally:
-        process.terminate()
+        os.killpg(process.pid, signal.SIGTERM)
         try:
-            process.wait(timeout=20)
+            process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 
 
@@ -286,7 +288,10 @@ def test_serve_from_the_wheel_forwards_to_the_upstream_and_report_reads_its_audi
         "max_tokens": 16,
         "messages": [{"role": "user", "content": "hi"}],
     }
-    with ServerThread(fake.app) as upstream, serving(installed, upstream.url) as gateway:
+    with (
+        ServerThread(fake.app) as upstream,
+        serving(installed, "--upstream", upstream.url) as gateway,
+    ):
         health = httpx.get(f"{gateway}/healthz", trust_env=False).json()
         assert health["version"] == version("prefixgate")
         answer = httpx.post(
@@ -312,3 +317,95 @@ def test_demo_outside_a_checkout_says_what_it_needs(installed: Installed) -> Non
     assert done.returncode == 2
     assert "No recorded requests found" in done.stdout
     assert "--corpus FILE" in done.stdout
+
+
+# Loaded first by every Python process of the bundled-runtime test below: a
+# connection anywhere but loopback, or a name looked up that is not local, is
+# written to $NETWORK_LOG and refused.
+NETWORK_GUARD = """
+import os, socket
+
+_LOCAL = ("127.", "::1", "localhost", "0.0.0.0")
+_connect = socket.socket.connect
+_getaddrinfo = socket.getaddrinfo
+
+
+def _refuse(what):
+    with open(os.environ["NETWORK_LOG"], "a", encoding="utf-8") as log:
+        log.write(f"{what}\\n")
+    raise OSError(f"no network in this test: {what}")
+
+
+def connect(self, address):
+    host = address[0] if isinstance(address, tuple) else None
+    if isinstance(host, str) and not host.startswith(_LOCAL):
+        _refuse(f"connect {address}")
+    return _connect(self, address)
+
+
+def getaddrinfo(host, *args, **kwargs):
+    name = host.decode() if isinstance(host, bytes) else host
+    if isinstance(name, str) and name and not name.startswith(_LOCAL):
+        _refuse(f"getaddrinfo {name}")
+    return _getaddrinfo(host, *args, **kwargs)
+
+
+socket.socket.connect = connect
+socket.getaddrinfo = getaddrinfo
+"""
+
+# llama-server's flags that fetch a model or a file (it is not Python: its command
+# line is checked instead)
+DOWNLOAD_FLAGS = ("-hf", "-hfr", "--hf-repo", "-hff", "--hf-file", "-mu", "--model-url")
+
+
+@pytest.mark.e2e
+def test_serve_from_the_wheel_with_the_bundled_runtime_downloads_nothing(
+    installed: Installed, tmp_path: Path
+) -> None:
+    guard = tmp_path / "guard"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(NETWORK_GUARD, encoding="utf-8")
+    network_log = tmp_path / "network.log"
+    from prefixgate.runtime.local import cache_dir
+
+    extra = {
+        "PYTHONPATH": str(guard),
+        "NETWORK_LOG": str(network_log),
+        # the model assembled once from its package (a user's cache, shared with the
+        # other tests so it is not assembled again)
+        "PREFIXGATE_CACHE_DIR": str(cache_dir()),
+    }
+    code = (
+        "import socket\n"
+        "assert socket.getaddrinfo.__module__ == 'sitecustomize', 'the guard is not loaded'\n"
+        "from prefixgate.runtime.local import build_command, default_spec\n"
+        "print('\\n'.join(build_command(default_spec(), 8080)))\n"
+    )
+    command = subprocess.run(
+        [str(installed.python), "-c", code],
+        cwd=installed.outside,
+        env=installed.environ(**extra),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert command.returncode == 0, command.stderr
+    flags = command.stdout.splitlines()
+    assert not set(flags) & set(DOWNLOAD_FLAGS), flags
+    template = Path(flags[flags.index("--chat-template-file") + 1])
+    assert template.is_relative_to(installed.env), template
+    body = {"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+    args = ("--saved-prefix-bytes", "0")  # nothing written into the shared cache
+    with serving(installed, *args, startup_s=300, **extra) as gateway:
+        answer = httpx.post(
+            f"{gateway}/v1/messages",
+            json=body,
+            headers={"x-api-key": "dummy", "anthropic-version": "2023-06-01"},
+            timeout=300,
+            trust_env=False,
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["type"] == "message"
+    assert not network_log.exists(), network_log.read_text(encoding="utf-8")

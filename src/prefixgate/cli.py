@@ -1,4 +1,4 @@
-"""Command line: serve, keygen, rewrite, key, report, diagnose, demo, doctor.
+"""Command line: serve, claude, keygen, rewrite, key, report, diagnose, demo, doctor.
 
 Each command is a thin layer: it reads its input, calls the pure core or the
 app, and prints. Contracts other tools rely on:
@@ -404,6 +404,28 @@ def doctor_cmd(
     try:
         code = run_doctor(url, kind, config_path=config_path, model=model, console=Console())
     except Unreachable as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(code)
+
+
+@main.command(
+    "claude",
+    context_settings={
+        "ignore_unknown_options": True,
+        "allow_interspersed_args": False,
+        "help_option_names": [],
+    },
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def claude_cmd(args: tuple[str, ...]) -> None:
+    """Run Claude Code through the gateway, starting it (and the bundled runtime) if
+    none listens on the configured port; ARGS go to claude untouched (so does --help).
+    Configure with PREFIXGATE_CONFIG and PREFIXGATE_* variables, as serve."""
+    from prefixgate.launcher import LaunchError, launch
+
+    try:
+        code = launch(args, err=sys.stderr)
+    except (LaunchError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
     sys.exit(code)
 

@@ -10,7 +10,7 @@ import math
 import resource
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import urlsplit
 
 import click
@@ -33,8 +33,13 @@ STOPPING = "the gateway is shutting down"
 SPARE_FILES = 256  # descriptors beyond max_connections: upstream sockets, the audit log
 
 
-def run(settings: Settings, *, log_level: str = "info") -> None:
-    """Serve until interrupted; stop the embedded runtime, if any, on the way out."""
+def run(
+    settings: Settings, *, log_level: str = "info", runtime_args: Sequence[str] = ()
+) -> None:
+    """Serve until interrupted; stop the embedded runtime, if any, on the way out.
+
+    ``runtime_args``: more llama-server arguments for the bundled runtime (``prefixgate
+    claude`` biases the demo model's end-of-turn token, launcher.py)."""
     # uvicorn's names, "trace" (below debug) included, which logging alone lacks
     logging.basicConfig(
         level=UVICORN_LEVELS[log_level.lower()],
@@ -58,7 +63,7 @@ def run(settings: Settings, *, log_level: str = "info") -> None:
     with contextlib.ExitStack() as stack:
         prefixes = None
         if settings.embedded:
-            url, cache, prefixes = _start_embedded(stack, settings)
+            url, cache, prefixes = _start_embedded(stack, settings, tuple(runtime_args))
             settings = settings.with_upstream(url, cache=cache)
         audit = _open_audit(settings)
         app = create_app(
@@ -219,7 +224,7 @@ def _open_capture(path: str | None) -> CaptureLog | None:
 
 
 def _start_embedded(
-    stack: contextlib.ExitStack, settings: Settings
+    stack: contextlib.ExitStack, settings: Settings, extra_args: tuple[str, ...] = ()
 ) -> tuple[str, dict[str, int], SavedPrefixes | None]:
     """The bundled runtime started: its URL, what it can hold (its slots and its
     RAM prompt cache in tokens, for the expected cached tokens), and its saved
@@ -237,7 +242,9 @@ def _start_embedded(
     if settings.saved_prefix_bytes > 0 and not saving:
         log.info("saved prefixes are off: they need the anthropic kind")
     try:
-        spec = default_spec(slot_save_path=saved_prefix_dir() if saving else None)
+        spec = default_spec(
+            slot_save_path=saved_prefix_dir() if saving else None, extra_args=extra_args
+        )
     except RuntimeMissing as exc:
         raise click.ClickException(
             f"no upstream configured and the bundled runtime is not installed.\n{exc}\n"

@@ -9,10 +9,10 @@ last session it launched exits: every launcher that uses it is listed in a
 small file in the state directory (``claude-<port>.json``, changed under the
 lock of ``claude-<port>.lock``), and the last one out stops it.
 
-With the bundled runtime the gateway starts llama-server with Gemma 3's
-end-of-turn token biased (``DEMO_RUNTIME_ARGS``): the 270M demo model otherwise
-runs on to the output limit, which Claude Code reports as an error. No other
-upstream is touched.
+With the bundled runtime the gateway starts llama-server so that an answer ends at
+its first line break, with Gemma 3's end-of-turn token biased (``DEMO_RUNTIME_ARGS``):
+the 270M demo model otherwise runs on to the output limit, which Claude Code
+reports as an error (exit status 1). No other upstream is touched.
 
 The decisions (which binary, which environment, what a health answer means,
 who stops the gateway, which signals to pass on) are plain functions tested
@@ -62,11 +62,12 @@ __all__ = [
     "state_dir",
 ]
 
-#: llama-server's ``--logit-bias`` for the bundled Gemma 3 270M: its ``<end_of_turn>``
-#: token (id 106) made likelier by this many logits, so an answer ends by itself
-#: after a few words instead of at Claude Code's output limit.
-END_OF_TURN_BIAS = "106+8"
-DEMO_RUNTIME_ARGS: tuple[str, ...] = ("--logit-bias", END_OF_TURN_BIAS)
+#: The bundled runtime's answers end at their first line break (llama-server's
+#: ``--reverse-prompt``, its stop string for requests that send none, as Claude Code
+#: does) and Gemma 3's ``<end_of_turn>`` (token 106) is made likelier by 5 logits: the
+#: 270M demo model answers in one line instead of running on to Claude Code's output
+#: limit. Measured: 8 to 17 tokens an answer, stop reason ``end_turn``.
+DEMO_RUNTIME_ARGS: tuple[str, ...] = ("--reverse-prompt", "\n", "--logit-bias", "106+5")
 DUMMY_API_KEY = "sk-prefixgate-local"
 INSTALL_CLAUDE = "npm install -g @anthropic-ai/claude-code"
 CLAUDE_BIN_ENV = "PREFIXGATE_CLAUDE_BIN"  # a claude binary to run instead of PATH's
@@ -88,7 +89,7 @@ class LaunchError(Exception):
 def find_claude(
     environ: Mapping[str, str],
     which: Callable[[str], str | None] = shutil.which,
-    checkouts: Sequence[Path] = (_REPO,),
+    checkouts: Sequence[Path] | None = None,
 ) -> str:
     """The ``claude`` to run: ``$PREFIXGATE_CLAUDE_BIN``, else PATH's, else a source
     checkout's ``node_modules/.bin/claude`` (where ``npm install`` puts the pinned one)."""
@@ -100,7 +101,7 @@ def find_claude(
     found = which("claude")
     if found:
         return found
-    for root in checkouts:
+    for root in (_REPO,) if checkouts is None else checkouts:
         local = root / "node_modules" / ".bin" / "claude"
         if local.is_file():
             return str(local)

@@ -66,7 +66,7 @@ __all__ = [
 #: ``--reverse-prompt``, its stop string for requests that send none, as Claude Code
 #: does) and Gemma 3's ``<end_of_turn>`` (token 106) is made likelier by 5 logits: the
 #: 270M demo model answers in one line instead of running on to Claude Code's output
-#: limit. Measured: 8 to 17 tokens an answer, stop reason ``end_turn``.
+#: limit. Measured: 6 to 21 tokens an answer, stop reason ``end_turn``.
 DEMO_RUNTIME_ARGS: tuple[str, ...] = ("--reverse-prompt", "\n", "--logit-bias", "106+5")
 DUMMY_API_KEY = "sk-prefixgate-local"
 INSTALL_CLAUDE = "npm install -g @anthropic-ai/claude-code"

@@ -74,7 +74,8 @@ CLAUDE_BIN_ENV = "PREFIXGATE_CLAUDE_BIN"  # a claude binary to run instead of PA
 #: set for the client unless already set
 QUIET_CLIENT_ENV = {"DISABLE_TELEMETRY": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
 HEALTH_TIMEOUT_S = 600.0  # a first start assembles the bundled model
-PROBE_TIMEOUT_S = 3.0
+PROBE_TIMEOUT_S = 3.0  # an upstream: is anything there
+HEALTH_PROBE_TIMEOUT_S = 15.0  # the gateway's /healthz, which a busy gateway may answer late
 STOP_TIMEOUT_S = 60.0  # the gateway's shutdown grace (30 s) and the runtime's stop
 _REPO = Path(__file__).resolve().parents[2]  # a source checkout's root
 
@@ -283,7 +284,9 @@ def probe_health(url: str, environ: Mapping[str, str]) -> Health:
     key = environ.get("ANTHROPIC_API_KEY") or environ.get("ANTHROPIC_AUTH_TOKEN")
     headers = {"x-api-key": key} if key else {}
     try:
-        answer = httpx.get(f"{url}/healthz", headers=headers, timeout=PROBE_TIMEOUT_S)
+        answer = httpx.get(
+            f"{url}/healthz", headers=headers, timeout=HEALTH_PROBE_TIMEOUT_S, trust_env=False
+        )
     except httpx.TransportError:
         return Health.NONE if _refused(url) else Health.OTHER
     return health_of(answer.status_code, answer.content)
@@ -293,7 +296,7 @@ def _refused(url: str) -> bool:
     """True when nothing accepts a connection at ``url`` (a listener that does not speak
     HTTP, or too slowly, is something else)."""
     try:
-        httpx.get(url, timeout=PROBE_TIMEOUT_S)
+        httpx.get(url, timeout=HEALTH_PROBE_TIMEOUT_S, trust_env=False)
     except httpx.ConnectError:
         return True
     except httpx.HTTPError:

@@ -406,3 +406,15 @@ def test_no_claude_says_how_to_install_it(
     monkeypatch.setattr(launcher, "_REPO", tmp_path)
     with pytest.raises(LaunchError, match="npm install -g @anthropic-ai/claude-code"):
         launcher.launch([])
+
+
+def test_a_claude_that_cannot_run_is_one_clear_error_and_the_gateway_stops(
+    launch_env: dict[str, str], tmp_path: Path
+) -> None:
+    broken = tmp_path / "not-executable"
+    broken.write_text("")
+    done = _prefixgate({**launch_env, "PREFIXGATE_CLAUDE_BIN": str(broken)})
+    _, err = done.communicate(timeout=120)
+    assert done.returncode == 1
+    assert err.splitlines()[-1] == f"Error: cannot run {broken}: Permission denied"
+    assert not _listening(launch_env["PREFIXGATE_PORT"])

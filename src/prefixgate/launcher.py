@@ -394,7 +394,10 @@ def _in_foreground() -> bool:
 
 def run_client(argv: Sequence[str], env: Mapping[str, str]) -> int:
     """Run claude on the inherited terminal, passing signals on; its exit status."""
-    process = subprocess.Popen(list(argv), env=dict(env))
+    try:
+        process = subprocess.Popen(list(argv), env=dict(env))
+    except OSError as exc:
+        raise LaunchError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
 
     def forward(signum: int, frame: FrameType | None) -> None:
         if should_forward(signum, _in_foreground()) and process.poll() is None:

@@ -8,6 +8,13 @@ after the load has WebFetch inserted in the middle of ``tools[]`` and a
 default for a local upstream) the runtime must find the previous request's whole
 prompt in its cache; forwarded as sent it cannot, because the bundled template
 renders the tools ahead of the conversation.
+
+The two requests are sent shrunk (``prefixgate.corpusmix.shrink_body``: long
+texts cut to their head and tail, tool schemas to their property names and
+types), about a fifth of their tokens: the same tools in the same order,
+WebFetch still inserted mid-list, the same ``tool_reference`` in the same
+ToolSearch result, so the cache behaves the same at a fraction of the cold
+prompts' cost.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import pytest
 from servers import Gateway, gateway_in_front_of
 
 from prefixgate.core.toolload import ToolLoads
+from prefixgate.corpusmix import shrink_body
 from prefixgate.runtime.local import LocalRuntime
 
 pytestmark = pytest.mark.e2e
@@ -78,7 +86,11 @@ def prompt(usage: dict[str, Any]) -> int:
 def test_request_after_a_load_reuses_the_previous_prompt(
     gateway: Gateway, as_sent_gateway: Gateway
 ) -> None:
-    before, after = load_pair("WebFetch")
+    """Inline: the request after the load finds the previous request's whole prompt
+    in the runtime's cache (the tools it had first, WebFetch appended, its
+    definition where the reference stood); as sent, the load moves the head of
+    the prompt and less is reused."""
+    before, after = (shrink_body(body) for body in load_pair("WebFetch"))
     names = [t["name"] for t in after["tools"]]
     assert names.index("WebFetch") < len(names) - 2  # inserted mid-list by the client
 

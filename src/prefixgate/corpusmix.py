@@ -206,10 +206,19 @@ def interleave(groups: Sequence[Sequence[Line]], seed: int = 0) -> list[Line]:
 
 
 def mixed_corpus(
-    lines: Sequence[Mapping[str, Any]], count: int, *, seed: int = 0, small: bool = True
+    lines: Sequence[Mapping[str, Any]],
+    count: int,
+    *,
+    seed: int = 0,
+    small: bool = True,
+    turns: int | None = None,
 ) -> list[Line]:
-    """``count`` sessions copied round-robin from the recorded ones, interleaved."""
-    source = sessions(shrink(line) if small else dict(line) for line in lines)
+    """``count`` sessions copied round-robin from the recorded ones, interleaved;
+    with ``turns``, each recorded session cut to its first ``turns`` requests."""
+    source = [
+        group[:turns] if turns is not None else group
+        for group in sessions(shrink(line) if small else dict(line) for line in lines)
+    ]
     if not source:
         return []
     copies = [copy_session(source[i % len(source)], i, seed) for i in range(count)]

@@ -1,8 +1,12 @@
 """Several real llama-server replicas behind prefixgate: shared routing through a
 real Redis, and failover when a replica is killed mid-replay.
 
-The requests are the recorded corpus, shrunk and mixed into many sessions
-(``prefixgate.corpusmix``), so each replica can run with a small context.
+The requests are the recorded corpus, shrunk and mixed into six sessions
+(``prefixgate.corpusmix``), so each replica can run with a small context. Each
+recorded session gives its first three requests (15 in all): enough for every
+session to have a follow-up turn that must find its replica again, for sessions
+to cross the two gateways, and for a second half after the kill, at three fifths
+of the prompts the whole sessions (25 requests) cost.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from prefixgate.store.sqlite import read_records
 pytestmark = pytest.mark.e2e
 SOURCES = ("claude-code-2.1.197.jsonl", "claude-code-2.1.197-interactive.jsonl")
 TIMEOUT = httpx.Timeout(300.0, connect=10.0)
+TURNS = 3  # requests kept from each recorded session
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +63,7 @@ def mixed(corpus_directory: Path) -> list[dict[str, Any]]:
     for name in SOURCES:
         with (corpus_directory / name).open(encoding="utf-8") as f:
             lines += [json.loads(x) for x in f if x.strip()]
-    return mixed_corpus(lines, 6, seed=5)
+    return mixed_corpus(lines, 6, seed=5, turns=TURNS)
 
 
 def headers_of(line: dict[str, Any]) -> dict[str, str]:

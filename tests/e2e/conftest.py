@@ -55,7 +55,8 @@ def replayed(
 ) -> Iterator[Replayed]:
     """``claude-code-2.1.197.jsonl`` replayed once through prefixgate (kind anthropic,
     SQLite audit) to the session's runtime, restarted first so its cache is cold;
-    read by test_cache_replay.py and by test_openai_replay.py's Anthropic side."""
+    read by test_cache_replay.py (test_openai_replay.py compares the two kinds on
+    the corpus shrunk, replaying both itself)."""
     local_runtime.restart()
     db = tmp_path_factory.mktemp("audit") / "audit.db"
     with replay_corpus(local_runtime.base_url, corpus_directory, db) as out:

@@ -5,8 +5,9 @@ for every test that reads the outcome (the session fixture ``replayed``):
                    -> prefixgate, tenant "team-b" (same SQLite file) --^
 
 A replay is the costliest thing the suite asks of the runtime (each prompt
-change is a cold ~20,000-token prompt), so test_cache_replay.py and the
-Anthropic side of test_openai_replay.py read the same one.
+change is a cold ~20,000-token prompt), so it runs once, for the tests of
+test_cache_replay.py; test_openai_replay.py compares the two upstream kinds on
+the corpus shrunk (``prefixgate.corpusmix.shrink``), replaying both kinds itself.
 """
 
 from __future__ import annotations

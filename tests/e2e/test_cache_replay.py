@@ -28,7 +28,8 @@ from prefixgate.store.sqlite import read_records
 pytestmark = pytest.mark.e2e
 
 # The fixture ``replayed`` (tests/e2e/conftest.py, session-scoped) replays the
-# corpus once; test_openai_replay.py compares its rows with the OpenAI kind.
+# full-size corpus once, for these tests; test_openai_replay.py compares the two
+# upstream kinds on the corpus shrunk.
 
 
 # -- every request recorded, every miss attributed ------------------------------------

@@ -199,6 +199,11 @@ class Pane:
             raise AssertionError(f"{exc}; the pane shows:\n{self.screen()}") from None
         return found[0]
 
+    def keys(self, *keys: str) -> None:
+        for key in keys:
+            self._run("send-keys", "-t", "main", key)
+            time.sleep(0.5)
+
     def close(self) -> None:
         subprocess.run([self.tmux or "tmux", "-L", self.socket, "kill-server"], check=False)
 
@@ -217,8 +222,9 @@ def pane_factory(launch: Launch) -> Iterator[Callable[[str], Pane]]:
         pane.close()
 
 
+@pytest.mark.parametrize("leave", ["/exit", "ctrl-d twice"])
 def test_interactive_session_under_tmux_answers_and_stops_the_gateway(
-    launch: Launch, pane_factory: Callable[[str], Pane]
+    leave: str, launch: Launch, pane_factory: Callable[[str], Pane]
 ) -> None:
     exited = launch.root / "exited"
     script = launch.root / "session.sh"
@@ -243,7 +249,10 @@ def test_interactive_session_under_tmux_answers_and_stops_the_gateway(
     assert records[-1].output_tokens is not None and records[-1].output_tokens > 0
     assert "Error" not in answer.group(0), pane.screen()
     pane.wait_for("the prompt back", rf"^{PROMPT}\s*$")
-    pane.type("/exit")
+    if leave == "/exit":
+        pane.type("/exit")
+    else:
+        pane.keys("C-d", "C-d")
     wait_until("claude and the launcher exited", exited.exists)
     assert exited.read_text().strip() == "0", pane.screen()
     launch.assert_stopped()

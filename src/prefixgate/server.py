@@ -33,9 +33,7 @@ STOPPING = "the gateway is shutting down"
 SPARE_FILES = 256  # descriptors beyond max_connections: upstream sockets, the audit log
 
 
-def run(
-    settings: Settings, *, log_level: str = "info", runtime_args: Sequence[str] = ()
-) -> None:
+def run(settings: Settings, *, log_level: str = "info", runtime_args: Sequence[str] = ()) -> None:
     """Serve until interrupted; stop the embedded runtime, if any, on the way out.
 
     ``runtime_args``: more llama-server arguments for the bundled runtime (``prefixgate

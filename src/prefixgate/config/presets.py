@@ -29,10 +29,17 @@ read when this table was written; the page for each is docs/runtimes/NAME.md):
                 "Anthropic Compatible Endpoints" and "Claude Code" pages:
                 ``ANTHROPIC_BASE_URL=http://localhost:1234``).
 ``vllm``        ``vllm serve`` listens on port 8000 and implements the Anthropic
-                Messages API (vLLM's "Claude Code" integration page).
+                Messages API (vLLM's "Claude Code" integration page). Sends the
+                default affinity headers (``x-prefixgate-prefix-key``,
+                ``x-session-id``): production-stack's router pins sessions by
+                the header its ``--session-key`` names (docs/scaling.md).
 ``sglang``      SGLang's server listens on port 30000 and registers an
                 Anthropic-compatible ``/v1/messages`` on every server with no
-                extra flag (SGLang's "Anthropic-Compatible API" page).
+                extra flag (SGLang's "Anthropic-Compatible API" page). Sends
+                the prefix key as ``X-SMG-Routing-Key``, the header SGLang's
+                model gateway (``smg``) reads its routing key from by default
+                (``--routing-key-headers``), and the session as
+                ``x-session-id``; a lone SGLang server ignores both.
 ``openrouter``  ``https://openrouter.ai/api/v1``, OpenAI chat completions, key
                 in ``OPENROUTER_API_KEY`` sent as ``Authorization: Bearer``.
                 OpenRouter also has an Anthropic-compatible endpoint
@@ -66,6 +73,7 @@ from types import MappingProxyType
 from typing import Any
 
 from prefixgate.config.values import ConfigError
+from prefixgate.core.affinity import DEFAULT_SESSION_HEADER, SMG_ROUTING_KEY_HEADER
 
 HOSTED_CACHE_SLOTS = 1024
 
@@ -121,6 +129,7 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
                 url="http://127.0.0.1:8000",
                 tokenizer="estimate",
                 policy="strip",
+                affinity_headers=True,
             ),
             _preset(
                 "sglang",
@@ -129,6 +138,9 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
                 url="http://127.0.0.1:30000",
                 tokenizer="estimate",
                 policy="strip",
+                affinity_headers=MappingProxyType(
+                    {"prefix": SMG_ROUTING_KEY_HEADER, "session": DEFAULT_SESSION_HEADER}
+                ),
             ),
             _preset(
                 "openrouter",

@@ -7,6 +7,7 @@ settings (``ReplicaSettings``) by a function of their own.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypedDict
@@ -21,6 +22,7 @@ from prefixgate.config.values import (
     read_policy,
     read_seconds,
 )
+from prefixgate.core.affinity import AffinityHeaders
 from prefixgate.core.policy import DEFAULT_NORMALIZE_KEEP, Policy
 from prefixgate.core.routing import ROUTING_POLICIES
 from prefixgate.core.secrets import secret_values
@@ -38,6 +40,21 @@ DEFAULT_CACHE_TOKENS = 0
 TOKENIZERS = ("auto", "llama.cpp", "estimate")
 SIDE_REQUESTS = ("forward", "local")
 PRICE_KEYS = ("price_input", "price_cached", "price_output")
+# an HTTP field name (RFC 9110 section 5.6.2, token)
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# names an affinity header may not take: the request's framing and credentials
+_RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+        "authorization",
+        "x-api-key",
+        "cookie",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -80,6 +97,9 @@ class UpstreamConfig:
     price_input: float | None = None
     price_cached: float | None = None
     price_output: float | None = None
+    # headers carrying the prefix key and the session to a cluster router in
+    # front of the upstream (core/affinity.py); None: not sent
+    affinity_headers: AffinityHeaders | None = None
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -183,7 +203,48 @@ def upstream_from_table(
             low=1024,
         ),
         **read_prices(where, table),
+        affinity_headers=read_affinity_headers(
+            f"{where}.affinity_headers", table.get("affinity_headers")
+        ),
     )
+
+
+def read_affinity_headers(where: str, value: Any) -> AffinityHeaders | None:
+    """``affinity_headers``: absent or false sends none; true sends the default
+    pair (``x-prefixgate-prefix-key``, ``x-session-id``); a table
+    ``{prefix = NAME, session = NAME}`` names them, a key left out keeping its
+    default name and an empty name leaving that header out."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return AffinityHeaders()
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"{where}: true, false or a table {{prefix = NAME, session = NAME}} "
+            f"is required, got {value!r}"
+        )
+    unknown = sorted(set(value) - {"prefix", "session"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown} (prefix, session)")
+    default = AffinityHeaders()
+    prefix = _header_name(f"{where}.prefix", value.get("prefix", default.prefix))
+    session = _header_name(f"{where}.session", value.get("session", default.session))
+    if prefix is None and session is None:
+        return None
+    if prefix is not None and session is not None and prefix.lower() == session.lower():
+        raise ConfigError(f"{where}: prefix and session name the same header {prefix!r}")
+    return AffinityHeaders(prefix, session)
+
+
+def _header_name(where: str, value: Any) -> str | None:
+    """An HTTP header name the gateway may set, or None for an empty one (not sent)."""
+    if value == "":
+        return None
+    if not isinstance(value, str) or _HEADER_NAME.fullmatch(value) is None:
+        raise ConfigError(f"{where}: a header name is required, got {value!r}")
+    if value.lower() in _RESERVED_HEADERS:
+        raise ConfigError(f"{where}: {value!r} is not a header the gateway may set")
+    return value
 
 
 class PriceSettings(TypedDict):

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from prefixgate.config import UpstreamConfig
+from prefixgate.core.affinity import AffinityHeaders, affinity_headers
 from prefixgate.core.cachekey import ADAPTER_VERSION
 from prefixgate.core.errors import PrefixgateError, UpstreamUnavailable
 from prefixgate.core.fold import MessageSummary, StreamFold, summarize_message
@@ -44,6 +45,7 @@ HOP_BY_HOP_HEADERS = frozenset(
 )
 # Upstream, client credentials are replaced by the upstream's own key.
 DROPPED_REQUEST_HEADERS = HOP_BY_HOP_HEADERS | {"authorization", "x-api-key", "cookie"}
+NO_AFFINITY = AffinityHeaders(None, None)
 DROPPED_RESPONSE_HEADERS = frozenset(
     {
         "connection",
@@ -162,8 +164,11 @@ class AnthropicKind:
     def call(
         self, upstream: UpstreamConfig, incoming: Incoming, rw: Rewrite, session: str | None
     ) -> AnthropicCall:
-        extra = {**incoming.added, **rw.upstream_headers}  # the body's block wins
-        headers = forward_headers(incoming.headers, upstream, extra, drop=incoming.dropped)
+        # the body's block wins; the affinity headers replace a client's of the same name
+        affinity = affinity_headers(upstream.affinity_headers, rw.key.hex, session)
+        extra = {**incoming.added, **rw.upstream_headers, **affinity}
+        drop = (*incoming.dropped, *(upstream.affinity_headers or NO_AFFINITY).names())
+        headers = forward_headers(incoming.headers, upstream, extra, drop=drop)
         return AnthropicCall(Outgoing(incoming.path, rw.body, headers), upstream)
 
     def read_settings(self, where: str, table: Mapping[str, Any]) -> None:

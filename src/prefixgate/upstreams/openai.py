@@ -28,6 +28,7 @@ import httpx
 
 from prefixgate.config import UpstreamConfig
 from prefixgate.config.values import read_choice, read_flag
+from prefixgate.core.affinity import affinity_headers
 from prefixgate.core.errors import PrefixgateError, UpstreamStatus
 from prefixgate.core.fold import MessageSummary, StreamFold, summarize_message
 from prefixgate.core.pipeline import Rewrite
@@ -219,7 +220,9 @@ class OpenAIKind:
         # Client headers never reach an OpenAI server (user-agent and accept aside):
         # the attribution headers are gone under every policy, and only what the
         # policy adds (a normalized value, the metadata header) is sent.
-        extra = {**incoming.added, **rw.upstream_headers}
+        # and the affinity headers for a cluster router in front of the servers
+        affinity = affinity_headers(upstream.affinity_headers, rw.key.hex, session)
+        extra = {**incoming.added, **rw.upstream_headers, **affinity}
         headers = openai_headers(incoming.headers, upstream, extra)
         outgoing = Outgoing(api_path(upstream, "/chat/completions"), body, headers)
         return OpenAICall(outgoing, upstream, translated.names, rw.model)

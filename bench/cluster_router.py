@@ -3,19 +3,21 @@
     python bench/cluster_router.py [--smg PATH] [--sessions 8] [--prompts 4] [--turns 4]
                                    [--out results.json]
 
-Two fake OpenAI-compatible workers (``/v1/chat/completions``, streamed or not,
-and the health, load and model routes the router probes) stand behind SGLang's
-model gateway, ``smg launch --policy consistent_hashing``, which hashes the
-routing key it reads from ``X-SMG-Routing-Key`` onto its workers. prefixgate
-(``kind = "openai"``, ``url`` = the router) sits in front, once per way of
-handing the router a key (``affinity_headers`` of its upstream table):
+Two fake workers (``/v1/chat/completions`` and ``/v1/messages``, streamed or
+not, and the health, load and model routes the router probes) stand behind
+SGLang's model gateway, ``smg launch --policy consistent_hashing``, which
+hashes the routing key it reads from ``X-SMG-Routing-Key`` onto its workers.
+prefixgate (``url`` = the router) sits in front, once per way of handing the
+router a key (the keys of its upstream table):
 
-``prefix key``  the stable prefix key as ``X-SMG-Routing-Key`` (the sglang preset)
-``session``     the scoped session as ``X-SMG-Routing-Key``
-``default pair`` ``affinity_headers = true`` (``x-prefixgate-prefix-key``,
-                ``x-session-id``), smg started with ``--routing-key-headers
-                x-prefixgate-prefix-key``
-``none``        no affinity headers (the router has no key)
+``prefix key``     kind openai, the stable prefix key as ``X-SMG-Routing-Key``
+``session``        kind openai, the scoped session as ``X-SMG-Routing-Key``
+``default pair``   kind openai, ``affinity_headers = true``
+                   (``x-prefixgate-prefix-key``, ``x-session-id``), smg started
+                   with ``--routing-key-headers x-prefixgate-prefix-key``
+``sglang preset``  ``preset = "sglang"``: kind anthropic (smg routes
+                   ``/v1/messages`` too), the prefix key as ``X-SMG-Routing-Key``
+``none``           kind openai, no affinity headers (the router has no key)
 
 A fresh router per way: each starts with no pins.
 
@@ -64,11 +66,19 @@ from starlette.routing import Route
 
 from prefixgate.demo import ManagedProcess, free_port
 
-WAYS: dict[str, dict[str, str] | None] = {
-    "prefix key": {"prefix": "X-SMG-Routing-Key", "session": "x-session-id"},
-    "session": {"prefix": "", "session": "X-SMG-Routing-Key"},
-    "default pair": {},  # affinity_headers = true: smg told to read x-prefixgate-prefix-key
-    "none": None,
+# each way: the keys of the gateway's upstream table besides ``url``
+WAYS: dict[str, dict[str, Any]] = {
+    "prefix key": {
+        "kind": "openai",
+        "affinity_headers": {"prefix": "X-SMG-Routing-Key", "session": "x-session-id"},
+    },
+    "session": {
+        "kind": "openai",
+        "affinity_headers": {"prefix": "", "session": "X-SMG-Routing-Key"},
+    },
+    "default pair": {"kind": "openai", "affinity_headers": True},
+    "sglang preset": {"preset": "sglang"},  # kind anthropic: smg routes /v1/messages
+    "none": {"kind": "openai"},
 }
 # smg's flags beyond the common ones, per way
 ROUTER_FLAGS = {"default pair": ("--routing-key-headers", "x-prefixgate-prefix-key")}
@@ -89,7 +99,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def worker_app(name: str, seen: list[dict[str, Any]]) -> Starlette:
-    """An OpenAI-compatible server that answers every chat completion with ``name``."""
+    """An OpenAI- and Anthropic-compatible server that answers every request with ``name``."""
 
     async def chat(request: Request) -> Response:
         body = await request.json()
@@ -113,6 +123,28 @@ def worker_app(name: str, seen: list[dict[str, Any]]) -> Starlette:
 
         return StreamingResponse(chunks(), media_type="text/event-stream")
 
+    async def messages(request: Request) -> Response:  # the Anthropic Messages API
+        body = await request.json()
+        seen.append({"session": request.headers.get("x-session-id")})
+        usage = {"input_tokens": 10, "output_tokens": 1}
+        message = {"id": "msg", "type": "message", "role": "assistant", "model": body["model"]}
+        message |= {"stop_reason": "end_turn", "stop_sequence": None, "usage": usage}
+        if not body.get("stream"):
+            return JSONResponse(message | {"content": [{"type": "text", "text": name}]})
+        events = [
+            ("message_start", {"type": "message_start", "message": message | {"content": []}}),
+            ("content_block_start", {"type": "content_block_start", "index": 0}
+             | {"content_block": {"type": "text", "text": ""}}),
+            ("content_block_delta", {"type": "content_block_delta", "index": 0}
+             | {"delta": {"type": "text_delta", "text": name}}),
+            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            ("message_delta", {"type": "message_delta", "usage": {"output_tokens": 1}}
+             | {"delta": {"stop_reason": "end_turn", "stop_sequence": None}}),
+            ("message_stop", {"type": "message_stop"}),
+        ]  # fmt: skip
+        raw = "".join(f"event: {e}\ndata: {json.dumps(d)}\n\n" for e, d in events).encode()
+        return Response(raw, media_type="text/event-stream")
+
     async def models(request: Request) -> Response:
         entry = {"id": "m", "object": "model", "created": 0, "owned_by": name}
         return JSONResponse({"object": "list", "data": [entry]})
@@ -123,6 +155,7 @@ def worker_app(name: str, seen: list[dict[str, Any]]) -> Starlette:
     return Starlette(
         routes=[
             Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/messages", messages, methods=["POST"]),
             Route("/v1/models", models),
             Route("/{path:path}", anything, methods=["GET", "POST"]),
         ]
@@ -231,21 +264,21 @@ def router_branches(metrics_url: str) -> dict[str, float]:
     return out
 
 
-def config_toml(router_url: str, audit: Path, way: dict[str, str] | None) -> str:
-    lines = [
-        "[server]",
-        f'audit_path = "{audit}"',
-        "",
-        "[upstreams.cluster]",
-        'kind = "openai"',
-        f'url = "{router_url}"',
-    ]
-    if way == {}:
-        lines.append("affinity_headers = true")
-    elif way is not None:
-        pairs = ", ".join(f'{k} = "{v}"' for k, v in way.items())
-        lines.append(f"affinity_headers = {{ {pairs} }}")
-    lines += ["", "[[routes]]", 'model = "*"', 'upstream = "cluster"', ""]
+def toml_value(value: Any) -> str:
+    """A string, a boolean or a table of them as TOML (inline)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    return json.dumps(str(value))
+
+
+def config_toml(router_url: str, audit: Path, way: dict[str, Any]) -> str:
+    """The gateway's config: one upstream, ``cluster``, at the router."""
+    lines = ["[server]", f"audit_path = {toml_value(str(audit))}", "", "[upstreams.cluster]"]
+    lines += [f"{key} = {toml_value(value)}" for key, value in way.items()]
+    lines += [f"url = {toml_value(router_url)}", "", "[[routes]]", 'model = "*"']
+    lines += ['upstream = "cluster"', ""]
     return "\n".join(lines)
 
 

@@ -38,19 +38,25 @@ def test_each_way_is_the_upstream_config_it_names(bench: ModuleType) -> None:
         "prefix key": AffinityHeaders("X-SMG-Routing-Key", "x-session-id"),
         "session": AffinityHeaders(None, "X-SMG-Routing-Key"),
         "default pair": AffinityHeaders("x-prefixgate-prefix-key", "x-session-id"),
+        "sglang preset": AffinityHeaders("X-SMG-Routing-Key", "x-session-id"),
         "none": None,
     }
+    assert set(bench.WAYS) == set(expected)
     for name, way in bench.WAYS.items():
         file = tomllib.loads(bench.config_toml("http://router:1", Path("/tmp/a.db"), way))
         upstream = build_settings(file, {}, {}).upstreams["cluster"]
-        assert upstream.kind == "openai" and upstream.url == "http://router:1"
+        kind = "anthropic" if name == "sglang preset" else "openai"
+        assert (upstream.kind, upstream.url) == (kind, "http://router:1")
         assert upstream.affinity_headers == expected[name]
 
 
-async def test_the_worker_answers_with_its_name_and_sees_the_session(bench: ModuleType) -> None:
+@pytest.mark.parametrize("way", ["prefix key", "sglang preset"])
+async def test_the_worker_answers_with_its_name_and_sees_the_session(
+    bench: ModuleType, way: str
+) -> None:
     seen: list[dict[str, Any]] = []
     worker = httpx.ASGITransport(app=bench.worker_app("worker-a", seen))
-    file = tomllib.loads(bench.config_toml("http://w.test", Path("x"), bench.WAYS["prefix key"]))
+    file = tomllib.loads(bench.config_toml("http://w.test", Path("x"), bench.WAYS[way]))
     file["server"] = {"audit_path": "memory"}
     app = create_app(build_settings(file, {}, {}), transport=worker, audit=MemoryAudit())
     convs = bench.conversations(sessions=4, prompts=2, turns=2)

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from prefixgate.cli import main
 from prefixgate.doctor import Findings, assess, probe_runtime
-from prefixgate.runtime.local import LocalRuntime
+from prefixgate.runtime.local import LocalRuntime, LocalRuntimeSpec
 
 pytestmark = pytest.mark.e2e
 CACHED_TOTAL = re.compile(r"^llamacpp:prompt_tokens_cached_total (\d+)", re.MULTILINE)
@@ -28,7 +28,7 @@ def cached_total(url: str) -> int:
     return int(found.group(1))
 
 
-def check(findings: Findings, slot_ctx: int) -> dict[str, tuple[str, str]]:
+def check(findings: Findings, spec: LocalRuntimeSpec) -> dict[str, tuple[str, str]]:
     d = assess(findings)
     rows = {row.check: (row.found, row.status) for row in d.rows}
     for path in ("/v1/messages", "/v1/chat/completions", "/v1/models", "/tokenize", "/slots"):
@@ -39,7 +39,10 @@ def check(findings: Findings, slot_ctx: int) -> dict[str, tuple[str, str]]:
     assert rows["repeated prompt"][1] == "ok"
     assert rows["same first ~1,000 tokens"][1] == "ok"
     assert rows["model"] == ("gemma-3-270m-q4_k_m.gguf: sliding-window attention", "warn")
-    assert rows["slots"] == (f"1 slot, {slot_ctx:,} tokens of context each", "ok")
+    # with several slots the bundled runtime shares one KV cache (--kv-unified): each
+    # slot may use all of it
+    slots = f"{spec.slots} slot{'s' if spec.slots != 1 else ''}"
+    assert rows["slots"] == (f"{slots}, {spec.ctx_size:,} tokens of context each", "ok")
     assert d.exit_code == 0 and d.verdict == "the runtime reuses shared prefixes"
     # the head was counted with the runtime's tokenizer, and nearly all of it reused
     assert findings.head_counted and findings.head_tokens is not None
@@ -58,7 +61,7 @@ def test_doctor_on_the_bundled_runtimes_openai_endpoint(
 ) -> None:
     before = cached_total(local_base_url)
     findings = probe_runtime(local_base_url, "openai")
-    rows = check(findings, local_runtime.spec.ctx_size)
+    rows = check(findings, local_runtime.spec)
     assert rows["usage"] == ("usage.prompt_tokens_details.cached_tokens", "ok")
     assert findings.repeat is not None and findings.diverged is not None
     reported = (findings.repeat.usage.cached_tokens or 0) + (
@@ -78,4 +81,4 @@ def test_doctor_command_on_the_bundled_runtimes_anthropic_endpoint(
     assert "verdict: the runtime reuses shared prefixes" in result.output
     findings = probe_runtime(local_base_url)  # the kind detected: /v1/messages answers
     assert findings.kind == "anthropic"
-    check(findings, local_runtime.spec.ctx_size)
+    check(findings, local_runtime.spec)

@@ -33,6 +33,7 @@ from typing import Any
 
 import aiohttp
 import httpx
+import yarl
 
 #: Connections kept per transport, and how long an idle one is kept (httpx's defaults).
 MAX_CONNECTIONS = 100
@@ -122,6 +123,7 @@ class AioHTTPTransport(httpx.AsyncBaseTransport):
     def __init__(self, max_connections: int = MAX_CONNECTIONS) -> None:
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, yarl.URL] = {}  # parsed once: a few distinct URLs per upstream
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -151,7 +153,7 @@ class AioHTTPTransport(httpx.AsyncBaseTransport):
             async with asyncio.timeout(timeouts.get("read")):
                 response = await session.request(
                     request.method,
-                    str(request.url),
+                    self._url(str(request.url)),
                     data=body,
                     headers=headers,
                     skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
@@ -166,6 +168,14 @@ class AioHTTPTransport(httpx.AsyncBaseTransport):
             request=request,
             extensions={"http_version": b"HTTP/1.1"},
         )
+
+    def _url(self, text: str) -> yarl.URL:
+        url = self._urls.get(text)
+        if url is None:
+            if len(self._urls) >= 1024:
+                self._urls.clear()
+            url = self._urls[text] = yarl.URL(text, encoded=True)  # httpx encoded it
+        return url
 
     async def aclose(self) -> None:
         session, self._session = self._session, None

@@ -347,6 +347,30 @@ def test_render_report_shows_rows_totals_and_ratio(records: list[CaptureRecord])
     assert "3 failed" in text
 
 
+def test_render_report_fits_80_columns_leaving_out_session_then_agent(
+    records: list[CaptureRecord],
+) -> None:
+    """The demo's table in an 80-column terminal: no number or label cut."""
+    chosen = [records[0], records[1], records[12]]
+    direct = [result(0, 12108, 0, seconds=73.1), result(1, 12186, 12108, seconds=1.6),
+              result(12, 12106, 25, seconds=76.1)]  # fmt: skip
+    through = [result(0, 12074, 0, seconds=72.3), result(1, 12152, 12074, seconds=0.9),
+               result(12, 12073, 9838, seconds=16.4)]  # fmt: skip
+    runs = [Column("direct", direct), Column("prefixgate", through, attribution_removed=True)]
+    for width, left_out in ((80, "session"), (200, None)):
+        console = Console(record=True, width=width)
+        console.print(render_report(chosen, runs))
+        text = console.export_text()
+        assert "…" not in text
+        assert max(len(line) for line in text.splitlines()) <= width
+        for whole in ("12,108 / 1.6", "9,838 / 16.4", "attribution_changed", "total", "36,400"):
+            assert whole in text, (width, whole)
+        if left_out:
+            assert f"Left out at this width: {left_out}" in text
+        else:
+            assert "Left out" not in text and "94df3dbb" in text
+
+
 def test_current_corpus_labels_are_the_gateways_causes(corpus_directory: Path) -> None:
     records = load_capture(corpus_directory / "claude-code-2.1.332.jsonl")
     stripped = [

@@ -25,9 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from rich import box
 from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from prefixgate.core.attribution import detect
@@ -39,6 +37,8 @@ from prefixgate.core.policy import Policy
 from prefixgate.core.prompt import Piece, PromptView, prompt_view
 from prefixgate.core.promptdiff import common_pieces, first_change
 from prefixgate.core.sse import SSEDecoder
+from prefixgate.reporttables import Column as TableColumn
+from prefixgate.reporttables import FittedTable
 from prefixgate.upstreams.anthropic import HOP_BY_HOP_HEADERS
 
 __all__ = [
@@ -507,27 +507,26 @@ class Column:
 
 def render_report(records: Sequence[CaptureRecord], columns: Sequence[Column]) -> RenderableType:
     """A table with one row per request and a column set per run, then the
-    time of each run relative to the first."""
-    table = Table(
-        title="Prompt tokens served from cache / seconds per request",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        collapse_padding=True,
-    )
-    table.add_column("#", justify="right", no_wrap=True)
-    table.add_column("session", no_wrap=True)
-    table.add_column("agent", no_wrap=True)
-    table.add_column("prompt", justify="right", no_wrap=True)
-    for column in columns:
-        table.add_column(f"{column.name}\ncached / s", justify="right", no_wrap=True)
-        table.add_column("why", style="dim", no_wrap=True)
+    time of each run relative to the first. Too wide for the terminal, it
+    leaves out the session, then the agent (``reporttables.FittedTable``)."""
     reasons = [
         miss_reasons(records, c.results, attribution_removed=c.attribution_removed) for c in columns
     ]
-    for row, record in enumerate(records):
-        table.add_row(*_row(record, row, columns, reasons))
-    table.add_section()
-    table.add_row(*_totals_row(columns))
+    rows = [_row(record, i, columns, reasons) for i, record in enumerate(records)]
+    rows.append(_totals_row(columns))
+    cells = list(zip(*rows, strict=True))
+    shown = [
+        TableColumn("#", cells[0]),
+        TableColumn("session", cells[1], right=False, drop=1),
+        TableColumn("agent", cells[2], right=False, drop=2),
+        TableColumn("prompt", cells[3]),
+    ]
+    for k, column in enumerate(columns):
+        shown.append(TableColumn(f"{column.name}\ncached / s", cells[4 + 2 * k]))
+        why = [Text.from_markup(c, style="dim") for c in cells[5 + 2 * k]]
+        shown.append(TableColumn("why", why, right=False))
+    title = "Prompt tokens served from cache / seconds per request"
+    table = FittedTable(title, shown, hint="a wider terminal shows them", total=True)
     return Group(table, *_ratios(columns))
 
 
@@ -548,7 +547,7 @@ def _row(
 
 def _totals_row(columns: Sequence[Column]) -> list[str]:
     first = summarize(columns[0].results) if columns else None
-    cells = ["", "total", "", _num(first.prompt_tokens) if first else "-"]
+    cells = ["", "", "total", _num(first.prompt_tokens) if first else "-"]
     for column in columns:
         total = summarize(column.results)
         errors = f"{total.errors} failed" if total.errors else ""

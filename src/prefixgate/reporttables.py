@@ -155,11 +155,17 @@ class FittedTable:
     columns left out."""
 
     def __init__(
-        self, title: TextType | None, columns: Sequence[Column], *, hint: str = WIDER
+        self,
+        title: TextType | None,
+        columns: Sequence[Column],
+        *,
+        hint: str = WIDER,
+        total: bool = False,
     ) -> None:
         self.title = title
         self.columns = list(columns)
         self.hint = hint
+        self.total = total  # the last row is a total: a rule above it
 
     def table(self, columns: Sequence[Column], left_out: Sequence[Column] = ()) -> Table:
         caption = None
@@ -175,6 +181,8 @@ class FittedTable:
             )
         rows = len(self.columns[0].cells) if self.columns else 0
         for index in range(rows):
+            if self.total and index == rows - 1:
+                table.add_section()
             table.add_row(*(column.cells[index] for column in columns))
         return table
 

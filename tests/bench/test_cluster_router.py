@@ -4,8 +4,6 @@ the affinity headers the gateway adds."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import tomllib
 from pathlib import Path
 from types import ModuleType
@@ -14,23 +12,17 @@ from typing import Any
 import httpx
 import pytest
 from support.app import running
+from support.benchscripts import load_script
 
 from prefixgate.app.gateway import create_app
 from prefixgate.config import build_settings
 from prefixgate.core.affinity import AffinityHeaders
 from prefixgate.store.audit import MemoryAudit
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "cluster_router.py"
-
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("cluster_router", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["cluster_router"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("cluster_router")
 
 
 def test_each_way_is_the_upstream_config_it_names(bench: ModuleType) -> None:

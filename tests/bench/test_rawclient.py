@@ -5,25 +5,16 @@ closes, and an answer cut short."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from types import ModuleType
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "rawclient.py"
+from support.benchscripts import load_script
 
 
 @pytest.fixture(scope="module")
 def rawclient() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("rawclient", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["rawclient"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("rawclient")
 
 
 class Server:

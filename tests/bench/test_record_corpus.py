@@ -3,27 +3,18 @@ and the scripted upstream answering over real HTTP."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import urllib.request
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "record_corpus.py"
+from support.benchscripts import load_script
 
 
 @pytest.fixture(scope="module")
 def rc() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("record_corpus", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["record_corpus"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script("record_corpus")
 
 
 ENV = "# Environment\nYou have been invoked in the following environment: \n"

@@ -3,29 +3,22 @@ line of each way, smg's counts read from its metrics, and a run's summary."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import tomllib
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
 import pytest
+from support.benchscripts import load_script
 
 from prefixgate.config import build_settings
 from prefixgate.core.affinity import AffinityHeaders
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "scale.py"
 A, B = "http://127.0.0.1:8001", "http://127.0.0.1:8002"
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("scale", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["scale"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scale")
 
 
 def test_the_plan_adds_the_smg_ways_per_replica_count_above_one(bench: ModuleType) -> None:

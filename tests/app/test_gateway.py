@@ -443,6 +443,25 @@ async def test_stream_cut_at_awkward_offsets_is_relayed_byte_for_byte() -> None:
     assert (rec.input_tokens, rec.cache_read_input_tokens, rec.output_tokens) == (12, 1000, 5)
 
 
+async def test_a_streams_time_to_first_byte_is_its_first_event_not_its_headers() -> None:
+    """llama-server answers a stream's headers at once and its first event only once
+    the prompt is read: that is the time to first byte, and the report's estimate of
+    the time the cache saved is built on it."""
+
+    async def after_the_prompt() -> AsyncIterator[bytes]:
+        await asyncio.sleep(0.3)  # the runtime reads the prompt
+        yield SSE_BYTES
+
+    upstream = FakeUpstream(lambda request: sse_response(ChunkStream(after_the_prompt())))
+    app = create_app(make_settings(), transport=upstream.transport)
+    async with running(app) as client:
+        response = await post_record(client, load_corpus("sdk")[0])
+    assert response.content == SSE_BYTES
+    (rec,) = audit_of(app)
+    assert rec.ttfb_ms is not None and rec.total_ms is not None
+    assert 300 <= rec.ttfb_ms <= rec.total_ms
+
+
 async def test_a_stream_without_a_final_blank_line_is_flushed() -> None:
     body = SSE_BYTES + b"event: ping\ndata: {}"
     upstream = FakeUpstream(lambda request: sse_response(body))

@@ -100,7 +100,8 @@ class Metrics:
         )
         self.ttfb = self._histogram(
             "prefixgate_time_to_first_byte_seconds",
-            "Time from the request to the upstream's response headers.",
+            "Time from the request to the first byte of the upstream's answer: its "
+            "headers for a whole answer, its first event for a stream.",
             up,
             buckets=_BUCKETS,
         )

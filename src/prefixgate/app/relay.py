@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import anyio
@@ -137,8 +138,11 @@ class Relay:
         decoder = self._decoder
         chunks = self._response.aiter_bytes()
         held: bytes | None = None  # message_stop on: sent once the record is committed
+        first = True
         try:
             while (chunk := await self._next(chunks)) is not None:
+                if first:  # a runtime sends its headers before it has read the prompt
+                    self._ex.ttfb, first = time.perf_counter(), False
                 events = decoder.decode(chunk)
                 if held is None:
                     stop = _stop_index(events)

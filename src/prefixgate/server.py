@@ -71,15 +71,7 @@ def run(settings: Settings, *, log_level: str = "info", runtime_args: Sequence[s
             state=_open_state(settings.state_url),
             prefixes=prefixes,
         )
-        log.info("prefixgate listening on http://%s:%d", settings.host, settings.port)
-        log.info("audit log: %s", settings.audit_path or "in memory only")
-        if settings.record_path:
-            log.info("recording every request to %s", settings.record_path)
-        for name, up in settings.upstreams.items():
-            where = up.url if len(up.urls) == 1 else f"{len(up.urls)} replicas ({up.routing})"
-            log.info("upstream %s: %s (policy %s)", name, where, up.policy.value)
-        if settings.state_url:
-            log.info("routing state shared through %s", _redacted(settings.state_url))
+        _log_start(settings)
         _raise_file_limit(settings.max_connections + SPARE_FILES)
         server = DrainingServer(
             uvicorn.Config(
@@ -114,6 +106,19 @@ def run(settings: Settings, *, log_level: str = "info", runtime_args: Sequence[s
         # KeyboardInterrupt is the end of a clean stop, not an error)
         with contextlib.suppress(KeyboardInterrupt):
             server.run()
+
+
+def _log_start(settings: Settings) -> None:
+    """Where it listens, where its audit goes, and each upstream, at start."""
+    log.info("prefixgate listening on http://%s:%d", settings.host, settings.port)
+    log.info("audit log: %s", settings.audit_path or "in memory only")
+    if settings.record_path:
+        log.info("recording every request to %s", settings.record_path)
+    for name, up in settings.upstreams.items():
+        where = up.url if len(up.urls) == 1 else f"{len(up.urls)} replicas ({up.routing})"
+        log.info("upstream %s: %s (policy %s)", name, where, up.policy.value)
+    if settings.state_url:
+        log.info("routing state shared through %s", _redacted(settings.state_url))
 
 
 class DrainingServer(uvicorn.Server):

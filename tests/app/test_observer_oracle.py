@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 from support.app import records_of, running
+from support.upstream import MESSAGE
 
 from prefixgate.app.gateway import create_app
 from prefixgate.config import build_settings
@@ -32,6 +33,9 @@ BETA_SESSION = "bbbbbbbb-2222-4222-8222-222222222222"
 ALPHA_TASK = "alpha-secret: fix the payroll bug in ledger.py"
 PROMPT = 2000
 SYSTEM = "You are a coding agent.\n" + "Keep the prompt prefix stable.\n" * 30
+
+
+OK = [{"type": "text", "text": "ok"}]  # the answer's content
 
 
 def tool(name: str) -> dict[str, Any]:
@@ -72,17 +76,7 @@ class Runtime:
             "cache_creation_input_tokens": 0,
             "output_tokens": 2,
         }
-        message = {
-            "id": "msg_01",
-            "type": "message",
-            "role": "assistant",
-            "model": "gemma-3-270m",
-            "content": [{"type": "text", "text": "ok"}],
-            "stop_reason": "end_turn",
-            "stop_sequence": None,
-            "usage": usage,
-        }
-        return httpx.Response(200, json=message)
+        return httpx.Response(200, json={**MESSAGE, "content": OK, "usage": usage})
 
 
 def gateway(runtime: Runtime, cache_tokens: int) -> Any:

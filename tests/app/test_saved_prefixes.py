@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from support.app import records_of, running
+from support.upstream import MESSAGE
 
 from prefixgate.app import saved as saved_module
 from prefixgate.app.gateway import create_app
@@ -31,6 +32,9 @@ URL = "http://runtime.test:8080"
 PROMPT = 5000
 SAVED_TOKENS = 3000  # the system prompt and tools (about 60% of PROMPT here) and the stub
 SYSTEM = "You are a coding agent.\n" + "Keep the prompt prefix stable.\n" * 40
+
+
+OK = [{"type": "text", "text": "ok"}]  # the answer's content
 
 
 def tool(name: str) -> dict[str, Any]:
@@ -109,17 +113,7 @@ class FakeLlama:
             "cache_creation_input_tokens": 0,
             "output_tokens": 1,
         }
-        message = {
-            "id": "msg_01",
-            "type": "message",
-            "role": "assistant",
-            "model": "gemma-3-270m",
-            "content": [{"type": "text", "text": "ok"}],
-            "stop_reason": "end_turn",
-            "stop_sequence": None,
-            "usage": usage,
-        }
-        return httpx.Response(200, json=message)
+        return httpx.Response(200, json={**MESSAGE, "content": OK, "usage": usage})
 
 
 class FakeRuntime:

@@ -22,7 +22,7 @@ from support.upstream import MESSAGE
 
 from prefixgate.app import saved as saved_module
 from prefixgate.app.gateway import create_app
-from prefixgate.app.saved import SCRATCH_NAME, SavedPrefixes, forget_gone_models
+from prefixgate.app.saved import SavedPrefixes, forget_gone_models, scratch_name
 from prefixgate.config import build_settings
 from prefixgate.runtime.prefixes import PrefixStore, model_digest
 from prefixgate.runtime.restore import PRIMING_MESSAGE
@@ -60,6 +60,7 @@ class FakeLlama:
         self.transport = httpx.MockTransport(self._handle)
         self.asked: list[tuple[str, dict[str, Any]]] = []  # (path?action, body)
         self.slot = 0  # tokens the slot holds
+        self.task: int | None = None  # the slot's last task, as /slots shows it
         self.files: dict[str, int] = {}  # tokens in each saved file
         self.restored = 0  # tokens in the slot from the last restore, until a request
         self.refuse = False
@@ -67,6 +68,7 @@ class FakeLlama:
 
     def restart(self) -> None:
         self.restored = self.slot = 0
+        self.task = None
 
     def messages(self) -> list[dict[str, Any]]:
         return [b for p, b in self.asked if p == "/v1/messages"]
@@ -78,7 +80,7 @@ class FakeLlama:
             if path.startswith("/slots/0?"):
                 name = body.get("filename", "")
                 action = path.split("?")[1]
-                out.append(f"{action} {'scratch' if name == SCRATCH_NAME else 'prefix'}")
+                out.append(f"{action} {'scratch' if name == scratch_name(0) else 'prefix'}")
         return out
 
     def _handle(self, request: httpx.Request) -> httpx.Response:
@@ -87,7 +89,8 @@ class FakeLlama:
         if path == "/tokenize":
             return httpx.Response(200, json={"tokens": [7] * (len(body["content"]) // 4)})
         if path == "/slots":
-            return httpx.Response(200, json=[{"id": 0, "is_processing": False}])
+            task = {} if self.task is None else {"id_task": self.task}
+            return httpx.Response(200, json=[{"id": 0, "is_processing": False, **task}])
         if path.startswith("/slots/"):
             action = request.url.params["action"]
             self.asked.append((f"{path}?{action}", body))
@@ -101,6 +104,7 @@ class FakeLlama:
             self.restored = self.slot = self.files[target.name]
             return httpx.Response(200, json={"n_restored": self.slot, "n_read": 2000})
         self.asked.append((path, body))
+        self.task = (self.task or 0) + 1
         priming = body["messages"] == [{"role": "user", "content": PRIMING_MESSAGE}]
         self.slot = SAVED_TOKENS if priming else PROMPT
         cached = self.cached
@@ -185,11 +189,12 @@ async def test_a_new_prefix_is_saved_by_a_priming_request_after_the_answer(
     first, priming = llama.messages()
     assert "id_slot" not in first  # nothing to restore: forwarded as it came
     assert priming["messages"] == [{"role": "user", "content": PRIMING_MESSAGE}]
-    assert (priming["max_tokens"], priming["id_slot"], priming["stream"]) == (1, 0, False)
+    assert (priming["max_tokens"], priming["stream"]) == (1, False)
+    assert "id_slot" not in priming  # /v1/messages ignores it: the slot that ran it is saved
     assert priming["system"] == first["system"] and priming["tools"] == first["tools"]
     # the slot's own prompt kept aside and put back: the conversation goes on from it
     assert llama.actions() == ["save scratch", "save prefix", "restore scratch"]
-    assert llama.slot == PROMPT and not (folder / SCRATCH_NAME).exists()
+    assert llama.slot == PROMPT and not (folder / scratch_name(0)).exists()
     (entry,) = PrefixStore(folder, 1 << 30).entries()
     assert entry.name.startswith(model_digest(model)[:12]) and entry.tokens == SAVED_TOKENS
 

@@ -104,12 +104,18 @@ def test_build_command_has_the_required_flags(tmp_path: Path) -> None:
     assert flag_value(command, "--port") == "4321"
     assert flag_value(command, "--chat-template-file") == str(tmp_path / "template.jinja")
     assert flag_value(command, "--ctx-size") == "32768"
-    assert flag_value(command, "-np") == "1"
-    for flag in ("--jinja", "--swa-full", "--metrics"):
+    assert flag_value(command, "-np") == "2"
+    for flag in ("--jinja", "--swa-full", "--metrics", "--kv-unified", "--no-cache-idle-slots"):
         assert flag in command
     assert "--threads" not in command
     assert "--cache-ram" not in command
     assert "--no-repack" not in command
+
+
+def test_one_slot_has_no_flags_for_several(tmp_path: Path) -> None:
+    command = build_command(make_spec(Path("llama-server"), tmp_path, slots=1), 4321)
+    assert flag_value(command, "-np") == "1"
+    assert "--kv-unified" not in command and "--no-cache-idle-slots" not in command
 
 
 def test_build_command_optional_flags_and_extra_args_last(tmp_path: Path) -> None:
@@ -153,7 +159,7 @@ def test_spec_rejects_nonsense(tmp_path: Path, overrides: dict[str, Any]) -> Non
 
 def test_spec_defaults(tmp_path: Path) -> None:
     spec = make_spec(Path("x"), tmp_path)
-    assert (spec.host, spec.port, spec.ctx_size, spec.slots) == ("127.0.0.1", 0, 32768, 1)
+    assert (spec.host, spec.port, spec.ctx_size, spec.slots) == ("127.0.0.1", 0, 32768, 2)
     assert (spec.threads, spec.cache_ram_mib, spec.metrics, spec.extra_args) == (
         None,
         None,

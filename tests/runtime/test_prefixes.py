@@ -20,6 +20,8 @@ from prefixgate.runtime.prefixes import (
     SlotActionError,
     SlotClient,
     model_digest,
+    pick_idle,
+    processed_slot,
     saved_name,
 )
 
@@ -273,3 +275,21 @@ async def test_slot_client_treats_an_empty_restore_as_a_failure() -> None:
     async with httpx.AsyncClient(transport=httpx.MockTransport(FakeSlots(restored=0))) as http:
         with pytest.raises(SlotActionError, match="no tokens"):
             await SlotClient("http://runtime", http).restore(0, "x.kv")
+
+
+def test_pick_idle_takes_an_empty_slot_then_the_least_recently_used() -> None:
+    busy = {"id": 0, "is_processing": True}
+    assert pick_idle([busy]) is None
+    old, new = {"id": 0, "id_task": 3}, {"id": 1, "id_task": 9}
+    assert pick_idle([new, old]) == 0  # the older task loses least
+    assert pick_idle([old, new, {"id": 2}]) == 2  # holds nothing
+    assert pick_idle([busy, new]) == 1
+
+
+def test_processed_slot_is_the_one_whose_task_changed() -> None:
+    before = [{"id": 0}, {"id": 1, "id_task": 4}]
+    assert processed_slot(before, [{"id": 0, "id_task": 7}, {"id": 1, "id_task": 4}]) == 0
+    assert processed_slot(before, [{"id": 0}, {"id": 1, "id_task": 7}]) == 1
+    assert processed_slot(before, before) is None  # nothing ran
+    both = [{"id": 0, "id_task": 7}, {"id": 1, "id_task": 8}]
+    assert processed_slot(before, both) is None  # which one is not known

@@ -12,10 +12,10 @@ tells the observer what a slot action put in a slot:
   its exchange ends. For any other upstream it returns at once.
 - A key with no file is queued for saving; the ``run`` task saves it when the
   runtime is idle: a priming request (same system prompt and tools, one short
-  message, ``max_tokens`` 1, ``id_slot``), then ``save``, then the store's LRU.
-  The slot's prompt before the priming (the conversation the client goes on
-  with) is saved to a scratch file first and restored after, so the next
-  request still finds it.
+  message, ``max_tokens`` 1), then ``save`` of the slot that ran it, then the
+  store's LRU. Every slot's prompt before the priming (the conversations the
+  clients go on with) is saved to a scratch file first, and the primed slot's is
+  restored after, so the next request still finds it.
 - The same task watches the runtime: one that died is started again, and the
   observer and the plan are told (``CacheObserver.restarted``).
 
@@ -32,7 +32,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
@@ -40,7 +40,13 @@ from prefixgate.core.oracle import Chain, prompt_chain
 from prefixgate.core.pipeline import Rewrite
 from prefixgate.core.prompt import prompt_view
 from prefixgate.core.side import UNCACHED_KINDS
-from prefixgate.runtime.prefixes import PrefixStore, SlotActionError, SlotClient, model_digest
+from prefixgate.runtime.prefixes import (
+    PrefixStore,
+    SlotActionError,
+    SlotClient,
+    model_digest,
+    processed_slot,
+)
 from prefixgate.runtime.restore import (
     Arrival,
     ModelMark,
@@ -66,9 +72,12 @@ RESTORE_WAIT_S = 30.0
 WATCH_EVERY_S = 1.0
 RETRY_START_S = 30.0
 PRIMING_TIMEOUT_S = 600.0
-#: The slot's own prompt while a priming request uses the slot (not a saved-prefix
-#: name: the store never adopts it).
-SCRATCH_NAME = "scratch-slot.kv"
+
+
+def scratch_name(slot: int) -> str:
+    """The file a slot's own prompt waits in while a priming request may use the
+    slot (not a saved-prefix name: the store never adopts it)."""
+    return f"scratch-slot-{slot}.kv"
 
 
 class Runtime(Protocol):
@@ -238,27 +247,35 @@ class SavedPrefixes:
                     self._saving = False
 
     async def _save(self, job: PendingSave) -> None:
-        """Prime an idle slot with ``job``'s prefix and save it, the runtime held alone;
-        the slot's own prompt is kept aside meanwhile and put back after."""
+        """Prime a slot with ``job``'s prefix and save it, the runtime held alone.
+
+        ``/v1/messages`` ignores ``id_slot`` (llama-server picks the slot whose prompt
+        shares most with the request, so the priming usually lands on the slot of
+        the conversation it came from): every slot's own prompt is kept aside first,
+        the slot that ran the priming is found from ``/slots`` after, and its prompt
+        is put back once the prefix is saved.
+        """
         await self.gate.exclusive()
         started = time.perf_counter()
-        kept, put_back, slot, primed = False, False, None, False
+        kept: set[int] = set()
+        slots = SlotClient(self.url, self._client())
+        slot: int | None = None
+        put_back = False
+        before: list[dict[str, Any]] = []
         try:
-            client = self._client()
-            slots = SlotClient(self.url, client)
-            slot = await slots.idle_slot()
-            if slot is None:
-                raise SlotActionError("no idle slot")
-            kept = await self._keep(slots, slot)
-            response = await client.post(
+            before = await slots.slots()
+            kept = await self._keep(slots, before)
+            response = await self._client().post(
                 f"{self.url}/v1/messages",
-                content=with_slot(job.body, slot),
+                content=job.body,
                 headers={"content-type": "application/json"},
                 timeout=PRIMING_TIMEOUT_S,
             )
-            primed = True  # the slot's prompt is the priming request's now
+            slot = processed_slot(before, await slots.slots())
             if response.status_code != 200:
                 raise SlotActionError(f"priming answered HTTP {response.status_code}")
+            if slot is None:
+                raise SlotActionError("no one slot ran the priming request")
             done = await slots.save(slot, job.name)
             evicted = self.store.saved(job.name, done.tokens)
         except Exception as exc:  # a failed save must never hurt the gateway
@@ -267,42 +284,48 @@ class SavedPrefixes:
             self.counts.save_failures += 1
             return
         finally:
-            if kept and slot is not None:
+            if slot in kept:
                 put_back = await self._put_back(slots, slot)
+            self._drop_scratch({int(entry["id"]) for entry in before})
             observer, upstream = self._observer, self._upstream
-            if primed and not put_back and observer is not None and upstream is not None:
+            if slot is not None and not put_back and observer is not None and upstream is not None:
                 # the slot holds the prefix and the stub now, not the last request
-                chain = stub_chain(job.body)
-                observer.placed(upstream, chain, 0, restored=False)  # size unknown
+                observer.placed(upstream, stub_chain(job.body), 0, restored=False)  # size unknown
             self.gate.release()
         self.counts.saves += 1
         self.counts.saved_tokens += done.tokens
         log.info(
-            "prefix saved as %s: %d tokens, %.1f MiB, in %.2f s%s",
+            "prefix saved as %s from slot %d: %d tokens, %.1f MiB, in %.2f s%s",
             job.name,
+            slot,
             done.tokens,
             done.size / 2**20,
             time.perf_counter() - started,
             f" ({len(evicted)} older evicted)" if evicted else "",
         )
 
-    async def _keep(self, slots: SlotClient, slot: int) -> bool:
-        """Save the slot's own prompt to the scratch file; False if it holds none."""
-        try:
-            return (await slots.save(slot, SCRATCH_NAME)).tokens > 0
-        except SlotActionError:
-            return False
+    async def _keep(self, slots: SlotClient, listed: list[dict[str, Any]]) -> set[int]:
+        """Save each slot's own prompt to its scratch file; the slots that held one."""
+        kept = set()
+        for entry in listed:
+            slot = int(entry["id"])
+            with contextlib.suppress(SlotActionError):
+                if (await slots.save(slot, scratch_name(slot))).tokens > 0:
+                    kept.add(slot)
+        return kept
 
     async def _put_back(self, slots: SlotClient, slot: int) -> bool:
-        """Restore the slot's own prompt from the scratch file, then delete it."""
+        """Restore the slot's own prompt from its scratch file."""
         try:
-            await slots.restore(slot, SCRATCH_NAME)
+            await slots.restore(slot, scratch_name(slot))
             return True
         except (SlotActionError, httpx.HTTPError) as exc:
             log.info("the slot's prompt could not be put back after priming: %s", exc)
             return False
-        finally:
-            (self.store.directory / SCRATCH_NAME).unlink(missing_ok=True)
+
+    def _drop_scratch(self, slots: set[int]) -> None:
+        for slot in slots:
+            (self.store.directory / scratch_name(slot)).unlink(missing_ok=True)
 
     async def _watch(self) -> None:
         runtime = self.runtime

@@ -84,7 +84,11 @@ class LocalRuntimeSpec:
     host: str = "127.0.0.1"
     port: int = 0
     ctx_size: int = 32768
-    slots: int = 1
+    #: Two slots with one KV buffer that both may fill (``--kv-unified``), and idle
+    #: slots kept as they are (``--no-cache-idle-slots``): the main agent and its
+    #: subagents or side requests stop evicting each other, for no more KV memory
+    #: than one slot at the same ``ctx_size`` (docs/runtime-cache.md, measured).
+    slots: int = 2
     threads: int | None = None
     cache_ram_mib: int | None = None
     metrics: bool = True
@@ -141,6 +145,12 @@ def build_command(spec: LocalRuntimeSpec, port: int) -> list[str]:
         "--ubatch-size",
         str(_BATCH_SIZE),
     ]
+    if spec.slots > 1:
+        # one KV buffer for all slots, and idle slots keep their prompts: by default
+        # llama-server moves an idle slot's prompt to the RAM cache and clears it when
+        # another slot starts a task, and a RAM-cache restore refuses partial matches
+        # on this sliding-window model (docs/runtime-cache.md)
+        command += ["--kv-unified", "--no-cache-idle-slots"]
     if spec.metrics:
         command.append("--metrics")
     if spec.threads is not None:

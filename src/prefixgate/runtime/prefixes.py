@@ -265,6 +265,36 @@ class SlotSave:
     size: int
 
 
+def pick_idle(slots: list[dict[str, Any]]) -> int | None:
+    """The idle slot that loses least when overwritten: one that never ran a task
+    (it holds nothing), else the one whose last task is oldest (``id_task`` grows
+    with every task); None if every slot is processing."""
+    idle = [s for s in slots if not s.get("is_processing")]
+    if not idle:
+        return None
+    return int(
+        min(idle, key=lambda s: (s.get("id_task") is not None, s.get("id_task") or 0, s["id"]))[
+            "id"
+        ]
+    )
+
+
+def processed_slot(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> int | None:
+    """The one slot that ran a task between two ``GET /slots`` answers (its
+    ``id_task`` changed); None if none did or several did.
+
+    llama-server's ``/v1/messages`` does not honour ``id_slot``: it picks the idle
+    slot whose prompt shares most with the request, so the caller finds out after.
+    """
+    tasks = {s["id"]: s.get("id_task") for s in before}
+    ran = [
+        int(s["id"])
+        for s in after
+        if s.get("id_task") is not None and s.get("id_task") != tasks.get(s["id"])
+    ]
+    return ran[0] if len(ran) == 1 else None
+
+
 class SlotClient:
     """llama-server's slot actions over HTTP, on the caller's ``httpx.AsyncClient``."""
 
@@ -282,9 +312,8 @@ class SlotClient:
         return [s for s in body if isinstance(s, dict)]
 
     async def idle_slot(self) -> int | None:
-        """The id of a slot that is not processing, the lowest first; None if all are busy."""
-        idle = [int(s["id"]) for s in await self.slots() if not s.get("is_processing")]
-        return min(idle) if idle else None
+        """The idle slot to load a file into (``pick_idle``); None if all are busy."""
+        return pick_idle(await self.slots())
 
     async def save(self, slot: int, name: str) -> SlotSave:
         body = await self._action(slot, "save", {"filename": name})

@@ -98,7 +98,7 @@ def store(local_runtime: LocalRuntime) -> Iterator[PrefixStore]:
 def gateway(runtime: LocalRuntime, store: PrefixStore, *, owns: bool = False) -> Iterator[Running]:
     """prefixgate straight in front of the runtime, its saved prefixes in ``store``;
     ``owns``: the gateway watches the runtime and starts it again if it dies."""
-    settings = Settings().with_upstream(runtime.base_url, cache={"cache_slots": 1})
+    settings = Settings().with_upstream(runtime.base_url, cache={"cache_slots": runtime.spec.slots})
     prefixes = SavedPrefixes(runtime.base_url, store, runtime.spec.model, runtime if owns else None)
     app = create_app(settings, audit=MemoryAudit(), prefixes=prefixes)
     with ServerThread(app) as server:

@@ -18,6 +18,11 @@ Columns, in one run, each against the same upstream:
   prefixgate  through ``python -m prefixgate serve`` (attribution block removed)
   litellm     through LiteLLM's proxy, Anthropic ``/v1/messages`` to the same upstream
 
+``--no-direct`` leaves out the first, ``--no-litellm`` the last. ``--shrink``
+replays the corpus shrunk the way the test suite does (``corpusmix.shrink``: the
+same requests and pieces, long texts cut, about a fifth of the tokens), so a
+corpus takes minutes instead of half an hour on two cores.
+
 With ``--openai`` the upstream is reached through its OpenAI chat completions
 endpoint (``/v1/chat/completions``) instead, the set-up of a translating proxy in
 front of an OpenAI-compatible server (the ``prefixgate`` column of a plain run is
@@ -111,6 +116,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--openai",
         action="store_true",
         help="compare paths to the upstream's /v1/chat/completions (see the docstring)",
+    )
+    parser.add_argument(
+        "--shrink",
+        action="store_true",
+        help="replay the corpus shrunk (corpusmix.shrink, as the test suite does): same"
+        " requests and pieces, about a fifth of the tokens",
+    )
+    parser.add_argument(
+        "--no-direct", action="store_true", help="skip the direct column (prefixgate only)"
     )
     return parser.parse_args(argv)
 
@@ -332,6 +346,8 @@ def run_all(
             plan.append(("litellm-openai", litellm(True), False))
     else:
         plan = [("direct", direct, False), ("prefixgate", gateway(*policy), _removes(args))]
+        if args.no_direct:
+            plan = plan[1:]
         if not args.no_litellm:
             plan.append(("litellm", litellm(False), False))
     return [
@@ -390,6 +406,7 @@ def write_results(
         "upstream": args.upstream or "embedded",
         "max_tokens": args.max_tokens,
         "policy": args.policy,
+        "shrunk": args.shrink,
         **extra,
         "columns": columns,
     }
@@ -493,8 +510,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if corpus is None:
         console.print("[red]No corpus found: pass --corpus FILE (a recorded .jsonl file).[/red]")
         return 2
-    records = choose(load_capture(corpus), args)
-    console.print(f"{corpus.name}: replaying requests {', '.join(str(r.index) for r in records)}")
+    records = choose(load_records(corpus, shrunk=args.shrink), args)
+    shrunk = " (shrunk)" if args.shrink else ""
+    indices = ", ".join(str(r.index) for r in records)
+    console.print(f"{corpus.name}{shrunk}: replaying requests {indices}")
     started = time.strftime("%Y%m%d-%H%M%S")
     extra: dict[str, Any] = {"started": started}
     try:
@@ -515,6 +534,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_results(out, args, corpus, records, runs, extra)
     console.print(f"results: {out}")
     return 0
+
+
+def load_records(corpus: Path, *, shrunk: bool) -> list[CaptureRecord]:
+    """The corpus's requests, each shrunk (``corpusmix.shrink``) when ``shrunk``."""
+    if not shrunk:
+        return load_capture(corpus)
+    from prefixgate.corpusmix import shrink
+
+    with tempfile.TemporaryDirectory(prefix="bench-replay-") as folder:
+        lines = [json.loads(x) for x in corpus.read_text(encoding="utf-8").splitlines() if x]
+        path = Path(folder) / corpus.name
+        path.write_text("".join(json.dumps(shrink(x)) + "\n" for x in lines), encoding="utf-8")
+        return load_capture(path)
 
 
 @contextlib.contextmanager

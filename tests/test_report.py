@@ -349,3 +349,32 @@ def test_a_lost_cause_from_elsewhere_counts_as_unknown() -> None:
               lost_by_runtime=90, lost_cause="made-up")  # fmt: skip
     (row,) = build_report([odd]).totals.lost
     assert (row.cause, row.tokens) == ("unknown", 90)
+
+
+# -- saved prefixes of the bundled runtime ----------------------------------------
+
+
+def test_saved_prefix_restores_get_a_line_under_the_totals() -> None:
+    records = [
+        rec(prompt_tokens=5000, cached_tokens=1643, restored_tokens=1643),
+        rec(prompt_tokens=5000, cached_tokens=4000),  # no restore before it
+        rec(prompt_tokens=5000, cached_tokens=0, restored_tokens=0),  # a known zero
+        rec(
+            status=529, error="HTTP 529: overloaded", restored_tokens=3286
+        ),  # restored all the same
+    ]
+    report = build_report(records)
+    assert (report.totals.restores, report.totals.restored_tokens) == (3, 4929)
+    lines = show(render_report(report)).splitlines()
+    total = next(i for i, line in enumerate(lines) if line.startswith("Total: 4 requests"))
+    assert lines[total + 1] == "saved prefixes: 3 restores, 4,929 tokens restored"
+    data = report_json(report)["totals"]
+    assert (data["restores"], data["restored_tokens"]) == (3, 4929)
+
+
+def test_no_restore_no_saved_prefix_line() -> None:
+    report = build_report(sample())
+    assert (report.totals.restores, report.totals.restored_tokens) == (0, None)
+    assert "saved prefixes" not in show(render_report(report))
+    one = build_report([rec(prompt_tokens=10, cached_tokens=0, restored_tokens=0)])
+    assert "saved prefixes: 1 restore, 0 tokens restored" in show(render_report(one))

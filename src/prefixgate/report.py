@@ -34,6 +34,9 @@ Rules, shared with the dashboard (which is built from ``build_report``):
   by the record's upstream; ``None`` (nothing shown) when no measured request
   went to an upstream with prices. ``money`` splits it by upstream and model.
   The currency is whatever the prices were given in.
+* Saved prefixes of the bundled runtime: ``restores`` counts the requests whose
+  ``restored_tokens`` is known (a restore came right before them, whatever
+  their outcome) and ``restored_tokens`` sums it (``None`` when there is none).
 """
 
 from __future__ import annotations
@@ -161,6 +164,8 @@ class Totals:
     reached_base_tokens: int = 0  # their oracle
     lost: tuple[LostRow, ...] = ()
     money_saved: float | None = None  # at the user's prices; None: none configured
+    restores: int = 0  # requests a saved-prefix restore came right before
+    restored_tokens: int | None = None  # their prompts' tokens it restored; None: no restore
 
     @property
     def oracle_share(self) -> float | None:
@@ -318,6 +323,8 @@ def _totals(
         reached_base_tokens=sum(r.oracle_tokens or 0 for r in reached),
         lost=_lost(cache),
         money_saved=sum(money) if money else None,
+        restores=sum(1 for r in records if r.restored_tokens is not None),
+        restored_tokens=_sum(r.restored_tokens for r in records),
     )
 
 

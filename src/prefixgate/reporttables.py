@@ -226,7 +226,8 @@ class FittedTable:
 
 
 def render_report(report: Report) -> RenderableType:
-    """ "Sessions" and "Miss causes" tables, what to do about each cause, then a totals line."""
+    """ "Sessions" and "Miss causes" tables, what to do about each cause, then a totals line
+    (and one on the saved-prefix restores, when there were any)."""
     return Group(
         _sessions_table(report),
         _causes_table(report),
@@ -234,6 +235,7 @@ def render_report(report: Report) -> RenderableType:
         *_lost_table(report.totals),
         *_money_table(report),
         _totals_line(report.totals),
+        *_restores_line(report.totals),
     )
 
 
@@ -366,6 +368,19 @@ def _totals_line(t: Totals) -> Text:
         f"tokens saved {format_count(t.tokens_saved)}, time saved {_estimate(t)}"
         + (f", money saved {format_money(t.money_saved)}" if t.money_saved is not None else "")
     )
+
+
+def _restores_line(t: Totals) -> list[Text]:
+    """What the saved-prefix restores of the bundled runtime put back, when any did."""
+    if t.restored_tokens is None:
+        return []
+    restores = "restore" if t.restores == 1 else "restores"
+    return [
+        Text(
+            f"saved prefixes: {t.restores:,} {restores}, "
+            f"{format_count(t.restored_tokens)} tokens restored"
+        )
+    ]
 
 
 def _with_share(tokens: int | None, share: float | None) -> str:

@@ -89,6 +89,20 @@ def test_headline_totals_come_from_the_report() -> None:
     assert shown["time_saved_estimate_ms"][1] == "~1.1 s"
 
 
+def test_saved_prefix_restores_show_in_the_totals_only_when_there_were_any() -> None:
+    assert "restored_tokens" not in totals(render_dashboard(sample()))
+    restored = [
+        rec(prompt_tokens=5000, cached_tokens=1643, restored_tokens=1643),
+        rec(prompt_tokens=5000, cached_tokens=4000),
+        rec(prompt_tokens=5000, cached_tokens=3286, restored_tokens=3286),
+    ]
+    page = render_dashboard(restored)
+    assert totals(page)["restored_tokens"] == ("4929", "4,929 (2 restores)")
+    assert "restored (saved prefixes)" in page
+    one = render_dashboard([rec(prompt_tokens=10, cached_tokens=0, restored_tokens=0)])
+    assert totals(one)["restored_tokens"] == ("0", "0 (1 restore)")
+
+
 def test_unknown_totals_show_unknown() -> None:
     shown = totals(render_dashboard([rec(prompt_tokens=100)]))
     assert shown["cached_tokens"] == ("", "unknown")

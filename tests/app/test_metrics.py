@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,9 +20,11 @@ from support.app import running
 
 from prefixgate.app.gateway import create_app
 from prefixgate.app.metrics import Metrics
+from prefixgate.app.saved import SavedPrefixes
 from prefixgate.config import build_settings
 from prefixgate.core.pipeline import rewrite
 from prefixgate.report import build_report
+from prefixgate.runtime.prefixes import PrefixStore, model_digest
 from prefixgate.store.audit import AuditRecord, MemoryAudit
 
 URL = "http://runtime.test:8080"
@@ -293,3 +296,53 @@ def test_oracle_runtime_expected_and_lost_tokens_by_cause() -> None:
     assert value(text, lost, cause="unknown", **up) == 90
     causes = {have["cause"] for n, have, _ in samples(text) if n == lost}
     assert causes == {"capacity", "evicted", "unknown"}
+
+
+def test_saved_prefix_series_per_record_and_gateway_wide(tmp_path: Path) -> None:
+    """Restores counted from the records, by tenant; saves, failures, restarts and
+    the files read from the saved prefixes at each scrape, with no tenant: only an
+    admin (or a gateway without keys, ``exposition()``) sees those."""
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF weights")
+    prefixes = SavedPrefixes(URL, PrefixStore(tmp_path / "saved", 1 << 30), model)
+    metrics = Metrics()
+    metrics.watch_prefixes(prefixes)
+    base = AuditRecord(
+        time=0.0, route="/v1/messages", tenant=TENANT, session="s", model="m",
+        upstream="local", policy="strip", status=200, prompt_tokens=5000, cached_tokens=0,
+    )  # fmt: skip
+    metrics.observe(replace(base, restored_tokens=1643))
+    metrics.observe(replace(base, restored_tokens=0))
+    metrics.observe(base)  # no restore before it
+    metrics.observe(replace(base, tenant="team-b", restored_tokens=3286))
+    text = metrics.exposition().decode()
+    restores, restored = (
+        "prefixgate_saved_prefix_restores_total",
+        "prefixgate_restored_tokens_total",
+    )
+    assert value(text, restores, tenant=TENANT, upstream="local") == 2
+    assert value(text, restored, tenant=TENANT, upstream="local") == 1643
+    assert (value(text, restores), value(text, restored)) == (3, 4929)
+    gateway_wide = (
+        "prefixgate_saved_prefix_saves_total",
+        "prefixgate_saved_prefix_save_failures_total",
+        "prefixgate_saved_prefix_restore_failures_total",
+        "prefixgate_runtime_restarts_total",
+        "prefixgate_saved_prefix_bytes",
+        "prefixgate_saved_prefix_files",
+    )
+    assert [value(text, name) for name in gateway_wide] == [0] * 6
+    # read when scraped, not when registered
+    name = f"{model_digest(model)[:12]}-{'0' * 40}.kv"
+    (tmp_path / "saved" / name).write_bytes(b"kv" * 1000)
+    prefixes.store.saved(name, 3000)
+    counts = prefixes.counts
+    counts.saves, counts.save_failures, counts.restore_failures, counts.restarts = 4, 3, 2, 1
+    text = metrics.exposition().decode()
+    assert [value(text, name) for name in gateway_wide] == [4, 3, 2, 1, 2000, 1]
+    assert all(labels == {} for n, labels, _ in samples(text) if n in gateway_wide)
+    # a tenant's key sees its own restores, not the other tenant's nor the gateway's
+    mine = metrics.exposition(TENANT).decode()
+    assert value(mine, restores) == 2 and value(mine, restored) == 1643
+    assert {n for n, _, _ in samples(mine)}.isdisjoint(gateway_wide)
+    assert all(labels.get("tenant") == TENANT for _, labels, _ in samples(mine))

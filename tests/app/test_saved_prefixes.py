@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from support.app import records_of, running
 from support.upstream import MESSAGE
 
@@ -24,8 +25,9 @@ from prefixgate.app import saved as saved_module
 from prefixgate.app.gateway import create_app
 from prefixgate.app.saved import SavedPrefixes, forget_gone_models, scratch_name
 from prefixgate.config import build_settings
+from prefixgate.core.pipeline import rewrite
 from prefixgate.runtime.prefixes import PrefixStore, model_digest
-from prefixgate.runtime.restore import PRIMING_MESSAGE
+from prefixgate.runtime.restore import PRIMING_MESSAGE, priming_body
 from prefixgate.store.audit import AuditRecord, MemoryAudit
 
 URL = "http://runtime.test:8080"
@@ -164,6 +166,35 @@ async def send(client: httpx.AsyncClient, body: dict[str, Any]) -> None:
     assert response.status_code == 200, response.text
 
 
+def entry_name(folder: Path) -> str:
+    (entry,) = PrefixStore(folder, 1 << 30).entries()
+    return entry.name
+
+
+def shared_tokens(body: dict[str, Any]) -> int:
+    """Tokens of ``body``'s prompt it shares with its priming request (the system
+    prompt and tools a restore puts back), by the fake tokenizer, scaled to PROMPT."""
+    raw = json.dumps(body).encode()
+    mine, primed = ([p.text for p in rewrite(b).view.pieces] for b in (raw, priming_body(raw)))
+    shared = 0
+    while mine[shared] == primed[shared]:
+        shared += 1
+    tokens = [len(text) // 4 for text in mine]
+    return round(sum(tokens[:shared]) * PROMPT / sum(tokens))
+
+
+async def scraped(client: httpx.AsyncClient) -> dict[str, float]:
+    """``GET /metrics``: each ``prefixgate_`` sample's value by name, summed over labels."""
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            if sample.name.startswith("prefixgate_") and not sample.name.endswith("_created"):
+                found[sample.name] = found.get(sample.name, 0.0) + sample.value
+    return found
+
+
 async def until(check: Any, timeout: float = 5.0) -> None:
     for _ in range(int(timeout / 0.01)):
         if check():
@@ -211,6 +242,7 @@ async def test_after_a_restart_the_saved_prefix_is_restored_and_expected(
         await send(client, request("another task"))
         await send(client, request("another task, more"))
         records = await records_of(app, 2)
+        metrics = await scraped(client)
     assert llama.actions() == ["restore prefix"]  # once: the key is seen since
     first, second = llama.messages()
     assert first["id_slot"] == 0 and "id_slot" not in second
@@ -222,6 +254,17 @@ async def test_after_a_restart_the_saved_prefix_is_restored_and_expected(
     assert rec.runtime_expected_tokens is not None and rec.runtime_expected_tokens > 500
     assert rec.oracle_tokens is not None and rec.oracle_tokens >= rec.runtime_expected_tokens
     assert (rec.lost_by_runtime, rec.lost_cause) == (0, "none")
+    # the restore put the system prompt and tools in the slot for the first request only
+    assert rec.restored_tokens == shared_tokens(request("another task")) > 500
+    assert records[1].restored_tokens is None
+    assert metrics["prefixgate_saved_prefix_restores_total"] == 1
+    assert metrics["prefixgate_restored_tokens_total"] == rec.restored_tokens
+    assert metrics["prefixgate_saved_prefix_saves_total"] == 0  # saved by the first gateway
+    assert metrics["prefixgate_saved_prefix_save_failures_total"] == 0
+    assert metrics["prefixgate_saved_prefix_restore_failures_total"] == 0
+    assert metrics["prefixgate_runtime_restarts_total"] == 0
+    assert metrics["prefixgate_saved_prefix_files"] == 1
+    assert metrics["prefixgate_saved_prefix_bytes"] == (folder / entry_name(folder)).stat().st_size
 
 
 async def test_a_restore_the_runtime_then_does_not_reuse_is_partial_restore_refused(
@@ -260,7 +303,11 @@ async def test_a_runtime_that_stopped_is_started_again_and_restores_again(
         await prefixes.restart_runtime()
         await send(client, request("another task"))
         records = await records_of(app, 3)
+        metrics = await scraped(client)
     assert llama.actions() == ["restore prefix"] * 3
+    assert metrics["prefixgate_runtime_restarts_total"] == 2
+    assert metrics["prefixgate_saved_prefix_restores_total"] == 3
+    assert [r.restored_tokens for r in records] == [shared_tokens(request("another task"))] * 3
     assert [m.get("id_slot") for m in llama.messages()] == [0, 0, 0]
     assert [r.cached_tokens for r in records] == [SAVED_TOKENS] * 3
     first, *after = records
@@ -300,6 +347,11 @@ async def test_a_file_the_runtime_refuses_is_forgotten_and_saved_again(
         assert rec.status == 200
         await send(client, request("a third task"))
         await until(lambda: prefixes.counts.saves == 1 and not prefixes.busy)
+        metrics = await scraped(client)
+    assert rec.restored_tokens is None  # the restore failed: nothing was put back
+    assert metrics["prefixgate_saved_prefix_restore_failures_total"] == 1
+    assert metrics["prefixgate_saved_prefix_saves_total"] == 1
+    assert "prefixgate_saved_prefix_restores_total" not in metrics
     assert llama.actions() == ["restore prefix", "save scratch", "save prefix", "restore scratch"]
 
 

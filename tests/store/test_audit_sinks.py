@@ -30,17 +30,22 @@ def rec(n: int = 0, **changes: Any) -> AuditRecord:
 
 def test_new_fields_come_last_and_round_trip() -> None:
     names = [f.name for f in dataclasses.fields(AuditRecord)]
-    assert names[-7:-4] == ["request_id", "attribution_headers", "tool_loads"]
-    assert names[-4:] == [
+    assert names[-8:-5] == ["request_id", "attribution_headers", "tool_loads"]
+    assert names[-5:] == [
         "oracle_tokens",
         "runtime_expected_tokens",
         "lost_by_runtime",
         "lost_cause",
+        "restored_tokens",
     ]
     reached = rec(
         4, oracle_tokens=9, runtime_expected_tokens=7, lost_by_runtime=0, lost_cause="capacity"
     )
     assert AuditRecord.from_dict(json.loads(reached.to_json())) == reached
+    restored = rec(5, restored_tokens=4929)
+    assert json.loads(restored.to_json())["restored_tokens"] == 4929
+    assert AuditRecord.from_dict(json.loads(restored.to_json())) == restored
+    assert rec().restored_tokens is None
     loads = {"mode": "inline", "loaded": ["WebFetch"], "moved": ["WebFetch"]}
     with_loads = rec(3, tool_loads=loads)
     assert AuditRecord.from_dict(json.loads(with_loads.to_json())) == with_loads
@@ -165,7 +170,7 @@ def test_jsonl_appends_every_record_and_readers_keep_the_last_per_request_id(
     audit = JsonlAudit(path)
     audit.record(rec(1, request_id="a"))
     audit.record(rec(2))
-    audit.record(rec(1, request_id="a", expected_cached_tokens=10))
+    audit.record(rec(1, request_id="a", expected_cached_tokens=10, restored_tokens=7))
     audit.record(rec(2))
     audit.close()
     written = lines(path)
@@ -175,7 +180,12 @@ def test_jsonl_appends_every_record_and_readers_keep_the_last_per_request_id(
         ("a", 10),
         (None, None),
     ]
-    latest = [rec(1, request_id="a", expected_cached_tokens=10), rec(2), rec(2)]
+    assert [w["restored_tokens"] for w in written] == [None, None, 7, None]
+    latest = [
+        rec(1, request_id="a", expected_cached_tokens=10, restored_tokens=7),
+        rec(2),
+        rec(2),
+    ]
     assert audit.query() == latest
     assert read_jsonl(path) == latest
 

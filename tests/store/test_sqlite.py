@@ -78,6 +78,7 @@ FULL = AuditRecord(
     request_body='{"messages":[{"role":"user","content":"héllo\\u0000"}]}',
     response_text="réponse\x00with nul",
     attribution_headers={"x-anthropic-billing-header": {"form": "json", "fields": {"a": True}}},
+    restored_tokens=4929,
 )
 
 SPARSE = AuditRecord(
@@ -135,7 +136,7 @@ def test_is_an_audit_sink(sink: SqliteAudit) -> None:
 def test_new_database_has_latest_schema_wal_and_id(sink: SqliteAudit, db: Path) -> None:
     with raw(db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_version() == 6
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_version() == 7
         assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
         indexes = {
             row[0]: row[1]
@@ -226,9 +227,10 @@ def test_migrates_forward_and_keeps_old_rows(db: Path, monkeypatch: pytest.Monke
             (5, store._V4),
             (6, store._V5),
             (7, store._V6),
+            (8, store._V7),
         ],
     )
-    assert schema_version() == 7
+    assert schema_version() == 8
     with SqliteAudit(db) as audit:
         audit.record(rec(5, agent="main"))
         audit.flush(10)
@@ -250,7 +252,7 @@ def test_migrates_forward_and_keeps_old_rows(db: Path, monkeypatch: pytest.Monke
     ]
     assert got[0].kind == "message"
     with raw(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 7
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 8
     assert set(columns(db)) == {"id", *(f.name for f in dataclasses.fields(AuditRecord))}
 
 
@@ -273,7 +275,7 @@ def test_version_4_database_gains_the_tool_loads_column(db: Path) -> None:
     with SqliteAudit(db) as audit:
         audit.record(rec(1))
     with raw(db) as conn:  # back to version 4: the columns did not exist then
-        for column in ("tool_loads", *ORACLE_COLUMNS):
+        for column in ("tool_loads", *ORACLE_COLUMNS, "restored_tokens"):
             conn.execute(f"ALTER TABLE requests DROP COLUMN {column}")
         conn.execute("PRAGMA user_version = 4")
     loads = {"mode": "inline", "loaded": ["WebFetch"], "moved": ["WebFetch"]}
@@ -283,7 +285,7 @@ def test_version_4_database_gains_the_tool_loads_column(db: Path) -> None:
     assert old.tool_loads is None
     assert new.tool_loads == loads
     with raw(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_version() == 6
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_version() == 7
 
 
 ORACLE_COLUMNS = ("oracle_tokens", "runtime_expected_tokens", "lost_by_runtime", "lost_cause")
@@ -293,7 +295,7 @@ def test_version_5_database_gains_the_oracle_columns(db: Path) -> None:
     with SqliteAudit(db) as audit:
         audit.record(rec(1, expected_cached_tokens=10))
     with raw(db) as conn:  # back to version 5: the columns did not exist then
-        for column in ORACLE_COLUMNS:
+        for column in (*ORACLE_COLUMNS, "restored_tokens"):
             conn.execute(f"ALTER TABLE requests DROP COLUMN {column}")
         conn.execute("PRAGMA user_version = 5")
     with pytest.raises(AuditDBError, match="version 5 is older"):
@@ -312,7 +314,26 @@ def test_version_5_database_gains_the_oracle_columns(db: Path) -> None:
     assert old.lost_cause is None
     assert new == rec(2, **reached)
     with raw(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_version() == 6
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_version() == 7
+
+
+def test_version_6_database_gains_the_restored_tokens_column(db: Path) -> None:
+    with SqliteAudit(db) as audit:
+        audit.record(rec(1, oracle_tokens=900))
+    with raw(db) as conn:  # back to version 6: the column did not exist then
+        conn.execute("ALTER TABLE requests DROP COLUMN restored_tokens")
+        conn.execute("PRAGMA user_version = 6")
+    with pytest.raises(AuditDBError, match="version 6 is older"):
+        read_records(db)
+    with SqliteAudit(db) as audit:
+        audit.record(rec(2, restored_tokens=4929))
+        audit.record(rec(3, restored_tokens=0))
+    old, new, zero = read_records(db)
+    assert (old.oracle_tokens, old.restored_tokens) == (900, None)
+    assert new == rec(2, restored_tokens=4929)
+    assert zero.restored_tokens == 0  # a known zero stays a zero, not unknown
+    with raw(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_version() == 7
 
 
 def make_v2_db(path: Path) -> None:
@@ -366,6 +387,7 @@ def test_migrates_from_empty_through_every_step(db: Path, monkeypatch: pytest.Mo
             (5, store._V4),
             (6, store._V5),
             (7, store._V6),
+            (8, store._V7),
         ],
     )
     with SqliteAudit(db) as audit:
@@ -389,10 +411,10 @@ def test_refuses_newer_schema(db: Path) -> None:
     with SqliteAudit(db):
         pass
     with raw(db) as conn:
-        conn.execute("PRAGMA user_version = 7")
-    with pytest.raises(SchemaTooNewError, match=r"version 7 .*versions 1 to 6"):
+        conn.execute("PRAGMA user_version = 8")
+    with pytest.raises(SchemaTooNewError, match=r"version 8 .*versions 1 to 7"):
         SqliteAudit(db)
-    with pytest.raises(SchemaTooNewError, match="version 7"):
+    with pytest.raises(SchemaTooNewError, match="version 8"):
         read_records(db)
 
 

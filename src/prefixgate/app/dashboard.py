@@ -162,22 +162,30 @@ def _headline(t: Totals) -> str:
             format_duration(t.time_saved_estimate_ms),
             _raw(t.time_saved_estimate_ms),
         ),
+        *_optional_stats(t),
     ]
-    if t.money_saved is not None:
-        stats.append(
-            (
-                "money_saved",
-                "money saved (your prices)",
-                format_money(t.money_saved),
-                _raw(t.money_saved),
-            )
-        )
     items = "".join(
         f'<div class="stat"><dt>{_e(label)}</dt>'
         f'<dd data-total="{key}" data-value="{_e(raw)}">{_e(text)}</dd></div>'
         for key, label, text, raw in stats
     )
     return f'<dl class="stats" id="totals">{items}</dl>'
+
+
+def _optional_stats(t: Totals) -> list[tuple[str, str, str, str]]:
+    """Headline figures shown only when known: money saved (prices configured) and
+    what saved-prefix restores of the bundled runtime put back (any happened)."""
+    stats = []
+    if t.money_saved is not None:
+        money = format_money(t.money_saved)
+        stats.append(("money_saved", "money saved (your prices)", money, _raw(t.money_saved)))
+    if t.restored_tokens is not None:
+        restores = f"{t.restores:,} restore{'' if t.restores == 1 else 's'}"
+        shown = f"{t.restored_tokens:,} ({restores})"
+        stats.append(
+            ("restored_tokens", "restored (saved prefixes)", shown, str(t.restored_tokens))
+        )
+    return stats
 
 
 def _money(report: Report) -> list[str]:

@@ -68,6 +68,7 @@ def create_app(
     router = Router(settings, upstreams, state)
     if prefixes is not None:
         prefixes.bind(observer, lambda: upstreams.http)
+        metrics.watch_prefixes(prefixes)
     proxy = Proxy(settings, upstreams, observer, capture, router, prefixes)
     views = Views(settings, sink, router)
     app = Starlette(

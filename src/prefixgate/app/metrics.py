@@ -1,7 +1,7 @@
 """Prometheus metrics, fed one audit record at a time, served at ``GET /metrics``.
 
 Each app gets a registry of its own (two gateways in one test process do not
-share counters). Every series carries the tenant.
+share counters). Every series fed by the audit records carries the tenant.
 
 =============================================  ==================================
 ``prefixgate_requests_total``                  by status, upstream, policy, kind
@@ -28,25 +28,45 @@ share counters). Every series carries the tenant.
 ``prefixgate_refused_total``                   requests refused at the door, by
                                                status (401, 429, 431; tenant ``-``
                                                when no key matched)
+``prefixgate_saved_prefix_restores_total``     requests a saved-prefix restore of
+                                               the bundled runtime came right
+                                               before (``restored_tokens`` set)
+``prefixgate_restored_tokens_total``           tokens of their prompts it restored
 =============================================  ==================================
 
+With the bundled runtime's saved prefixes (``app/saved.py``), gateway-wide
+series without a tenant, read from them at each scrape:
+
+====================================================  ==================================
+``prefixgate_saved_prefix_saves_total``               prefixes saved since the gateway started
+``prefixgate_saved_prefix_save_failures_total``       saves that failed
+``prefixgate_saved_prefix_restore_failures_total``    restores that failed
+``prefixgate_runtime_restarts_total``                 times the runtime was started again
+``prefixgate_saved_prefix_bytes``                     gauge: size of the saved files
+``prefixgate_saved_prefix_files``                     gauge: number of saved files
+====================================================  ==================================
+
 With tenant keys configured, ``/metrics`` needs a key too and shows only the
-series of that key's tenant; an admin tenant's key sees every series.
+series of that key's tenant; an admin tenant's key sees every series, the
+gateway-wide ones too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.requests import Request
 from starlette.responses import Response
 
 from prefixgate.report import CACHE_KINDS, is_error, lost_by_cause
 from prefixgate.store.audit import AuditRecord
+
+if TYPE_CHECKING:
+    from prefixgate.app.saved import SavedPrefixes
 
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
@@ -130,6 +150,21 @@ class Metrics:
             ["tenant", "status"],
         )
 
+        self.restores = self._counter(
+            "prefixgate_saved_prefix_restores",
+            "Requests that a restore of a saved prefix into the bundled runtime came right before.",
+            up,
+        )
+        self.restored = self._counter(
+            "prefixgate_restored_tokens",
+            "Prompt tokens a restore of a saved prefix put in the runtime for them.",
+            up,
+        )
+
+    def watch_prefixes(self, prefixes: SavedPrefixes) -> None:
+        """Serve ``prefixes``' gateway-wide figures too, read at each scrape."""
+        self.registry.register(_SavedPrefixSeries(prefixes))
+
     def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
         """``metric.labels(*labels)``, looked up in a plain dict after the first time
         (prometheus_client checks and locks on every ``labels`` call, and a request
@@ -172,6 +207,9 @@ class Metrics:
             self._tokens(rec, up)
         if rec.cause and rec.cause != "none":
             self._child(self.misses, *up, rec.cause).inc()
+        if rec.restored_tokens is not None:
+            self._child(self.restores, *up).inc()
+            self._child(self.restored, *up).inc(rec.restored_tokens)
         if rec.ttfb_ms is not None:
             self._child(self.ttfb, *up).observe(rec.ttfb_ms / 1000)
         if rec.total_ms is not None:
@@ -222,3 +260,44 @@ class _TenantSeries:
                 kept = Metric(family.name, family.documentation, family.type, family.unit)
                 kept.samples = samples
                 yield kept
+
+
+class _SavedPrefixSeries:
+    """The saved prefixes' counts and files, read when scraped (no tenant label:
+    the saves, the files and the runtime are the gateway's, not a tenant's)."""
+
+    def __init__(self, prefixes: SavedPrefixes) -> None:
+        self._prefixes = prefixes
+
+    def collect(self) -> Iterator[Metric]:
+        counts, store = self._prefixes.counts, self._prefixes.store
+        yield CounterMetricFamily(
+            "prefixgate_saved_prefix_saves",
+            "Prefixes the gateway saved from the bundled runtime since it started.",
+            value=counts.saves,
+        )
+        yield CounterMetricFamily(
+            "prefixgate_saved_prefix_save_failures",
+            "Saves of a prefix from the bundled runtime that failed.",
+            value=counts.save_failures,
+        )
+        yield CounterMetricFamily(
+            "prefixgate_saved_prefix_restore_failures",
+            "Restores of a saved prefix into the bundled runtime that failed.",
+            value=counts.restore_failures,
+        )
+        yield CounterMetricFamily(
+            "prefixgate_runtime_restarts",
+            "Times the bundled runtime was started again (it stopped, or was restarted).",
+            value=counts.restarts,
+        )
+        yield GaugeMetricFamily(
+            "prefixgate_saved_prefix_bytes",
+            "Bytes of the saved-prefix files on disk.",
+            value=store.total,
+        )
+        yield GaugeMetricFamily(
+            "prefixgate_saved_prefix_files",
+            "Saved-prefix files on disk.",
+            value=len(store.entries()),
+        )

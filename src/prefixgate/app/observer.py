@@ -203,12 +203,14 @@ class CacheObserver:
         expected = None if tokens is None else expected_tokens(view, cmp, tokens, rec.prompt_tokens)
         ok = rec.status == 200 and rec.error is None
         judged = verdict(cmp, expected, rec.cached_tokens if ok else None)
-        oracle = runtime = lost = None
+        oracle = runtime = lost = restored_tokens = None
         lost_cause = None
         if tokens is not None and seen.reach is not None:
             oracle = prefix_tokens(view, seen.reach.oracle, tokens, rec.prompt_tokens)
             runtime = prefix_tokens(view, seen.reach.expected, tokens, rec.prompt_tokens)
             restored = prefix_tokens(view, seen.reach.restored, tokens, rec.prompt_tokens)
+            if seen.reach.restored:  # pieces a saved-prefix restore put in the slot for it
+                restored_tokens = restored
             actual = rec.cached_tokens if ok else None
             loss = judge_loss(seen.reach, oracle, runtime, actual, restored)
             if loss is not None:
@@ -224,6 +226,7 @@ class CacheObserver:
             runtime_expected_tokens=runtime,
             lost_by_runtime=lost,
             lost_cause=lost_cause,
+            restored_tokens=restored_tokens,
         )
 
     def counter(self, upstream: UpstreamConfig) -> TokenCounter:
@@ -273,6 +276,7 @@ def log_line(rec: AuditRecord) -> str:
         ("expected", rec.expected_cached_tokens),
         ("oracle", rec.oracle_tokens),
         ("runtime_expected", rec.runtime_expected_tokens),
+        ("restored", rec.restored_tokens),
         ("cause", rec.cause),
         ("lost", f"{rec.lost_by_runtime}:{rec.lost_cause}" if rec.lost_by_runtime else None),
         ("output", rec.output_tokens),

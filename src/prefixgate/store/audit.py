@@ -30,10 +30,14 @@ Cache fields, all ``None`` when unknown (unknown is never 0):
                             more than noise, else 0
 ``lost_cause``              one of ``core.oracle.LOSS_CAUSES``: why tokens were
                             lost between the oracle and what was served
+``restored_tokens``         the tokens of this prompt that a saved-prefix restore,
+                            done right before it, put into the runtime's slot
+                            (``None`` when no restore preceded it)
 
 ``expected_cached_tokens`` is the older, narrower reference: the same session's
 previous request and the upstream's last one (``core/misses.py``); the oracle is
-never less. ``core/oracle.py`` defines the last four fields precisely.
+never less. ``core/oracle.py`` defines the oracle, runtime and lost fields
+precisely.
 
 ``replica`` names which server of a replicated upstream answered (``None``
 for an upstream with one server).
@@ -119,6 +123,7 @@ class AuditRecord:
     runtime_expected_tokens: int | None = None
     lost_by_runtime: int | None = None
     lost_cause: str | None = None
+    restored_tokens: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -134,6 +134,9 @@ _V6: Final = (
     "ALTER TABLE requests ADD COLUMN lost_cause TEXT",
 )
 
+# The tokens a saved-prefix restore put in the runtime's slot for this request.
+_V7: Final = ("ALTER TABLE requests ADD COLUMN restored_tokens INTEGER",)
+
 MIGRATIONS: list[tuple[int, Sequence[str]]] = [
     (1, _V1),
     (2, _V2),
@@ -141,6 +144,7 @@ MIGRATIONS: list[tuple[int, Sequence[str]]] = [
     (4, _V4),
     (5, _V5),
     (6, _V6),
+    (7, _V7),
 ]
 
 _FIELDS: Final = tuple(f.name for f in fields(AuditRecord))

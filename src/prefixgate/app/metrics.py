@@ -71,16 +71,53 @@ if TYPE_CHECKING:
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
+_UP = ["tenant", "upstream"]
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        up = ["tenant", "upstream"]
+        self._request_series()
+        self._token_series()
+        self._replica_series()
+
+    def _request_series(self) -> None:
+        """Requests by how they ended, at the door, and their times."""
+        up = _UP
         self.requests = self._counter(
             "prefixgate_requests",
             "Requests answered, by status, upstream, policy and kind.",
             ["tenant", "status", "upstream", "policy", "kind"],
         )
+        self.refusals = self._counter(
+            "prefixgate_refused",
+            "Requests refused before they were read: no valid key, too many under way, "
+            "headers too large.",
+            ["tenant", "status"],
+        )
+        self.blocks = self._counter(
+            "prefixgate_attribution_blocks",
+            "Attribution blocks found, by the policy that handled them.",
+            ["tenant", "policy"],
+        )
+        self.ttfb = self._histogram(
+            "prefixgate_time_to_first_byte_seconds",
+            "Time from the request to the first byte of the upstream's answer: its "
+            "headers for a whole answer, its first event for a stream.",
+            up,
+            buckets=_BUCKETS,
+        )
+        self.total = self._histogram(
+            "prefixgate_request_seconds",
+            "Time from the request to its last byte.",
+            up,
+            buckets=_BUCKETS,
+        )
+
+    def _token_series(self) -> None:
+        """Prompt tokens: served, expected, the oracle, lost, restored; misses."""
+        up = _UP
         self.prompt = self._counter(
             "prefixgate_prompt_tokens", "Prompt tokens as the upstream counted them.", up
         )
@@ -113,43 +150,6 @@ class Metrics:
         self.misses = self._counter(
             "prefixgate_cache_misses", "Requests that missed the cache, by cause.", [*up, "cause"]
         )
-        self.blocks = self._counter(
-            "prefixgate_attribution_blocks",
-            "Attribution blocks found, by the policy that handled them.",
-            ["tenant", "policy"],
-        )
-        self.ttfb = self._histogram(
-            "prefixgate_time_to_first_byte_seconds",
-            "Time from the request to the first byte of the upstream's answer: its "
-            "headers for a whole answer, its first event for a stream.",
-            up,
-            buckets=_BUCKETS,
-        )
-        self.total = self._histogram(
-            "prefixgate_request_seconds",
-            "Time from the request to its last byte.",
-            up,
-            buckets=_BUCKETS,
-        )
-
-        self.replica_requests = self._counter(
-            "prefixgate_replica_requests",
-            "Requests answered, by replica of a replicated upstream.",
-            [*up, "replica"],
-        )
-        self.failovers = self._counter(
-            "prefixgate_failovers",
-            "Requests moved to another replica after this one refused or dropped them.",
-            [*up, "replica"],
-        )
-
-        self.refusals = self._counter(
-            "prefixgate_refused",
-            "Requests refused before they were read: no valid key, too many under way, "
-            "headers too large.",
-            ["tenant", "status"],
-        )
-
         self.restores = self._counter(
             "prefixgate_saved_prefix_restores",
             "Requests that a restore of a saved prefix into the bundled runtime came right before.",
@@ -159,6 +159,19 @@ class Metrics:
             "prefixgate_restored_tokens",
             "Prompt tokens a restore of a saved prefix put in the runtime for them.",
             up,
+        )
+
+    def _replica_series(self) -> None:
+        """Replicated upstreams: requests by replica, and failovers."""
+        self.replica_requests = self._counter(
+            "prefixgate_replica_requests",
+            "Requests answered, by replica of a replicated upstream.",
+            [*_UP, "replica"],
+        )
+        self.failovers = self._counter(
+            "prefixgate_failovers",
+            "Requests moved to another replica after this one refused or dropped them.",
+            [*_UP, "replica"],
         )
 
     def watch_prefixes(self, prefixes: SavedPrefixes) -> None:

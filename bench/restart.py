@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="JSON results file")
     args = parser.parse_args(argv)
     corpora = args.corpus or [ROOT / "corpus" / name for name in CORPORA]
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)
     rows = []
     with tempfile.TemporaryDirectory(prefix="prefixgate-restart-") as folder:
         spec = default_spec(slot_save_path=Path(folder))

@@ -260,7 +260,7 @@ class SavedPrefixes:
         kept: set[int] = set()
         slots = SlotClient(self.url, self._client())
         slot: int | None = None
-        put_back = False
+        primed = put_back = False
         before: list[dict[str, Any]] = []
         try:
             before = await slots.slots()
@@ -271,6 +271,7 @@ class SavedPrefixes:
                 headers={"content-type": "application/json"},
                 timeout=PRIMING_TIMEOUT_S,
             )
+            primed = True  # a slot's prompt is the priming request's now
             slot = processed_slot(before, await slots.slots())
             if response.status_code != 200:
                 raise SlotActionError(f"priming answered HTTP {response.status_code}")
@@ -288,7 +289,7 @@ class SavedPrefixes:
                 put_back = await self._put_back(slots, slot)
             self._drop_scratch({int(entry["id"]) for entry in before})
             observer, upstream = self._observer, self._upstream
-            if slot is not None and not put_back and observer is not None and upstream is not None:
+            if primed and not put_back and observer is not None and upstream is not None:
                 # the slot holds the prefix and the stub now, not the last request
                 observer.placed(upstream, stub_chain(job.body), 0, restored=False)  # size unknown
             self.gate.release()

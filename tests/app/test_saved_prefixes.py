@@ -385,3 +385,68 @@ def test_files_of_a_model_that_is_gone_are_forgotten(folder: Path, tmp_path: Pat
     (left,) = store.entries()
     assert left.name.startswith(model_digest(new)[:12])
     assert forget_gone_models(PrefixStore(folder, 1 << 30), new, model_digest(new)) == []
+
+
+class TwoSlotLlama:
+    """Two slots; like llama-server's ``/v1/messages``, every request lands on the
+    slot whose prompt shares most with it, here always slot 1 (the conversation's),
+    whatever ``id_slot`` says."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.transport = httpx.MockTransport(self._handle)
+        self.tokens = [0, 0]  # what each slot holds
+        self.tasks: list[int | None] = [None, None]
+        self.files: dict[str, int] = {}
+        self.actions: list[str] = []  # "save 1 scratch-slot-1.kv", ...
+
+    def _handle(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        body = json.loads(request.content) if request.content else {}
+        if path == "/tokenize":
+            return httpx.Response(200, json={"tokens": [7] * (len(body["content"]) // 4)})
+        if path == "/slots":
+            listed = [{"id": i, "is_processing": False} for i in (0, 1)]
+            for entry, task in zip(listed, self.tasks, strict=True):
+                if task is not None:
+                    entry["id_task"] = task
+            return httpx.Response(200, json=listed)
+        if path.startswith("/slots/"):
+            slot, action, name = (
+                int(path.rsplit("/", 1)[1]),
+                request.url.params["action"],
+                body["filename"],
+            )
+            self.actions.append(f"{action} {slot} {name}")
+            if action == "save":
+                (self.folder / name).write_bytes(b"kv")
+                self.files[name] = self.tokens[slot]
+                return httpx.Response(200, json={"n_saved": self.tokens[slot], "n_written": 2})
+            self.tokens[slot] = self.files[name]
+            return httpx.Response(200, json={"n_restored": self.tokens[slot], "n_read": 2})
+        priming = body["messages"] == [{"role": "user", "content": PRIMING_MESSAGE}]
+        self.tokens[1] = SAVED_TOKENS if priming else PROMPT
+        self.tasks[1] = max((t for t in self.tasks if t is not None), default=0) + 1
+        usage = {"input_tokens": PROMPT, "cache_read_input_tokens": 0, "output_tokens": 1}
+        return httpx.Response(200, json={**MESSAGE, "content": OK, "usage": usage})
+
+
+async def test_with_two_slots_the_slot_that_ran_the_priming_is_saved_and_put_back(
+    folder: Path, model: Path
+) -> None:
+    llama = TwoSlotLlama(folder)
+    settings = build_settings({"upstreams": {"local": {"url": URL, "cache_slots": 2}}}, {}, {})
+    prefixes = SavedPrefixes(URL, PrefixStore(folder, 1 << 30), model)
+    app = create_app(settings, transport=llama.transport, audit=MemoryAudit(), prefixes=prefixes)
+    async with running(app) as client:
+        await send(client, request("fix the bug"))
+        await until(lambda: prefixes.counts.saves == 1 and not prefixes.busy)
+    name = entry_name(folder)
+    assert llama.actions == [
+        "save 0 scratch-slot-0.kv",  # empty: nothing to put back there
+        "save 1 scratch-slot-1.kv",  # the conversation
+        f"save 1 {name}",  # the slot the priming request ran in, not the idle one
+        "restore 1 scratch-slot-1.kv",
+    ]
+    assert llama.files[name] == SAVED_TOKENS and llama.tokens == [0, PROMPT]
+    assert not list(folder.glob("scratch-*"))

@@ -103,7 +103,7 @@ def test_build_command_has_the_required_flags(tmp_path: Path) -> None:
     assert flag_value(command, "--host") == "127.0.0.1"
     assert flag_value(command, "--port") == "4321"
     assert flag_value(command, "--chat-template-file") == str(tmp_path / "template.jinja")
-    assert flag_value(command, "--ctx-size") == "32768"
+    assert flag_value(command, "--ctx-size") == "49152"
     assert flag_value(command, "-np") == "2"
     for flag in ("--jinja", "--swa-full", "--metrics", "--kv-unified", "--no-cache-idle-slots"):
         assert flag in command
@@ -159,7 +159,7 @@ def test_spec_rejects_nonsense(tmp_path: Path, overrides: dict[str, Any]) -> Non
 
 def test_spec_defaults(tmp_path: Path) -> None:
     spec = make_spec(Path("x"), tmp_path)
-    assert (spec.host, spec.port, spec.ctx_size, spec.slots) == ("127.0.0.1", 0, 32768, 2)
+    assert (spec.host, spec.port, spec.ctx_size, spec.slots) == ("127.0.0.1", 0, 49152, 2)
     assert (spec.threads, spec.cache_ram_mib, spec.metrics, spec.extra_args) == (
         None,
         None,

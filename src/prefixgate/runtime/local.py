@@ -83,7 +83,12 @@ class LocalRuntimeSpec:
     template: Path
     host: str = "127.0.0.1"
     port: int = 0
-    ctx_size: int = 32768
+    #: KV cells for all slots together (``--kv-unified``): room for two prompts of
+    #: about 24,000 tokens each. At 32,768 a 2.1.197 main agent (19,600 tokens) and a
+    #: second conversation did not fit side by side: llama-server cleared the idle
+    #: slot, and a new session's first request got 0 of 17,996 shared tokens instead
+    #: of 18,048 (docs/runtime-cache.md). About 0.9 GB of KV for Gemma 3 270M.
+    ctx_size: int = 49152
     #: Two slots with one KV buffer that both may fill (``--kv-unified``), and idle
     #: slots kept as they are (``--no-cache-idle-slots``): the main agent and its
     #: subagents or side requests stop evicting each other, for no more KV memory

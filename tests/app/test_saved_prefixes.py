@@ -54,6 +54,11 @@ def request(text: str, system: str = SYSTEM) -> dict[str, Any]:
     }
 
 
+def tokenized(body: dict[str, Any]) -> httpx.Response:
+    """The fakes' ``/tokenize``: a token per 4 characters."""
+    return httpx.Response(200, json={"tokens": [7] * (len(body["content"]) // 4)})
+
+
 class FakeLlama:
     """One slot, the slot actions, and what was asked of it."""
 
@@ -89,7 +94,7 @@ class FakeLlama:
         path = request.url.path
         body = json.loads(request.content) if request.content else {}
         if path == "/tokenize":
-            return httpx.Response(200, json={"tokens": [7] * (len(body["content"]) // 4)})
+            return tokenized(body)
         if path == "/slots":
             task = {} if self.task is None else {"id_task": self.task}
             return httpx.Response(200, json=[{"id": 0, "is_processing": False, **task}])
@@ -404,7 +409,7 @@ class TwoSlotLlama:
         path = request.url.path
         body = json.loads(request.content) if request.content else {}
         if path == "/tokenize":
-            return httpx.Response(200, json={"tokens": [7] * (len(body["content"]) // 4)})
+            return tokenized(body)
         if path == "/slots":
             listed = [{"id": i, "is_processing": False} for i in (0, 1)]
             for entry, task in zip(listed, self.tasks, strict=True):

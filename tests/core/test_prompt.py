@@ -38,6 +38,7 @@ from promptbodies import (
     with_line,
 )
 
+from prefixgate.core import prompt
 from prefixgate.core.canonical import digest
 from prefixgate.core.pipeline import RewriteOptions, rewrite
 from prefixgate.core.policy import Policy
@@ -437,3 +438,77 @@ def test_a_reminder_after_the_typed_text_is_conversation_not_project_context() -
     assert first.key.hex == again.key.hex
     found = first_change(first.view, again.view)
     assert found is not None and found.section == "messages"
+
+
+# -- the remembered walk ---------------------------------------------------------
+
+
+def _pieces(body: dict[str, Any]) -> list[tuple[str, str, str, str, bool]]:
+    return [(p.section, p.name, p.digest, p.text, p.head) for p in view(body).pieces]
+
+
+@pytest.mark.parametrize("make", [request, request_332])
+def test_a_remembered_walk_gives_the_view_a_fresh_one_gives(make: Any) -> None:
+    body = make()
+    prompt._WALKS.clear()
+    fresh = _pieces(body)
+    assert prompt._WALKS.bytes > 0
+    assert _pieces(copy.deepcopy(body)) == fresh  # read from what the first walk remembered
+
+
+@pytest.mark.parametrize("value", [1, 1.0, True, -0.0, 0, False])
+def test_values_python_calls_equal_are_walked_apart(value: Any) -> None:
+    """1 == 1.0 == True in Python, not in JSON: a remembered step never stands in
+    for a value that only compares equal."""
+    prompt._WALKS.clear()
+    seen = {}
+    for other in (1, 1.0, True, -0.0, 0, False):  # each remembered, then the one asked
+        body = request(tools=[{**tool("Bash"), "input_schema": {"default": other}}])
+        seen[repr(other)] = view(body).pieces
+    body = request(tools=[{**tool("Bash"), "input_schema": {"default": value}}])
+    bash = next(p for p in view(body).pieces if p.name == "tools:Bash")
+    assert json.loads(bash.text)["input_schema"]["default"].__repr__() == repr(value)
+    assert bash.digest == digest(bash.text)
+    assert len({next(p.digest for p in v if p.name == "tools:Bash") for v in seen.values()}) == 6
+
+
+def test_a_message_is_remembered_with_its_place() -> None:
+    """The same message at another index, or after the first answer, is another piece."""
+    prompt._WALKS.clear()
+    first = view(request(messages=[{"role": "user", "content": "hi"}]))
+    moved = view(
+        request(
+            messages=[
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello"},
+                {"role": "user", "content": "hi"},
+            ]
+        )
+    )
+    assert [p.name for p in first.pieces if p.section == "messages"] == ["messages[0]"]
+    assert [(p.name, p.head) for p in moved.pieces if p.section == "messages"] == [
+        ("messages[0]", True),
+        ("messages[1]", False),
+        ("messages[2]", False),
+    ]
+
+
+def test_values_orjson_cannot_write_are_walked_afresh() -> None:
+    body = request(tools=[{**tool("Bash"), "input_schema": {"default": 2**70}}])
+    prompt._WALKS.clear()
+    bash = next(p for p in view(body).pieces if p.name == "tools:Bash")
+    assert json.loads(bash.text)["input_schema"]["default"] == 2**70
+    assert prompt._WALKS.bytes == sum(
+        len(k[3]) for k in prompt._WALKS._known if k[0] == "message"
+    )  # the messages were remembered, the head was not
+
+
+def test_the_remembered_walk_stays_within_its_bytes() -> None:
+    walks = prompt._Walks(max_bytes=2_000)
+    for i in range(50):
+        walks.message(0, True, {"role": "user", "content": f"{i:03d}" + "x" * 200})
+    assert 0 < walks.bytes <= 2_000
+    assert walks.bytes == sum(len(k[3]) for k in walks._known)
+    too_big = {"role": "user", "content": "y" * 5_000}
+    assert json.loads(walks.message(0, True, too_big).parts[0][3]) == too_big
+    assert walks.bytes <= 2_000

@@ -53,10 +53,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Final
+
+import orjson
 
 from prefixgate.core.canonical import canonical_json, chain, digest, text_digest
 from prefixgate.core.promptcut import cut_named, deferred_names
@@ -164,50 +167,71 @@ def prompt_view(body: Mapping[str, Any], attribution_text: str | None) -> Prompt
 
     ``attribution_text`` is what of the block the upstream still sees
     (``None`` when it was stripped).
+
+    Most of a request is the previous request of its conversation: the system
+    prompt, the tools and the earlier turns come back unchanged. So the walk
+    is done in parts, each remembered by the exact JSON of what it reads
+    (``_Walks``): the head (block, system, tools) and each message. A part
+    seen before costs one ``orjson.dumps`` and a dict lookup; repeats are
+    then numbered over the whole prompt (``environment#2``).
     """
-    out = _Pieces()
-    if attribution_text is not None:
-        out.add("attribution", "attribution", attribution_text)
-    for i, block in enumerate(_system_blocks(body.get("system"))):
-        text = _plain_text(block)
-        if text is None:
-            out.add("system", f"system[{i}]", _json(without_cache_control(block)))
-        else:
-            out.cut(text, "system", f"system[{i}]")
-    tools = body.get("tools")
     messages = body.get("messages")
     messages = messages if isinstance(messages, list) else []
-    inline = _inline_tools(messages)
-    for tool in tools if isinstance(tools, list) else []:
-        name = tool.get("name") if isinstance(tool, Mapping) else None
-        name = name if isinstance(name, str) else "?"
-        section = _tool_section(tool, name)
-        if section == "tool_loaded" and name in inline:
-            continue  # rendered where the conversation defines it (tool-load policy inline)
-        out.add(section, f"{section}:{name}", _json(without_cache_control(tool)))
+    walked: list[tuple[bool, _Walked]] = []
+    inline: set[str] = set()
+    head = True
     for i, message in enumerate(messages):
         if isinstance(message, Mapping) and message.get("role") == "assistant":
-            out.head = False
-        out.message(i, message)
+            head = False
+        found = _WALKS.message(i, head, message)
+        walked.append((head, found))
+        inline.update(found.inline)
+    out = _Pieces()
+    lead = _WALKS.lead(attribution_text, body.get("system"), body.get("tools"), frozenset(inline))
+    out.extend(lead.parts, head=True)
+    for head, found in walked:
+        out.extend(found.parts, head=head)
     return PromptView(model=str(body.get("model", "")), pieces=tuple(out.pieces))
 
 
+# A piece before repeats are numbered: (section, name, digest, text).
+_Part = tuple[str, str, str, str]
+
+
+@dataclass(frozen=True)
+class _Walked:
+    """The parts one step of the walk found, and the tools a message defines inline."""
+
+    parts: tuple[_Part, ...]
+    inline: frozenset[str] = frozenset()
+
+
 class _Pieces:
-    """Collects pieces in order, naming repeats ``environment#2``, ``system[2]#2``."""
+    """Numbers repeated names over the whole prompt: ``environment#2``, ``system[2]#2``."""
 
     def __init__(self) -> None:
         self.pieces: list[Piece] = []
-        self.head = True
         self._seen: dict[str, int] = {}
 
+    def extend(self, parts: Sequence[_Part], *, head: bool) -> None:
+        for section, name, value, text in parts:
+            count = self._seen[name] = self._seen.get(name, 0) + 1
+            unique = name if count == 1 else f"{name}#{count}"
+            self.pieces.append(Piece(section, unique, value, text, head))
+
+
+class _Parts:
+    """Collects one step's parts in order."""
+
+    def __init__(self) -> None:
+        self.parts: list[_Part] = []
+
     def add(self, section: str, name: str, text: str, keyed: Any = None) -> None:
-        count = self._seen[name] = self._seen.get(name, 0) + 1
-        unique = name if count == 1 else f"{name}#{count}"
         value = text_digest(text) if keyed is None else digest(keyed)
-        self.pieces.append(Piece(section, unique, value, text, self.head))
+        self.parts.append((section, name, value, text))
 
     def cut(self, text: str, section: str, name: str, envelope: Any = None) -> None:
-        """``text`` as pieces: the named parts cut out, the rest as ``section``/``name``.
+        """``text`` as parts: the named parts cut out, the rest as ``section``/``name``.
 
         ``envelope`` (a message without its text) goes into the digest of the
         rest, so the role of a message counts.
@@ -224,30 +248,126 @@ class _Pieces:
         if not rest and envelope is not None:  # nothing but named parts: keep the role
             self.add(section, name, "", {**envelope, "content": ""})
 
-    def message(self, index: int, message: Any) -> None:
-        name = f"messages[{index}]"
-        message = without_cache_control(message)
-        if not isinstance(message, Mapping):
-            self.add("messages", name, _json(message))
-            return
-        envelope = {k: v for k, v in message.items() if k != "content"}
-        if message.get("role") == "system":
-            # before the first answer it is part of the system prompt (agent types, skills)
-            texts = _texts(message.get("content"))
-            if texts is not None:
-                for text in texts:
-                    self.cut(text, "system" if self.head else "messages", name, envelope)
-                return
-        content = message.get("content")
-        if index == 0 and message.get("role") == "user" and isinstance(content, list):
-            # only the reminders ahead of the typed text are project context; one the
-            # client adds after it (a retry's "no visible output" note) is conversation
-            lead = next((i for i, b in enumerate(content) if not _is_reminder(b)), len(content))
-            for block in content[:lead]:  # git status, date: cut out of the context they sit in
-                self.cut(str(block["text"]), "project_context", "project_context")
-            if lead:
-                message = {**message, "content": content[lead:]}
-        self.add("messages", name, _json(_normal_message(message)))
+
+def _walk_lead(
+    attribution_text: str | None, system: Any, tools: Any, inline: frozenset[str]
+) -> _Walked:
+    """The parts before the messages: the block, the system blocks, the tools
+    (less those the conversation defines ``inline``)."""
+    out = _Parts()
+    if attribution_text is not None:
+        out.add("attribution", "attribution", attribution_text)
+    for i, block in enumerate(_system_blocks(system)):
+        text = _plain_text(block)
+        if text is None:
+            out.add("system", f"system[{i}]", _json(without_cache_control(block)))
+        else:
+            out.cut(text, "system", f"system[{i}]")
+    for tool in tools if isinstance(tools, list) else []:
+        name = tool.get("name") if isinstance(tool, Mapping) else None
+        name = name if isinstance(name, str) else "?"
+        section = _tool_section(tool, name)
+        if section == "tool_loaded" and name in inline:
+            continue  # rendered where the conversation defines it (tool-load policy inline)
+        out.add(section, f"{section}:{name}", _json(without_cache_control(tool)))
+    return _Walked(tuple(out.parts))
+
+
+def _walk_message(index: int, head: bool, message: Any) -> _Walked:
+    """The parts of ``messages[index]`` (``head``: no answer before it)."""
+    out = _Parts()
+    name = f"messages[{index}]"
+    inline = frozenset(_inline_tools([message]))
+    message = without_cache_control(message)
+    if not isinstance(message, Mapping):
+        out.add("messages", name, _json(message))
+        return _Walked(tuple(out.parts), inline)
+    envelope = {k: v for k, v in message.items() if k != "content"}
+    if message.get("role") == "system":
+        # before the first answer it is part of the system prompt (agent types, skills)
+        texts = _texts(message.get("content"))
+        if texts is not None:
+            for text in texts:
+                out.cut(text, "system" if head else "messages", name, envelope)
+            return _Walked(tuple(out.parts), inline)
+    content = message.get("content")
+    if index == 0 and message.get("role") == "user" and isinstance(content, list):
+        # only the reminders ahead of the typed text are project context; one the
+        # client adds after it (a retry's "no visible output" note) is conversation
+        lead = next((i for i, b in enumerate(content) if not _is_reminder(b)), len(content))
+        for block in content[:lead]:  # git status, date: cut out of the context they sit in
+            out.cut(str(block["text"]), "project_context", "project_context")
+        if lead:
+            message = {**message, "content": content[lead:]}
+    out.add("messages", name, _json(_normal_message(message)))
+    return _Walked(tuple(out.parts), inline)
+
+
+#: The remembered parts' keys add up to at most this many bytes (oldest forgotten first).
+WALK_CACHE_MAX_BYTES: Final = 16_000_000
+
+
+class _Walks:
+    """The walk's steps, remembered by the exact JSON of what each one reads.
+
+    A key is ``orjson.dumps`` of the value, which tells ``1``, ``1.0`` and
+    ``true`` apart (Python's ``==`` does not), so a remembered step is always
+    the one the value would give. A value orjson cannot write (an integer
+    past 64 bits, a lone surrogate) is walked afresh. Bounded by the bytes of
+    its keys; safe from any thread.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._known: dict[tuple[Any, ...], _Walked] = {}
+        self._lock = threading.Lock()
+
+    def lead(
+        self, attribution_text: str | None, system: Any, tools: Any, inline: frozenset[str]
+    ) -> _Walked:
+        try:
+            key = ("lead", attribution_text, orjson.dumps(system), orjson.dumps(tools), inline)
+        except (TypeError, orjson.JSONEncodeError):
+            return _walk_lead(attribution_text, system, tools, inline)
+        size = len(key[2]) + len(key[3])
+        return self._get(key, size, _walk_lead, attribution_text, system, tools, inline)
+
+    def message(self, index: int, head: bool, message: Any) -> _Walked:
+        try:
+            key = ("message", index, head, orjson.dumps(message))
+        except (TypeError, orjson.JSONEncodeError):
+            return _walk_message(index, head, message)
+        return self._get(key, len(key[3]), _walk_message, index, head, message)
+
+    def _get(
+        self, key: tuple[Any, ...], size: int, walk: Callable[..., _Walked], *args: Any
+    ) -> _Walked:
+        found = self._known.get(key)
+        if found is not None:
+            return found
+        found = walk(*args)
+        with self._lock:
+            if key not in self._known and size <= self.max_bytes:
+                self._known[key] = found
+                self.bytes += size
+                while self.bytes > self.max_bytes:
+                    oldest = next(iter(self._known))
+                    del self._known[oldest]
+                    self.bytes -= _size(oldest)
+        return found
+
+    def clear(self) -> None:
+        with self._lock:
+            self._known.clear()
+            self.bytes = 0
+
+
+def _size(key: tuple[Any, ...]) -> int:
+    return sum(len(part) for part in key if isinstance(part, bytes))
+
+
+_WALKS = _Walks(WALK_CACHE_MAX_BYTES)
 
 
 # -- normalising --------------------------------------------------------------

@@ -256,7 +256,8 @@ class CacheObserver:
             self.metrics.observe(rec)
         except Exception:
             log.exception("metrics could not be updated")
-        log.info("%s", log_line(rec))
+        if log.isEnabledFor(logging.INFO):  # built only when it is written
+            log.info("%s", log_line(rec))
 
 
 def log_line(rec: AuditRecord) -> str:

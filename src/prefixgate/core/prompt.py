@@ -56,7 +56,7 @@ import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any, Final
 
 import orjson
@@ -153,7 +153,12 @@ class PromptView:
 
 def tool_name(piece: Piece) -> str:
     """The tool a ``tools:NAME`` piece defines (a repeated name is ``tools:NAME#2``)."""
-    return _REPEAT.sub("", piece.name.split(":", 1)[1])
+    return _tool_of(piece.name)
+
+
+@lru_cache(maxsize=4096)  # the key and the segments ask for every tool of every request
+def _tool_of(name: str) -> str:
+    return _REPEAT.sub("", name.split(":", 1)[1])
 
 
 _REPEAT = re.compile(r"#\d+$")

@@ -43,6 +43,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 __all__ = ["SSEDecoder", "SSEEvent", "encode_event"]
 
 _BOM = b"\xef\xbb\xbf"
@@ -65,8 +67,15 @@ class SSEEvent:
     comment: bool = False
 
     def json(self) -> Any:
-        """The data parsed as JSON; raises ``json.JSONDecodeError`` if it is not."""
-        return json.loads(self.data)
+        """The data parsed as JSON; raises ``json.JSONDecodeError`` if it is not.
+
+        orjson first (an answer's events are parsed on the request path); what it
+        refuses (``NaN``, a lone surrogate) goes to ``json.loads``, which decides.
+        """
+        try:
+            return orjson.loads(self.data)
+        except orjson.JSONDecodeError:
+            return json.loads(self.data)
 
 
 class SSEDecoder:

@@ -59,6 +59,7 @@ class TokenCounter:
         if mode == "auto" and upstream.first_party:
             mode = "estimate"
         self._mode: str | None = None if mode == "auto" else mode
+        self._estimated: tuple[object, dict[str, int]] = (None, {})  # the last pieces estimated
 
     @property
     def source(self) -> str:
@@ -67,9 +68,13 @@ class TokenCounter:
 
     def known(self, pieces: Iterable[Piece]) -> tuple[dict[str, int], str] | None:
         """The counts when no request is needed to get them, else ``None``."""
-        wanted = {p.digest: p.text for p in pieces}
         if self._mode == "estimate":
-            return {d: estimate(t) for d, t in wanted.items()}, ESTIMATE
+            # the observer asks twice per request (the runtime model, then the record)
+            if pieces is not self._estimated[0]:
+                counts = {p.digest: estimate(p.text) for p in pieces}
+                self._estimated = (pieces, counts)
+            return dict(self._estimated[1]), ESTIMATE
+        wanted = {p.digest: p.text for p in pieces}
         if self._mode == "llama.cpp" and all(d in self._cache for d in wanted):
             return {d: self._cache[d] for d in wanted}, TOKENIZER
         return None

@@ -193,9 +193,9 @@ def prompt_view(body: Mapping[str, Any], attribution_text: str | None) -> Prompt
         inline.update(found.inline)
     out = _Pieces()
     lead = _WALKS.lead(attribution_text, body.get("system"), body.get("tools"), frozenset(inline))
-    out.extend(lead.parts, head=True)
+    out.extend(lead, head=True)
     for head, found in walked:
-        out.extend(found.parts, head=head)
+        out.extend(found, head=head)
     return PromptView(model=str(body.get("model", "")), pieces=tuple(out.pieces))
 
 
@@ -203,12 +203,20 @@ def prompt_view(body: Mapping[str, Any], attribution_text: str | None) -> Prompt
 _Part = tuple[str, str, str, str]
 
 
-@dataclass(frozen=True)
 class _Walked:
-    """The parts one step of the walk found, and the tools a message defines inline."""
+    """The parts one step of the walk found, and the tools a message defines inline.
 
-    parts: tuple[_Part, ...]
-    inline: frozenset[str] = frozenset()
+    ``pieces`` keeps the step's ``Piece`` objects by ``head`` once made, for a
+    prompt where none of its names came earlier (the usual case): requests then
+    share them, and comparing two prompts finds most pieces identical at once.
+    """
+
+    __slots__ = ("inline", "parts", "pieces")
+
+    def __init__(self, parts: tuple[_Part, ...], inline: frozenset[str] = frozenset()) -> None:
+        self.parts = parts
+        self.inline = inline
+        self.pieces: dict[bool, tuple[Piece, ...]] = {}
 
 
 class _Pieces:
@@ -218,11 +226,27 @@ class _Pieces:
         self.pieces: list[Piece] = []
         self._seen: dict[str, int] = {}
 
-    def extend(self, parts: Sequence[_Part], *, head: bool) -> None:
-        for section, name, value, text in parts:
-            count = self._seen[name] = self._seen.get(name, 0) + 1
-            unique = name if count == 1 else f"{name}#{count}"
-            self.pieces.append(Piece(section, unique, value, text, head))
+    def extend(self, found: _Walked, *, head: bool) -> None:
+        seen = self._seen
+        if any(name in seen for _, name, _, _ in found.parts):
+            self.pieces.extend(_numbered(found.parts, head, seen))
+            return
+        made = found.pieces.get(head)
+        if made is None:  # numbered as if first: the same whichever request asks
+            made = found.pieces[head] = tuple(_numbered(found.parts, head, {}))
+        self.pieces.extend(made)
+        for _, name, _, _ in found.parts:
+            seen[name] = seen.get(name, 0) + 1
+
+
+def _numbered(parts: Sequence[_Part], head: bool, seen: dict[str, int]) -> list[Piece]:
+    """``parts`` as pieces, a name seen before numbered (``seen`` counts them)."""
+    out = []
+    for section, name, value, text in parts:
+        count = seen[name] = seen.get(name, 0) + 1
+        unique = name if count == 1 else f"{name}#{count}"
+        out.append(Piece(section, unique, value, text, head))
+    return out
 
 
 class _Parts:

@@ -60,7 +60,7 @@ def common_pieces(before: PromptView | None, after: PromptView) -> int:
 def _common(left: Sequence[Piece], right: Sequence[Piece]) -> int:
     count = 0
     for a, b in zip(left, right, strict=False):
-        if a.name != b.name or a.digest != b.digest:
+        if a is not b and (a.name != b.name or a.digest != b.digest):
             break
         count += 1
     return count

@@ -45,6 +45,8 @@ from typing import Any
 
 import orjson
 
+from prefixgate.core.limits import json_shape
+
 __all__ = ["SSEDecoder", "SSEEvent", "encode_event"]
 
 _BOM = b"\xef\xbb\xbf"
@@ -70,12 +72,15 @@ class SSEEvent:
         """The data parsed as JSON; raises ``json.JSONDecodeError`` if it is not.
 
         orjson first (an answer's events are parsed on the request path); what it
-        refuses (``NaN``, a lone surrogate) goes to ``json.loads``, which decides.
+        refuses (``NaN``, a lone surrogate) goes to ``json.loads``, which decides,
+        and so does data with a float in it: orjson reads an integer past 64 bits
+        as a float (see ``pipeline._loads``).
         """
         try:
-            return orjson.loads(self.data)
+            value = orjson.loads(self.data)
         except orjson.JSONDecodeError:
             return json.loads(self.data)
+        return json.loads(self.data) if json_shape(value)[1] else value
 
 
 class SSEDecoder:

@@ -394,9 +394,9 @@ def test_json_parses_data() -> None:
 
 
 @pytest.mark.parametrize(
-    "data", ['{"n": 18446744073709551616}', '{"n": -9223372036854775809}', '{"x": NaN}', '[1.5, 2]']
+    "data", ['{"n": 18446744073709551616}', '{"n": -9223372036854775809}', '{"x": NaN}', "[1.5, 2]"]
 )
 def test_json_reads_what_the_standard_library_reads(data: str) -> None:
-    """orjson parses first; a big integer (a float to orjson) or NaN reads as json.loads reads it."""
+    """orjson first; a big integer (a float to orjson) or NaN reads as json.loads reads it."""
     got = SSEEvent(event=None, data=data).json()
     assert repr(got) == repr(json.loads(data))

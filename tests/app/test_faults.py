@@ -337,7 +337,6 @@ class _Observer:
         self,
         rec: AuditRecord,
         seen: Any,
-        usage: Any,
         *,
         remembered: bool = False,
         on_commit: Callable[[], None] | None = None,

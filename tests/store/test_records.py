@@ -54,8 +54,10 @@ def test_an_answered_request_has_its_rewrite_upstream_identity_and_usage() -> No
     who = Identity("s-9", "header", "main", "message")
     facts = Facts(ttfb=0.001, raw=BODY, rewrite=rw, upstream=up.for_replica("http://b"))
     facts.identity = who
-    message = {"content": [{"type": "text", "text": "ok"}], "usage": {"input_tokens": 7}}
+    usage = {"input_tokens": 7, "cache_read_input_tokens": 5}
+    message = {"content": [{"type": "text", "text": "ok"}], "usage": usage}
     rec = audit_record(facts, Outcome(200, summarize_message(message)), capture_bodies=True)
+    assert (rec.prompt_tokens, rec.cached_tokens) == (12, 5)  # read off the usage
     assert (rec.model, rec.key, rec.policy, rec.stream) == ("m", rw.key.hex, "strip", True)
     assert (rec.upstream, rec.replica) == ("local", "http://b")
     assert (rec.session, rec.session_source, rec.agent) == ("s-9", "header", "main")

@@ -22,7 +22,6 @@ class Told:
         self,
         rec: AuditRecord,
         seen: Any,
-        usage: Any,
         *,
         remembered: bool = False,
         on_commit: Callable[[], None] | None = None,

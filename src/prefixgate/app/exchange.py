@@ -29,7 +29,7 @@ from prefixgate.core.fold import MessageSummary
 from prefixgate.core.headers import HeaderRewrite
 from prefixgate.core.identity import Identity
 from prefixgate.core.pipeline import Rewrite
-from prefixgate.core.usage import CacheUsage, from_anthropic
+from prefixgate.core.usage import CacheUsage
 from prefixgate.store.audit import AuditRecord
 from prefixgate.store.records import Outcome, audit_record
 
@@ -72,7 +72,6 @@ class Observer(Protocol):
         self,
         rec: AuditRecord,
         seen: Observation | None,
-        usage: CacheUsage,
         *,
         remembered: bool = False,
         on_commit: Callable[[], None] | None = None,
@@ -164,13 +163,8 @@ class Exchange:
         self._let_go()
         outcome = self._outcome or Outcome(500, error=INTERNAL)
         rec = audit_record(self, outcome, capture_bodies=self.capture_bodies)
-        usage = outcome.usage
-        if usage is None:
-            usage = from_anthropic(outcome.summary.usage) if outcome.summary else CacheUsage()
         self.committed = committed = asyncio.get_running_loop().create_future()
-        self.observer.finish(
-            rec, self.seen, usage, remembered=self._held, on_commit=_setter(committed)
-        )
+        self.observer.finish(rec, self.seen, remembered=self._held, on_commit=_setter(committed))
 
     def _let_go(self) -> None:
         if self._release is not None:

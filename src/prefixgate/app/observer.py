@@ -35,7 +35,6 @@ from prefixgate.core.misses import (
 from prefixgate.core.oracle import Capacity, Chain, Reach, ReachTracker, judge_loss, prompt_chain
 from prefixgate.core.pipeline import Rewrite
 from prefixgate.core.side import UNCACHED_KINDS
-from prefixgate.core.usage import CacheUsage
 from prefixgate.store.audit import AuditRecord, AuditSink
 from prefixgate.upstreams.http import UpstreamClient
 from prefixgate.upstreams.tokenize import TokenCounter, estimate
@@ -138,7 +137,6 @@ class CacheObserver:
         self,
         rec: AuditRecord,
         seen: Observation | None,
-        usage: CacheUsage,
         *,
         remembered: bool = False,
         on_commit: Callable[[], None] | None = None,
@@ -150,7 +148,6 @@ class CacheObserver:
         the cause still needs the upstream's tokenizer, the record is written
         at once without it, and again (same ``request_id``) when complete, so a
         gateway killed meanwhile keeps every answered request."""
-        rec = replace(rec, prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens)
         answered = rec.status == 200 and rec.error is None
         if seen is not None and answered and not remembered:
             self.answered(seen)

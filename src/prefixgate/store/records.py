@@ -17,7 +17,7 @@ from prefixgate.core.fold import MessageSummary
 from prefixgate.core.headers import HeaderRewrite
 from prefixgate.core.identity import Identity
 from prefixgate.core.pipeline import Rewrite
-from prefixgate.core.usage import CacheUsage
+from prefixgate.core.usage import CacheUsage, from_anthropic
 from prefixgate.store.audit import AuditRecord
 
 
@@ -60,7 +60,8 @@ class Facts(Protocol):
 
 
 def audit_record(ex: Facts, outcome: Outcome, *, capture_bodies: bool) -> AuditRecord:
-    """The audit record of ``ex`` ending in ``outcome`` (cache fields left for later)."""
+    """The audit record of ``ex`` ending in ``outcome`` (the observer's cache fields,
+    from expected tokens to the cause, left for later)."""
     who, up, now = ex.identity, ex.upstream, time.perf_counter()
     capture = capture_bodies and not outcome.at_door
     return AuditRecord(
@@ -82,7 +83,7 @@ def audit_record(ex: Facts, outcome: Outcome, *, capture_bodies: bool) -> AuditR
         request_body=ex.raw.decode("utf-8", "replace") if capture and ex.raw else None,
         response_text=outcome.summary.text if capture and outcome.summary else None,
         **_rewritten(ex.rewrite),
-        **_usage(outcome.summary),
+        **_usage(outcome),
     )
 
 
@@ -102,12 +103,19 @@ def _rewritten(rw: Rewrite | None) -> dict[str, Any]:
     }
 
 
-def _usage(summary: MessageSummary | None) -> dict[str, Any]:
-    """The answer's own token counts, as the upstream reported them."""
+def _usage(outcome: Outcome) -> dict[str, Any]:
+    """The answer's own token counts, as the upstream reported them, and the prompt
+    and cached tokens read from them (``outcome.usage`` when the kind read them)."""
+    summary = outcome.summary
+    cache = outcome.usage
+    if cache is None:
+        cache = from_anthropic(summary.usage) if summary else CacheUsage()
+    counts = {"prompt_tokens": cache.prompt_tokens, "cached_tokens": cache.cached_tokens}
     usage = summary.usage if summary else None
     if usage is None:
-        return {}
+        return counts
     return {
+        **counts,
         "input_tokens": usage.input_tokens,
         "cache_read_input_tokens": usage.cache_read_input_tokens,
         "cache_creation_input_tokens": usage.cache_creation_input_tokens,

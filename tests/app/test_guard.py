@@ -6,9 +6,14 @@ import asyncio
 from typing import Any
 
 import httpx
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
 from support.app import running
+from support.observer import Told
 
 from prefixgate.app.gateway import create_app
+from prefixgate.app.guard import Guard
+from prefixgate.app.metrics import Metrics
 from prefixgate.config import build_settings
 from prefixgate.core.auth import hash_key
 from prefixgate.store.audit import MemoryAudit
@@ -168,3 +173,30 @@ async def test_beyond_max_active_a_request_waits_its_turn_instead_of_failing() -
         gate.open.set()
         assert [r.status_code for r in await asyncio.gather(first, second)] == [200, 200]
     assert gate.waiting == 2
+
+
+async def test_hot_posts_are_served_by_the_guard_and_the_rest_goes_on_to_the_app() -> None:
+    """The request path skips the router (``hot``); other methods and paths reach it."""
+    routed: list[tuple[str, str]] = []
+    served: list[bytes] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        routed.append((scope["method"], scope["path"]))
+        await PlainTextResponse("routed")(scope, receive, send)
+
+    async def endpoint(request: Request) -> Response:
+        served.append(await request.body())
+        return PlainTextResponse("hot")
+
+    settings = build_settings({}, {}, {"upstream": "http://local.test:8080"})
+    told = Told()
+    guard = Guard(app, settings, Metrics(), told, hot={"/v1/messages": endpoint})
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(guard), base_url="http://127.0.0.1")
+    async with client:
+        hot = await client.post("/v1/messages", content=b'{"a": 1}')
+        got = await client.get("/v1/messages")
+        other = await client.post("/v1/messages/count_tokens", content=b"{}")
+    assert (hot.text, served) == ("hot", [b'{"a": 1}'])
+    assert (got.text, other.text) == ("routed", "routed")
+    assert routed == [("GET", "/v1/messages"), ("POST", "/v1/messages/count_tokens")]
+    assert told.records == []  # nothing refused

@@ -71,17 +71,20 @@ def create_app(
         metrics.watch_prefixes(prefixes)
     proxy = Proxy(settings, upstreams, observer, capture, router, prefixes)
     views = Views(settings, sink, router)
+    # the request path: routed here too, and served by the Guard past the router
+    hot = {"/v1/messages": proxy.messages, "/v1/messages/count_tokens": proxy.count_tokens}
     app = Starlette(
         routes=[
-            Route("/v1/messages", proxy.messages, methods=["POST"]),
-            Route("/v1/messages/count_tokens", proxy.count_tokens, methods=["POST"]),
+            *(Route(path, endpoint, methods=["POST"]) for path, endpoint in hot.items()),
             Route("/v1/models", proxy.models, methods=["GET"]),
             Route("/healthz", views.healthz, methods=["GET"]),
             Route("/metrics", metrics.endpoint, methods=["GET"]),
             Route("/dashboard", views.dashboard, methods=["GET"]),
             Route("/report", views.report, methods=["GET"]),
         ],
-        middleware=[Middleware(Guard, settings=settings, metrics=metrics, observer=observer)],
+        middleware=[
+            Middleware(Guard, settings=settings, metrics=metrics, observer=observer, hot=hot)
+        ],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
         lifespan=_lifespan(proxy),
     )

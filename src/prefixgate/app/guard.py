@@ -58,12 +58,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from prefixgate.app.exchange import REQUEST_ID_HEADER, Exchange, Observer
@@ -78,6 +78,7 @@ OPEN_PATHS = frozenset({"/healthz"})
 BROWSER_PATHS = frozenset({"/dashboard"})
 RETRY_AFTER_S = 1
 SLOW_BODY_S = 1.0  # a body still arriving this long after its turn came gives it back
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class Guard:
@@ -87,8 +88,12 @@ class Guard:
         settings: Settings,
         metrics: Metrics,
         observer: Observer,
+        hot: Mapping[str, Endpoint] | None = None,
     ) -> None:
         self.app = app
+        # POST routes served here, past Starlette's router and exception middleware
+        # (their handlers answer every error themselves); other requests go on to ``app``
+        self.hot = dict(hot or {})
         self.settings = settings
         self.metrics = metrics
         self.observer = observer  # refusals are recorded like any request
@@ -160,7 +165,13 @@ class Guard:
                 return
             if not turn.held:  # a slow body, whole now: its turn again
                 await turn.take()
-            await self.app(scope, body.replay(receive), send)
+            endpoint = self.hot.get(path) if scope["method"] == "POST" else None
+            if endpoint is None:
+                await self.app(scope, body.replay(receive), send)
+            else:
+                replayed = body.replay(receive)
+                response = await endpoint(Request(scope, replayed))
+                await response(scope, replayed, send)
         finally:
             turn.give_back()
             self.busy[name] -= 1

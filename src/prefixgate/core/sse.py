@@ -37,6 +37,7 @@ carries over to later events, and a leading UTF-8 BOM is ignored for parsing
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Mapping
@@ -45,9 +46,11 @@ from typing import Any
 
 import orjson
 
-from prefixgate.core.limits import json_shape
-
 __all__ = ["SSEDecoder", "SSEEvent", "encode_event"]
+
+# A digit before a fraction or an exponent, or 19 digits in a row: maybe a float or
+# an integer past 64 bits (or only text that looks like one: then json.loads reads it).
+_MAYBE_FLOAT = re.compile(r"\d[.eE]|\d{19}")
 
 _BOM = b"\xef\xbb\xbf"
 _NEWLINES = re.compile(r"\r\n|\r|\n")
@@ -73,14 +76,13 @@ class SSEEvent:
 
         orjson first (an answer's events are parsed on the request path); what it
         refuses (``NaN``, a lone surrogate) goes to ``json.loads``, which decides,
-        and so does data with a float in it: orjson reads an integer past 64 bits
-        as a float (see ``pipeline._loads``).
+        and so does data that may hold a float or a long integer (orjson reads an
+        integer past 64 bits as a float, see ``pipeline._loads``).
         """
-        try:
-            value = orjson.loads(self.data)
-        except orjson.JSONDecodeError:
-            return json.loads(self.data)
-        return json.loads(self.data) if json_shape(value)[1] else value
+        if _MAYBE_FLOAT.search(self.data) is None:
+            with contextlib.suppress(orjson.JSONDecodeError):
+                return orjson.loads(self.data)
+        return json.loads(self.data)
 
 
 class SSEDecoder:

@@ -760,8 +760,6 @@ async def test_healthz() -> None:
 
 
 class BrokenAudit:
-    background = False
-
     def __init__(self) -> None:
         self.calls = 0
 

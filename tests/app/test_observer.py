@@ -363,43 +363,6 @@ async def test_counts_already_known_finish_the_record_at_once() -> None:
     assert runtime.tokenized == []
 
 
-class BackgroundAudit(MemoryAudit):
-    """A sink that writes on a thread of its own, as ``SqliteAudit`` does: notes
-    each record and whether the caller waits on it."""
-
-    background = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.given: list[tuple[AuditRecord, bool]] = []
-
-    def record(self, rec: AuditRecord, on_commit: Any = None) -> None:
-        self.given.append((rec, on_commit is not None))
-        super().record(rec, on_commit)
-
-
-async def test_a_background_sink_commits_the_record_while_it_is_analysed() -> None:
-    """The caller waits on the record as it came (sent first); the analysed one,
-    with the same request id, replaces it."""
-    runtime = Runtime()
-    sink = BackgroundAudit()
-    app = create_app(
-        build_settings({"upstreams": {"local": {"url": URL, "tokenizer": "estimate"}}}, {}, {}),
-        transport=runtime.transport,
-        audit=sink,
-    )
-    async with running(app) as client:
-        await send(client, body(1))
-        await send(client, body(3))
-    first, second = sink.given[:2]
-    assert [waited for _, waited in sink.given] == [True, False, True, False]
-    assert first[0].request_id == second[0].request_id
-    assert (first[0].cause, first[0].expected_cached_tokens) == (None, None)
-    assert (second[0].cause, second[0].expected_source) == ("none", "estimate")
-    assert [r.expected_source for r in sink.records] == ["estimate", "estimate"]  # analysed
-    assert sink.records[1].expected_cached_tokens  # the second found the first remembered
-
-
 # -- kinds and sessions -------------------------------------------------------------
 
 

@@ -52,19 +52,18 @@ def relay(content: bytes | httpx.AsyncByteStream, calls: list[str]) -> Relay:
     return Relay(ex, LOCAL, response, Passthrough())
 
 
-async def test_a_whole_answer_is_recorded_before_its_last_bytes() -> None:
+async def test_a_whole_answer_is_announced_and_recorded_before_its_last_bytes() -> None:
     calls: list[str] = []
     r = relay(STREAM, calls)
     seen: list[tuple[bytes, list[str]]] = []
     async for chunk in r.events():
         seen.append((chunk, list(calls)))
     assert b"".join(chunk for chunk, _ in seen) == STREAM
-    # the last bytes go out only once its record is made (which tells the observer
-    # the upstream holds the prompt: ``CacheObserver.finish``)
-    assert seen[-1][1] == ["finish"]
+    # the last bytes go out only once the answer is announced and its record made
+    assert seen[-1][1] == ["answered", "finish"]
     assert all(not before for _, before in seen[:-1])
     await r.close()
-    assert calls == ["finish"]  # close does not record it twice
+    assert calls == ["answered", "finish"]  # close does not record it twice
 
 
 async def test_a_broken_answer_is_not_announced_and_ends_with_an_error_event() -> None:

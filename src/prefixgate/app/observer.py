@@ -149,25 +149,16 @@ class CacheObserver:
         at once without it, and again (same ``request_id``) when complete, so a
         gateway killed meanwhile keeps every answered request."""
         answered = rec.status == 200 and rec.error is None
-        judged = not (
-            seen is None or not self.upstreams.started or seen.identity.kind in UNCACHED_KINDS
-        )
-        if judged and self.audit.background:
-            # The record as it is goes to the writer at once: the caller waits for
-            # its commit, which runs while the rest is worked out here.
-            self._provisional(rec, on_commit)
-            on_commit = None
         if seen is not None and answered and not remembered:
             self.answered(seen)
-        if seen is None or not judged:
+        if seen is None or not self.upstreams.started or seen.identity.kind in UNCACHED_KINDS:
             self._write(rec, on_commit)
             return
         known = self.counter(seen.upstream).known(seen.rewrite.view.pieces)
         if known is not None:  # nothing to ask the upstream: finish now
             self._write(self._judged(rec, seen, *known), on_commit)
             return
-        if on_commit is not None:
-            self._provisional(rec, on_commit)
+        self._provisional(rec, on_commit)
         task = asyncio.get_running_loop().create_task(self._complete(rec, seen))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -176,8 +176,8 @@ class Relay:
                 out = b""  # an unfinished event: a client's parser would drop it at the end
             yield await self._ending(cut.message, out + self._stream.fail(cut))
             return
-        # the record, made before the last bytes, tells the observer the upstream now
-        # holds the prompt (``CacheObserver.finish``)
+        if summary.error is None:
+            self._ex.holds_prompt()  # before the client can send its next request
         out = await self._ending(None, out)
         if out:
             yield out

@@ -164,11 +164,6 @@ def notify(on_commit: OnCommit | None) -> None:
 
 
 class AuditSink(Protocol):
-    #: ``record`` hands the record to a writer of its own (``on_commit`` comes
-    #: later, from its thread): the observer then sends the record before its
-    #: analysis, and the analysed one after it (``CacheObserver.finish``).
-    background: bool
-
     def record(self, rec: AuditRecord, on_commit: OnCommit | None = None) -> None:
         """Keep ``rec`` (replacing an earlier one with its ``request_id``), then ``on_commit()``."""
         ...
@@ -187,8 +182,6 @@ class AuditSink(Protocol):
 
 class MemoryAudit:
     """Keeps the most recent records in memory, the latest one per ``request_id``."""
-
-    background = False  # kept (and written, in ``JsonlAudit``) before ``record`` returns
 
     def __init__(self, limit: int = 1000) -> None:
         self.records: deque[AuditRecord] = deque(maxlen=limit)

@@ -374,8 +374,6 @@ _STOP: Final = object()
 class SqliteAudit:
     """Audit sink writing one row per request to an SQLite file, off the caller's thread."""
 
-    background = True
-
     def __init__(self, path: str | Path, *, capture_bodies: bool = False) -> None:
         self.path = Path(path)
         self.capture_bodies = capture_bodies

@@ -24,6 +24,7 @@ import orjson
 from prefixgate.core.attribution import Attribution, detect
 from prefixgate.core.cachekey import ADAPTER_VERSION, PromptCacheKey, build_key
 from prefixgate.core.errors import InvalidRequest
+from prefixgate.core.knowntools import KNOWN_TOOLS, PLACEHOLDER_VALUE
 from prefixgate.core.limits import DEFAULT_LIMITS, Limits, check_limits, depth_error, json_shape
 from prefixgate.core.policy import (
     DEFAULT_NORMALIZE_KEEP,
@@ -167,6 +168,9 @@ def _loads(raw: bytes, max_depth: int) -> tuple[Any, int]:
     standard library passes, a UTF-16 body, too deep, not JSON), is parsed
     again by ``json.loads``, which also writes the error message.
     """
+    known = _known_tools(raw, max_depth)
+    if known is not None:
+        return known
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -174,9 +178,36 @@ def _loads(raw: bytes, max_depth: int) -> tuple[Any, int]:
     else:
         depth, floats = json_shape(body, stop_after=max_depth)
         if not floats or depth > max_depth:  # too deep is refused whatever its numbers
+            if not floats and depth <= max_depth and isinstance(body, dict):
+                KNOWN_TOOLS.remember(raw, body.get("tools"), max_depth)
             return body, depth
     body = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
     return body, json_shape(body, stop_after=max_depth)[0]
+
+
+def _known_tools(raw: bytes, max_depth: int) -> tuple[dict[str, Any], int] | None:
+    """``raw`` parsed with its tools array taken from ``KNOWN_TOOLS`` (sent before,
+    byte for byte), when it holds one and the rest parses as orjson alone may;
+    else ``None`` (the caller parses it whole)."""
+    split = KNOWN_TOOLS.split(raw)
+    if split is None:
+        return None
+    rest, known = split
+    try:
+        body = orjson.loads(rest)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(body, dict) or body.get("tools") != PLACEHOLDER_VALUE:
+        return None  # the copy was not the top-level value
+    depth, floats = json_shape(body, stop_after=max_depth)
+    if floats or depth > max_depth:
+        return None  # the whole body takes the usual way, errors included
+    body["tools"] = known.value
+    depth = max(depth, 1 + known.depth)
+    if depth > max_depth:
+        return None
+    KNOWN_TOOLS.found(known)
+    return body, depth
 
 
 def _reject_constant(name: str) -> Any:

@@ -62,6 +62,7 @@ from typing import Any, Final
 import orjson
 
 from prefixgate.core.canonical import canonical_json, chain, digest, text_digest
+from prefixgate.core.knowntools import KNOWN_TOOLS
 from prefixgate.core.promptcut import cut_named, deferred_names
 
 MCP_PREFIX = "mcp__"
@@ -357,7 +358,9 @@ class _Walks:
         self, attribution_text: str | None, system: Any, tools: Any, inline: frozenset[str]
     ) -> _Walked:
         try:
-            key = ("lead", attribution_text, orjson.dumps(system), orjson.dumps(tools), inline)
+            sent = KNOWN_TOOLS.encoded(tools)  # parsed from these bytes: no need to write them
+            tools_json = orjson.dumps(tools) if sent is None else sent
+            key = ("lead", attribution_text, orjson.dumps(system), tools_json, inline)
         except (TypeError, orjson.JSONEncodeError):
             return _walk_lead(attribution_text, system, tools, inline)
         size = len(key[2]) + len(key[3])

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from support.servers import free_port
 
-from prefixgate.upstreams.transport import AioHTTPTransport
+from prefixgate.upstreams.wire import WireTransport as AioHTTPTransport
 
 Answer = Callable[[bytes, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

@@ -1,7 +1,8 @@
 """Sending to an upstream, whatever its kind: one httpx client, typed errors.
 
-The client's wire work is done by aiohttp underneath (``transport.py``), for
-CPU; tests give the client an ``httpx.MockTransport`` instead.
+The client's wire work is done by the event loop's connections and httptools
+underneath (``wire.py``), for CPU; tests give the client an
+``httpx.MockTransport`` instead.
 
 ``UpstreamClient`` is made with the app and opened while it runs (its
 lifespan); ``send`` opens one request with it and turns refused connections,
@@ -33,7 +34,7 @@ from prefixgate.core.errors import (
     error_type_for_status,
 )
 from prefixgate.core.secrets import redact_text
-from prefixgate.upstreams.transport import AioHTTPTransport
+from prefixgate.upstreams.wire import WireTransport
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class UpstreamClient:
     @contextlib.asynccontextmanager
     async def opened(self) -> AsyncIterator[httpx.AsyncClient]:
         """Open the client for the app's lifetime; closed however it ends."""
-        transport = self._given or AioHTTPTransport()
+        transport = self._given or WireTransport()
         client = httpx.AsyncClient(
             transport=transport, timeout=None, trust_env=False, cookies=_no_cookies()
         )

@@ -1,4 +1,4 @@
-"""The aiohttp transport keeps httpx's contract, against a raw socket server."""
+"""The wire transport keeps httpx's contract, against a raw socket server."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import contextlib
 import gzip
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import aiohttp
 import httpx
 import pytest
 from support.servers import free_port
 
-from prefixgate.upstreams.wire import WireTransport as AioHTTPTransport
+from prefixgate.upstreams import wire
+from prefixgate.upstreams.wire import WireTransport
 
 Answer = Callable[[bytes, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -57,9 +57,13 @@ async def raw_server(answer: Answer) -> AsyncIterator[RawServer]:
 
 
 @contextlib.asynccontextmanager
-async def client(**timeouts: float | None) -> AsyncIterator[httpx.AsyncClient]:
+async def client(
+    transport: WireTransport | None = None, **timeouts: float | None
+) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(
-        transport=AioHTTPTransport(), timeout=httpx.Timeout(5.0, **timeouts), trust_env=False
+        transport=transport or WireTransport(),
+        timeout=httpx.Timeout(5.0, **timeouts),
+        trust_env=False,
     ) as http:
         yield http
 
@@ -185,18 +189,77 @@ async def test_the_read_timeout_is_looked_up_before_every_read() -> None:
             await response.aclose()
 
 
-def test_a_connection_that_breaks_before_any_answer_may_be_sent_again() -> None:
-    """A kept-alive connection the server had just closed breaks as the body is written
-    ("Can not write request body"): like httpx, that is a RemoteProtocolError, which
-    ``http.send`` and the tokenizer answer by sending once more; after the answer
-    began, the same break is a ReadError."""
-    from prefixgate.upstreams.transport import _mapped
+async def test_a_kept_connection_the_server_closed_is_not_used_again() -> None:
+    async def once(head: bytes, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await ok(head, reader, w)
+        w.close()  # the server keeps nothing alive
 
-    broken = aiohttp.ClientOSError(None, "Can not write request body for http://u.test/")
-    assert isinstance(_mapped(broken, before_answer=True), httpx.RemoteProtocolError)
-    assert isinstance(_mapped(broken), httpx.ReadError)
-    refused = aiohttp.ClientConnectorError(
-        aiohttp.client_reqrep.ConnectionKey("u", 1, False, True, None, None, None),
-        OSError(111, "refused"),
-    )
-    assert isinstance(_mapped(refused, before_answer=True), httpx.ConnectError)
+    async with raw_server(once) as server, client() as http:
+        for _ in range(3):
+            response = await http.post(server.url + "/", content=b"x")
+            assert response.text == "ok"
+            await asyncio.sleep(0.05)  # the close reaches the client
+    assert server.connections == 3
+
+
+async def test_a_malformed_answer_is_a_remote_protocol_error() -> None:
+    async def junk(head: bytes, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"NOT HTTP AT ALL\r\n\r\n")
+        await w.drain()
+
+    async with raw_server(junk) as server, client() as http:
+        with pytest.raises(httpx.RemoteProtocolError, match="malformed"):
+            await http.post(server.url + "/", content=b"x")
+
+
+async def test_a_body_without_length_ends_with_the_connection() -> None:
+    async def until_close(
+        head: bytes, reader: asyncio.StreamReader, w: asyncio.StreamWriter
+    ) -> None:
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it")
+        await w.drain()
+        w.close()
+
+    async with raw_server(until_close) as server, client() as http:
+        response = await http.post(server.url + "/", content=b"x")
+        assert response.text == "all of it"
+
+
+async def test_a_large_body_read_slowly_comes_whole() -> None:
+    """Past ``HIGH_WATER`` buffered bytes the socket is not read until the reader catches up."""
+    big = bytes(range(256)) * (3 * wire.HIGH_WATER // 256)
+
+    async def large(head: bytes, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"HTTP/1.1 200 OK\r\n" + f"content-length: {len(big)}\r\n\r\n".encode() + big)
+        await w.drain()
+
+    async with (
+        raw_server(large) as server,
+        client() as http,
+        http.stream("POST", server.url + "/", content=b"x") as response,
+    ):
+        await asyncio.sleep(0.2)  # all of it arrives while nobody reads
+        got = [chunk async for chunk in response.aiter_raw()]
+    assert b"".join(got) == big
+
+
+async def test_beyond_max_connections_a_request_waits_for_a_free_one() -> None:
+    async with raw_server(ok) as server, client(WireTransport(max_connections=1)) as http:
+        async with http.stream("POST", server.url + "/", content=b"x") as first:
+            second = asyncio.create_task(http.post(server.url + "/", content=b"y"))
+            await asyncio.sleep(0.1)
+            assert not second.done()  # waits: the only connection is busy
+            await first.aread()
+        assert (await second).text == "ok"
+    assert server.connections == 1  # and then reuses it
+
+
+async def test_a_connection_idle_past_the_keepalive_is_not_reused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(wire, "KEEPALIVE_S", 0.05)
+    async with raw_server(ok) as server, client() as http:
+        await http.post(server.url + "/", content=b"x")
+        await asyncio.sleep(0.1)
+        await http.post(server.url + "/", content=b"x")
+    assert server.connections == 2

@@ -159,12 +159,14 @@ class _Connection(asyncio.Protocol):
             raise httpx.ReadTimeout("the upstream sent nothing in time") from None
 
     def take(self) -> bytes | None:
-        """The next body chunk, ``None`` when none is buffered."""
+        """The body bytes buffered so far, in one piece (as aiohttp's ``readany``: a
+        relay then writes them to its client at once); ``None`` when there are none."""
         if not self.chunks:
             return None
-        chunk = self.chunks.popleft()
-        self.buffered -= len(chunk)
-        if self.buffered <= HIGH_WATER // 2 and self.transport is not None:
+        chunk = self.chunks.popleft() if len(self.chunks) == 1 else b"".join(self.chunks)
+        self.chunks.clear()
+        self.buffered = 0
+        if self.transport is not None:
             with contextlib.suppress(RuntimeError):
                 self.transport.resume_reading()  # a no-op unless paused
         return chunk

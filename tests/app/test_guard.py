@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import httpx
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from support.app import running
@@ -186,6 +187,12 @@ async def test_hot_posts_are_served_by_the_guard_and_the_rest_goes_on_to_the_app
 
     async def endpoint(request: Request) -> Response:
         served.append(await request.body())
+        plain = Headers(scope=request.scope)  # decoded once on the hot lane, read alike
+        assert request.headers.items() == plain.items() and request.headers.keys() == plain.keys()
+        assert request.headers.get("x-two") == "b" and request.headers.getlist("x-two") == [
+            "a",
+            "b",
+        ]
         return PlainTextResponse("hot")
 
     settings = build_settings({}, {}, {"upstream": "http://local.test:8080"})
@@ -193,7 +200,8 @@ async def test_hot_posts_are_served_by_the_guard_and_the_rest_goes_on_to_the_app
     guard = Guard(app, settings, Metrics(), told, hot={"/v1/messages": endpoint})
     client = httpx.AsyncClient(transport=httpx.ASGITransport(guard), base_url="http://127.0.0.1")
     async with client:
-        hot = await client.post("/v1/messages", content=b'{"a": 1}')
+        two = [("x-two", "a"), ("x-two", "b")]
+        hot = await client.post("/v1/messages", content=b'{"a": 1}', headers=two)
         got = await client.get("/v1/messages")
         other = await client.post("/v1/messages/count_tokens", content=b"{}")
     assert (hot.text, served) == ("hot", [b'{"a": 1}'])

@@ -81,6 +81,32 @@ SLOW_BODY_S = 1.0  # a body still arriving this long after its turn came gives i
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
+class DecodedHeaders(Headers):
+    """Starlette's request headers, decoded once: the request path reads them whole
+    four times (attribution headers, forwarded names, the upstream's headers and
+    their ``Connection`` options)."""
+
+    def __init__(self, scope: Scope) -> None:
+        super().__init__(scope=scope)
+        self._items = super().items()
+
+    def items(self) -> list[tuple[str, str]]:  # type: ignore[override]
+        return list(self._items)
+
+    def keys(self) -> list[str]:  # type: ignore[override]
+        return [name for name, _ in self._items]
+
+
+class GatewayRequest(Request):
+    """A request on the Guard's hot lane, its headers decoded once."""
+
+    @property
+    def headers(self) -> Headers:
+        if not hasattr(self, "_decoded"):
+            self._decoded = DecodedHeaders(self.scope)
+        return self._decoded
+
+
 class Guard:
     def __init__(
         self,
@@ -170,7 +196,7 @@ class Guard:
                 await self.app(scope, body.replay(receive), send)
             else:
                 replayed = body.replay(receive)
-                response = await endpoint(Request(scope, replayed))
+                response = await endpoint(GatewayRequest(scope, replayed))
                 await response(scope, replayed, send)
         finally:
             turn.give_back()

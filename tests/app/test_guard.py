@@ -189,10 +189,7 @@ async def test_hot_posts_are_served_by_the_guard_and_the_rest_goes_on_to_the_app
         served.append(await request.body())
         plain = Headers(scope=request.scope)  # decoded once on the hot lane, read alike
         assert request.headers.items() == plain.items() and request.headers.keys() == plain.keys()
-        assert request.headers.get("x-two") == "b" and request.headers.getlist("x-two") == [
-            "a",
-            "b",
-        ]
+        assert request.headers.getlist("x-two") == ["a", "b"] == plain.getlist("x-two")
         return PlainTextResponse("hot")
 
     settings = build_settings({}, {}, {"upstream": "http://local.test:8080"})

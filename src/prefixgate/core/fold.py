@@ -60,11 +60,14 @@ class Usage:
         if not isinstance(payload, Mapping):
             return self
         updates = {}
-        for f in fields(self):
-            count = token_count(payload.get(f.name))
+        for name in _USAGE_FIELDS:
+            count = token_count(payload.get(name))
             if count is not None:
-                updates[f.name] = count
+                updates[name] = count
         return replace(self, **updates) if updates else self
+
+
+_USAGE_FIELDS = tuple(f.name for f in fields(Usage))
 
 
 @dataclass(frozen=True)

@@ -32,14 +32,14 @@ def test_text_digest_is_digest(text: str) -> None:
 
 
 def test_remembered_texts_stay_within_their_bound() -> None:
-    cache = _TextDigests(max_chars=3000)
+    cache = _TextDigests(max_size=3000)
     texts = [str(i) * 1000 for i in range(1, 6)]
     for text in texts:
         assert cache(text) == digest(text)
-        assert cache.chars <= 3000
+        assert cache.size <= 3000
     assert cache(texts[-1]) == digest(texts[-1])
     assert cache(texts[0]) == digest(texts[0])  # forgotten, worked out again
     assert cache("x" * 4000) == digest("x" * 4000)  # too long to keep: not kept
-    assert cache.chars <= 3000
+    assert cache.size <= 3000
     cache.clear()
-    assert cache.chars == 0
+    assert cache.size == 0

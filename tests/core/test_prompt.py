@@ -450,9 +450,9 @@ def _pieces(body: dict[str, Any]) -> list[tuple[str, str, str, str, bool]]:
 @pytest.mark.parametrize("make", [request, request_332])
 def test_a_remembered_walk_gives_the_view_a_fresh_one_gives(make: Any) -> None:
     body = make()
-    prompt._WALKS.clear()
+    prompt._WALKS.memo.clear()
     fresh = _pieces(body)
-    assert prompt._WALKS.bytes > 0
+    assert prompt._WALKS.memo.size > 0
     assert _pieces(copy.deepcopy(body)) == fresh  # read from what the first walk remembered
 
 
@@ -460,7 +460,7 @@ def test_a_remembered_walk_gives_the_view_a_fresh_one_gives(make: Any) -> None:
 def test_values_python_calls_equal_are_walked_apart(value: Any) -> None:
     """1 == 1.0 == True in Python, not in JSON: a remembered step never stands in
     for a value that only compares equal."""
-    prompt._WALKS.clear()
+    prompt._WALKS.memo.clear()
     seen = {}
     for other in (1, 1.0, True, -0.0, 0, False):  # each remembered, then the one asked
         body = request(tools=[{**tool("Bash"), "input_schema": {"default": other}}])
@@ -474,7 +474,7 @@ def test_values_python_calls_equal_are_walked_apart(value: Any) -> None:
 
 def test_a_message_is_remembered_with_its_place() -> None:
     """The same message at another index, or after the first answer, is another piece."""
-    prompt._WALKS.clear()
+    prompt._WALKS.memo.clear()
     first = view(request(messages=[{"role": "user", "content": "hi"}]))
     moved = view(
         request(
@@ -495,11 +495,11 @@ def test_a_message_is_remembered_with_its_place() -> None:
 
 def test_values_orjson_cannot_write_are_walked_afresh() -> None:
     body = request(tools=[{**tool("Bash"), "input_schema": {"default": 2**70}}])
-    prompt._WALKS.clear()
+    prompt._WALKS.memo.clear()
     bash = next(p for p in view(body).pieces if p.name == "tools:Bash")
     assert json.loads(bash.text)["input_schema"]["default"] == 2**70
-    assert prompt._WALKS.bytes == sum(
-        len(k[3]) for k in prompt._WALKS._known if k[0] == "message"
+    assert prompt._WALKS.memo.size == sum(
+        len(k[3]) for k in prompt._WALKS.memo.remembered() if k[0] == "message"
     )  # the messages were remembered, the head was not
 
 
@@ -507,8 +507,8 @@ def test_the_remembered_walk_stays_within_its_bytes() -> None:
     walks = prompt._Walks(max_bytes=2_000)
     for i in range(50):
         walks.message(0, True, {"role": "user", "content": f"{i:03d}" + "x" * 200})
-    assert 0 < walks.bytes <= 2_000
-    assert walks.bytes == sum(len(k[3]) for k in walks._known)
+    assert 0 < walks.memo.size <= 2_000
+    assert walks.memo.size == sum(len(k[3]) for k in walks.memo.remembered())
     too_big = {"role": "user", "content": "y" * 5_000}
     assert json.loads(walks.message(0, True, too_big).parts[0][3]) == too_big
-    assert walks.bytes <= 2_000
+    assert walks.memo.size <= 2_000

@@ -10,9 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 import orjson
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 def canonical_json(value: Any) -> bytes:
@@ -45,40 +48,55 @@ TEXT_CACHE_MIN_CHARS: Final = 512
 TEXT_CACHE_MAX_CHARS: Final = 16_000_000
 
 
-class _TextDigests:
+class BoundedMemo(Generic[K, V]):
+    """Values by key, kept while their sizes add up to at most ``max_size``
+    (the oldest forgotten first); safe from any thread. The size of an entry
+    is the caller's (characters of a text, bytes of a key)."""
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self.size = 0
+        self._known: dict[K, tuple[V, int]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        found = self._known.get(key)
+        return None if found is None else found[0]
+
+    def keep(self, key: K, value: V, size: int) -> None:
+        """Remember ``value`` for ``key``, unless it is larger than the whole bound."""
+        with self._lock:
+            if key in self._known or size > self.max_size:
+                return
+            self._known[key] = (value, size)
+            self.size += size
+            while self.size > self.max_size:
+                self.size -= self._known.pop(next(iter(self._known)))[1]
+
+    def remembered(self) -> list[K]:
+        return list(self._known)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._known.clear()
+            self.size = 0
+
+
+class _TextDigests(BoundedMemo[str, str]):
     """``digest`` of long texts, remembered: most of a prompt is the previous one's.
 
     The tools, the system prompt and the earlier turns come back with every
     request of a conversation; looking a text up costs one hash of it and one
     comparison, a fraction of encoding and hashing it again. Bounded by the
-    characters it holds; safe from any thread.
+    characters it holds.
     """
 
-    def __init__(self, max_chars: int) -> None:
-        self.max_chars = max_chars
-        self.chars = 0
-        self._known: dict[str, str] = {}
-        self._lock = threading.Lock()
-
     def __call__(self, text: str) -> str:
-        found = self._known.get(text)
-        if found is not None:
-            return found
-        value = digest(text)
-        with self._lock:
-            if text not in self._known and len(text) <= self.max_chars:
-                self._known[text] = value
-                self.chars += len(text)
-                while self.chars > self.max_chars:
-                    oldest = next(iter(self._known))
-                    del self._known[oldest]
-                    self.chars -= len(oldest)
-        return value
-
-    def clear(self) -> None:
-        with self._lock:
-            self._known.clear()
-            self.chars = 0
+        found = self.get(text)
+        if found is None:
+            found = digest(text)
+            self.keep(text, found, len(text))
+        return found
 
 
 _text_digests = _TextDigests(TEXT_CACHE_MAX_CHARS)

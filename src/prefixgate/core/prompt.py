@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -61,7 +60,7 @@ from typing import Any, Final
 
 import orjson
 
-from prefixgate.core.canonical import canonical_json, chain, digest, text_digest
+from prefixgate.core.canonical import BoundedMemo, canonical_json, chain, digest, text_digest
 from prefixgate.core.knowntools import KNOWN_TOOLS
 from prefixgate.core.promptcut import cut_named, deferred_names
 
@@ -349,10 +348,7 @@ class _Walks:
     """
 
     def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self._known: dict[tuple[Any, ...], _Walked] = {}
-        self._lock = threading.Lock()
+        self.memo: BoundedMemo[tuple[Any, ...], _Walked] = BoundedMemo(max_bytes)
 
     def lead(
         self, attribution_text: str | None, system: Any, tools: Any, inline: frozenset[str]
@@ -376,28 +372,11 @@ class _Walks:
     def _get(
         self, key: tuple[Any, ...], size: int, walk: Callable[..., _Walked], *args: Any
     ) -> _Walked:
-        found = self._known.get(key)
-        if found is not None:
-            return found
-        found = walk(*args)
-        with self._lock:
-            if key not in self._known and size <= self.max_bytes:
-                self._known[key] = found
-                self.bytes += size
-                while self.bytes > self.max_bytes:
-                    oldest = next(iter(self._known))
-                    del self._known[oldest]
-                    self.bytes -= _size(oldest)
+        found = self.memo.get(key)
+        if found is None:
+            found = walk(*args)
+            self.memo.keep(key, found, size)
         return found
-
-    def clear(self) -> None:
-        with self._lock:
-            self._known.clear()
-            self.bytes = 0
-
-
-def _size(key: tuple[Any, ...]) -> int:
-    return sum(len(part) for part in key if isinstance(part, bytes))
 
 
 _WALKS = _Walks(WALK_CACHE_MAX_BYTES)

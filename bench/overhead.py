@@ -636,6 +636,7 @@ def pipeline_stages(items: Sequence[Item], repeat: int) -> list[tuple[str, float
     from prefixgate.core import canonical, pipeline, prompt
     from prefixgate.core.attribution import detect
     from prefixgate.core.cachekey import build_key
+    from prefixgate.core.knowntools import KNOWN_TOOLS
     from prefixgate.core.policy import Policy, apply_policy
 
     def segment(body: dict[str, Any], found: Any, result: Any) -> prompt.PromptView:
@@ -677,13 +678,27 @@ def pipeline_stages(items: Sequence[Item], repeat: int) -> list[tuple[str, float
     def ascii_canonical(s: dict[str, Any]) -> object:
         return [json.dumps(p, sort_keys=True, separators=(",", ":")).encode() for p in s["clean"]]
 
+    def parse_afresh(s: dict[str, Any]) -> object:
+        KNOWN_TOOLS.clear()  # the first request with these tools
+        return pipeline.parse_request(s["raw"])
+
+    def walk_afresh(s: dict[str, Any]) -> object:
+        prompt._WALKS.memo.clear()  # a prompt none of whose steps was seen
+        canonical._text_digests.clear()
+        return segment(s["body"], s["found"], s["result"])
+
     def key(s: dict[str, Any]) -> object:
         return build_key(s["segs"], provider="anthropic", model="m", tenant="t", policy="strip")
 
-    part = "part of segment"
+    part = "part of a fresh walk"
     steps: list[tuple[str, Callable[[dict[str, Any]], object], str]] = [
         ("rewrite(raw), the whole pipeline", lambda s: pipeline.rewrite(s["raw"]), "total"),
-        ("  parse_request (json.loads + checks)", lambda s: pipeline.parse_request(s["raw"]), ""),
+        (
+            "  parse_request (orjson + checks)",
+            lambda s: pipeline.parse_request(s["raw"]),
+            "tools array sent before: not parsed",
+        ),
+        ("    the same, tools not known", parse_afresh, "a new tool set"),
         ("  detect attribution", lambda s: detect(s["body"]), ""),
         ("  apply_policy strip", lambda s: apply_policy(s["body"], s["found"], Policy.STRIP), ""),
         (
@@ -694,8 +709,9 @@ def pipeline_stages(items: Sequence[Item], repeat: int) -> list[tuple[str, float
         (
             "  prompt_view (one walk + digests)",
             lambda s: segment(s["body"], s["found"], s["result"]),
-            "",
+            "steps seen before: remembered",
         ),
+        ("    the same, nothing remembered", walk_afresh, "a prompt never seen"),
         (
             "    without_cache_control deep copies",
             lambda s: [prompt.without_cache_control(p) for p in s["pieces"]],

@@ -254,6 +254,16 @@ async def test_beyond_max_connections_a_request_waits_for_a_free_one() -> None:
     assert server.connections == 1  # and then reuses it
 
 
+async def test_a_request_that_waits_past_the_pool_timeout_is_a_pool_timeout() -> None:
+    async with (
+        raw_server(ok) as server,
+        client(WireTransport(max_connections=1), pool=0.1) as http,
+        http.stream("POST", server.url + "/", content=b"x"),
+    ):
+        with pytest.raises(httpx.PoolTimeout):
+            await http.post(server.url + "/", content=b"y")
+
+
 async def test_a_connection_idle_past_the_keepalive_is_not_reused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

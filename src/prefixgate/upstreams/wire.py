@@ -30,9 +30,9 @@ What it keeps of httpx's contract:
 
 Connections are kept per origin (scheme, host, port) while idle for at most
 ``KEEPALIVE_S`` (httpx's default) and reused last-in first-out; at most
-``MAX_CONNECTIONS`` are open at once, later requests wait for one. A body the
-caller reads slowly stops the socket being read past ``HIGH_WATER`` buffered
-bytes. Methods whose answers have no body (``HEAD``) are not sent by the
+``MAX_CONNECTIONS`` are open at once, later requests wait for one (up to the
+request's ``pool`` timeout: ``PoolTimeout``). A body the caller reads slowly
+stops the socket being read past ``HIGH_WATER`` buffered bytes. Methods whose answers have no body (``HEAD``) are not sent by the
 gateway and not supported here.
 """
 
@@ -229,7 +229,11 @@ class WireTransport(httpx.AsyncBaseTransport):
         for name, value in request.headers.raw:
             head += (name, b": ", value, b"\r\n")
         head.append(b"\r\n")
-        await self._slots.acquire()
+        try:
+            async with asyncio.timeout(timeouts.get("pool")):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise httpx.PoolTimeout("no connection to the upstream came free in time") from None
         conn: _Connection | None = None
         try:
             conn = await self._connection(origin, timeouts.get("connect"))

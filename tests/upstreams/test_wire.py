@@ -212,6 +212,17 @@ async def test_a_malformed_answer_is_a_remote_protocol_error() -> None:
             await http.post(server.url + "/", content=b"x")
 
 
+async def test_an_informational_answer_is_skipped_for_the_one_after_it() -> None:
+    async def hints(head: bytes, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>\r\n\r\n")
+        await ok(head, reader, w)
+
+    async with raw_server(hints) as server, client() as http:
+        response = await http.post(server.url + "/", content=b"x")
+        assert (response.status_code, response.text) == (200, "ok")
+        assert "link" not in response.headers
+
+
 async def test_a_body_without_length_ends_with_the_connection() -> None:
     async def until_close(
         head: bytes, reader: asyncio.StreamReader, w: asyncio.StreamWriter

@@ -32,8 +32,10 @@ Connections are kept per origin (scheme, host, port) while idle for at most
 ``KEEPALIVE_S`` (httpx's default) and reused last-in first-out; at most
 ``MAX_CONNECTIONS`` are open at once, later requests wait for one (up to the
 request's ``pool`` timeout: ``PoolTimeout``). A body the caller reads slowly
-stops the socket being read past ``HIGH_WATER`` buffered bytes. Methods whose answers have no body (``HEAD``) are not sent by the
-gateway and not supported here.
+stops the socket being read past ``HIGH_WATER`` buffered bytes. An
+informational answer (``103 Early Hints``) is skipped for the one after it.
+Methods whose answers have no body (``HEAD``) are not sent by the gateway and
+not supported here.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class _Connection(asyncio.Protocol):
         self.complete = False
         self.keep_alive = False
         self.until_close = False  # a body that ends when the connection does
+        self._interim = False  # the answer read now is an informational (1xx) one
         self.error: httpx.TransportError | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._loop = loop
@@ -119,7 +122,11 @@ class _Connection(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self.status = self._parser.get_status_code()
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:  # 103 Early Hints and the like: the real answer follows
+            self.headers, self._interim = [], True
+            return
+        self.status = status
         self.keep_alive = self._parser.should_keep_alive()
         names = {name.lower() for name, _ in self.headers}
         self.until_close = b"content-length" not in names and b"transfer-encoding" not in names
@@ -133,6 +140,9 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         self.complete = True
         self._wake()
 

@@ -171,13 +171,7 @@ class ScriptedUpstream:
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            await reader.readexactly(length)
+            head, _ = await read_request(reader)
             if not head.startswith(b"POST "):
                 writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
                 await writer.drain()
@@ -192,16 +186,37 @@ class ScriptedUpstream:
                 await writer.wait_closed()
 
 
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One request's head and its ``Content-Length`` body, read off ``reader``."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return head, await reader.readexactly(length)
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
 @contextlib.asynccontextmanager
-async def scripted_upstream(script: Script) -> AsyncIterator[ScriptedUpstream]:
-    """A ``ScriptedUpstream`` listening on a free loopback port (its ``url``)."""
-    upstream = ScriptedUpstream(script)
-    server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0)
-    upstream.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+async def listening(handle: Handler) -> AsyncIterator[str]:
+    """``handle`` serving each connection on a free loopback port; its base URL."""
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
     try:
-        yield upstream
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     finally:
         server.close()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2):
                 await server.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def scripted_upstream(script: Script) -> AsyncIterator[ScriptedUpstream]:
+    """A ``ScriptedUpstream`` listening on a free loopback port (its ``url``)."""
+    upstream = ScriptedUpstream(script)
+    async with listening(upstream.serve) as url:
+        upstream.url = url
+        yield upstream

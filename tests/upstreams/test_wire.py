@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 from support.servers import free_port
+from support.upstream import listening, read_request
 
 from prefixgate.upstreams import wire
 from prefixgate.upstreams.wire import WireTransport
@@ -30,13 +31,7 @@ class RawServer:
         self.connections += 1
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                body = await reader.readexactly(length)
+                head, body = await read_request(reader)
                 self.requests.append((head, body))
                 await self.answer(head, reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -48,12 +43,9 @@ class RawServer:
 @contextlib.asynccontextmanager
 async def raw_server(answer: Answer) -> AsyncIterator[RawServer]:
     raw = RawServer(answer)
-    server = await asyncio.start_server(raw.serve, "127.0.0.1", 0)
-    raw.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    try:
+    async with listening(raw.serve) as url:
+        raw.url = url
         yield raw
-    finally:
-        server.close()
 
 
 @contextlib.asynccontextmanager

@@ -382,6 +382,29 @@ async def test_the_record_is_made_and_committed_before_the_last_bytes_go_out() -
     assert calls == ["answered", ("finish", None)]  # not a second time
 
 
+@pytest.mark.parametrize("reads", [1, 2])
+async def test_the_events_read_with_the_end_go_out_with_it_and_earlier_ones_at_once(
+    reads: int,
+) -> None:
+    async def answer() -> AsyncIterator[bytes]:
+        if reads == 1:
+            yield ANTHROPIC_FIRST + ANTHROPIC_REST
+        else:
+            yield ANTHROPIC_FIRST
+            yield ANTHROPIC_REST
+
+    calls: list[Any] = []
+    relay = _relay(httpx.Response(200, content=answer()), calls)
+    batches = []
+    async for batch in relay.events():
+        batches.append((batch, list(calls)))
+    finished = ["answered", ("finish", None)]
+    if reads == 1:  # one write, once recorded
+        assert batches == [(ANTHROPIC_FIRST + ANTHROPIC_REST, finished)]
+    else:  # the first read at once, before the end is known
+        assert batches == [(ANTHROPIC_FIRST, []), (ANTHROPIC_REST, finished)]
+
+
 async def test_a_stream_cut_before_message_stop_is_not_announced_and_ends_with_an_error() -> None:
     calls: list[Any] = []
     partial = ANTHROPIC_FIRST + b'event: content_block_delta\ndata: {"ty'
@@ -397,9 +420,14 @@ async def test_a_stream_cut_before_message_stop_is_not_announced_and_ends_with_a
 
 async def test_a_stream_abandoned_by_its_client_is_recorded_as_abandoned() -> None:
     calls: list[Any] = []
-    relay = _relay(httpx.Response(200, content=ANTHROPIC_FIRST + ANTHROPIC_REST), calls)
+
+    async def two_reads() -> AsyncIterator[bytes]:  # the end comes in a read of its own
+        yield ANTHROPIC_FIRST
+        yield ANTHROPIC_REST
+
+    relay = _relay(httpx.Response(200, content=two_reads()), calls)
     events = relay.events()
-    assert await anext(events)
+    assert await anext(events) == ANTHROPIC_FIRST
     await relay.close()  # the client went away
     assert calls == [("finish", Relay.ABANDONED)]
 

@@ -467,6 +467,15 @@ def test_round_trips_every_field(db: Path) -> None:
     assert got[1].attribution is None and got[1].segments == {}
 
 
+def test_json_that_orjson_refuses_is_written_the_standard_way(db: Path) -> None:
+    odd = rec(attribution={1: "integer key", "big": 2**70}, tool_loads={"mode": "inline"})
+    with SqliteAudit(db) as audit:
+        audit.record(odd)
+    with raw(db) as conn:
+        text = conn.execute("SELECT attribution, tool_loads FROM requests").fetchone()
+    assert text == ('{"1":"integer key","big":1180591620717411303424}', '{"mode":"inline"}')
+
+
 def test_bodies_are_null_unless_captured(db: Path) -> None:
     with SqliteAudit(db) as audit:
         audit.record(FULL)

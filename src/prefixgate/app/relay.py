@@ -117,8 +117,9 @@ class Relay:
     async def events(self) -> AsyncIterator[bytes]:
         """The client's bytes, each batch sent as soon as its last upstream byte arrived.
 
-        The last batch (the end of the message, or an ``error`` event) goes out
-        only once the request is recorded and its record committed.
+        The last batch (the one that ends the message, with the events read
+        together with its end, or an ``error`` event) goes out only once the
+        request is recorded and its record committed.
         """
         if self._streams is not None:
             self._streams.add(self)
@@ -144,17 +145,16 @@ class Relay:
                 if first:  # a runtime sends its headers before it has read the prompt
                     self._ex.ttfb, first = time.perf_counter(), False
                 events = decoder.decode(chunk)
-                if held is None:
-                    stop = _stop_index(events)
-                    out = self._stream.feed(events if stop is None else events[:stop])
-                    if stop is not None:
-                        held = self._stream.feed(events[stop:])
-                    elif _STOP_EVENT in out:  # a translated stream's own message_stop
-                        held, out = out, b""
-                    if out:
-                        yield out
-                else:
+                if held is not None:
                     held += self._stream.feed(events)
+                    continue
+                out = self._stream.feed(events)
+                # The events read with message_stop (an upstream's, or a translated
+                # stream's own) go out with it: one write to the client less.
+                if _stop_index(events) is not None or _STOP_EVENT in out:
+                    held = out
+                elif out:
+                    yield out
             out = (held or b"") + self._stream.feed(decoder.flush()) + self._stream.end()
             summary = self._stream.summary()
         except PrefixgateError as err:  # failed, silent too long, or the gateway stopping

@@ -50,6 +50,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
+import orjson
+
 from prefixgate.store.audit import AuditRecord, OnCommit, notify
 
 log = logging.getLogger("prefixgate")
@@ -249,12 +251,20 @@ def _to_row(rec: AuditRecord, capture_bodies: bool) -> tuple[Any, ...]:
         if name in _BODY_FIELDS and not capture_bodies:
             value = None
         elif name in _JSON_FIELDS and value is not None:
-            plain = dict(value) if isinstance(value, Mapping) else value
-            value = json.dumps(plain, ensure_ascii=False, separators=(",", ":"), default=str)
+            value = _json_text(dict(value) if isinstance(value, Mapping) else value)
         elif name in _BOOL_FIELDS:
             value = 1 if value else 0
         row.append(value)
     return tuple(row)
+
+
+def _json_text(value: Any) -> str:
+    """``value`` as compact JSON text: orjson's, the standard library's for what
+    orjson refuses (keys that are not strings, a lone surrogate, odd types)."""
+    try:
+        return orjson.dumps(value).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
 def _from_row(row: Sequence[Any]) -> AuditRecord:
@@ -562,6 +572,9 @@ class SqliteAudit:
 
     def _insert(self, rows: list[tuple[Any, ...]]) -> None:
         conn = self._conn
+        if len(rows) == 1:  # one statement is a transaction of its own (autocommit)
+            conn.execute(_INSERT, rows[0])
+            return
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany(_INSERT, rows)

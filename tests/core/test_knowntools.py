@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -158,3 +159,35 @@ def test_the_placeholder_holds_a_token_made_at_start() -> None:
     token = knowntools.PLACEHOLDER_VALUE[0].rsplit(":", 1)[1]
     assert len(token) == 32
     assert pipeline.KNOWN_TOOLS is KNOWN_TOOLS
+
+
+def test_where_finds_a_remembered_array_only_in_a_body_it_was_found_in() -> None:
+    first = raw()
+    tools = parse_request(first)["tools"]
+    sent = orjson.dumps([TOOL])
+    assert KNOWN_TOOLS.where(first, tools) == (first.index(b'"tools":') + 8, sent)
+    longer = raw(messages=[{"role": "user", "content": "a longer question"}])
+    assert KNOWN_TOOLS.where(longer, tools) == (longer.index(b'"tools":') + 8, sent)
+    assert KNOWN_TOOLS.where(raw(tools=[TOOL, TOOL]), tools) is None  # not those bytes there
+    assert KNOWN_TOOLS.where(first, copy.deepcopy(tools)) is None  # not the remembered value
+
+
+@pytest.mark.parametrize("inside", [0, 1, 2])
+def test_system_keys_in_a_body_with_a_known_array_are_those_a_full_search_finds(
+    inside: int,
+) -> None:
+    schema = {"type": "object", "properties": {"system": {"type": "string"}}}
+    tool = {**TOOL, "input_schema": schema} if inside else TOOL
+    tools = [tool] * inside or [TOOL]
+    system = [{"type": "text", "text": '"system": quoted, "system" : spaced'}]
+    parse_request(raw(tools=tools, system=system))  # remembered
+    for body in (
+        raw(tools=tools, system=system),
+        raw(tools=tools, system=system, metadata={"system": "after"}),
+        raw(tools=tools),
+    ):
+        parsed = parse_request(body)
+        assert KNOWN_TOOLS.where(body, parsed["tools"]) is not None
+        full = [m.start() for m in re.finditer(rb'"system"\s*:', body)]
+        assert pipeline.system_keys(body, parsed["tools"]) == full
+        assert len(full) == inside + ("system" in parsed) + body.count(b'"after"')

@@ -87,6 +87,15 @@ class KnownTools:
                 return known.sent
         return None
 
+    def where(self, raw: bytes, value: object) -> tuple[int, bytes] | None:
+        """Where in ``raw`` the remembered array ``value`` sits (its offset, its bytes),
+        if ``raw`` is a body it was found in."""
+        for known in self._known:
+            if known.value is value:
+                at = len(raw) - known.tail - len(known.sent)
+                return (at, known.sent) if at >= 0 and raw.startswith(known.sent, at) else None
+        return None
+
     def found(self, known: Known) -> None:
         """``known`` was used: keep it first."""
         if self._known and self._known[0] is known:

@@ -140,18 +140,19 @@ def compare(
     request of another tenant" when it is not ``owner``'s."""
     # Side requests (titles, summaries) carry a new short conversation each time.
     side = owner.agent == "side"
-    session_change = None
+    session_change = found = None
     if session_prev is not None:
-        session_change = _in_place(first_change(session_prev, view), new_conversation=side)
+        found = first_change(session_prev, view)
+        session_change = _in_place(found, new_conversation=side)
     upstream_change = None
     interloper = None
     if upstream_prev is not None:
         prev_owner, prev_view = upstream_prev
         other = prev_owner.session != owner.session or side
         across = prev_owner.session != owner.session
-        upstream_change = _in_place(
-            first_change(prev_view, view, across_sessions=across), new_conversation=other
-        )
+        if prev_view is not session_prev or across:  # else the session's own, found above
+            found = first_change(prev_view, view, across_sessions=across)
+        upstream_change = _in_place(found, new_conversation=other)
         if prev_owner.tenant != owner.tenant:
             # another tenant's prompt is never described: a change against it
             # would name its pieces (tools, lines of text)

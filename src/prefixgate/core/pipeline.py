@@ -17,6 +17,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -24,7 +25,7 @@ import orjson
 from prefixgate.core.attribution import Attribution, detect
 from prefixgate.core.cachekey import ADAPTER_VERSION, PromptCacheKey, build_key
 from prefixgate.core.errors import InvalidRequest
-from prefixgate.core.knowntools import KNOWN_TOOLS, PLACEHOLDER_VALUE
+from prefixgate.core.knowntools import KNOWN_TOOLS, PLACEHOLDER_VALUE, SLOTS
 from prefixgate.core.limits import DEFAULT_LIMITS, Limits, check_limits, depth_error, json_shape
 from prefixgate.core.policy import (
     DEFAULT_NORMALIZE_KEEP,
@@ -297,6 +298,29 @@ def _floatless(value: Any) -> bool:
 _SYSTEM_KEY = re.compile(rb'"system"\s*:')
 
 
+def system_keys(raw: bytes, tools: object = None) -> list[int]:
+    """Where ``"system":`` keys start in ``raw``, in order.
+
+    When ``tools`` is a remembered array (``KNOWN_TOOLS``) parsed from its bytes
+    in ``raw``, those bytes (most of a Claude Code body) are searched once per
+    array, not once per request. No key straddles the array's brackets.
+    """
+    span = KNOWN_TOOLS.where(raw, tools) if tools is not None else None
+    if span is None:
+        return [m.start() for m in _SYSTEM_KEY.finditer(raw)]
+    at, sent = span
+    return [
+        *(m.start() for m in _SYSTEM_KEY.finditer(raw, 0, at)),
+        *(at + offset for offset in _keys_within(sent)),
+        *(m.start() for m in _SYSTEM_KEY.finditer(raw, at + len(sent))),
+    ]
+
+
+@lru_cache(maxsize=SLOTS)  # by the remembered bytes: their hash is computed once
+def _keys_within(sent: bytes) -> tuple[int, ...]:
+    return tuple(m.start() for m in _SYSTEM_KEY.finditer(sent))
+
+
 def splice_system(raw: bytes, old: Mapping[str, Any], new: Mapping[str, Any]) -> bytes:
     """Replace the encoded ``system`` value inside ``raw``, leaving other bytes alone.
 
@@ -307,7 +331,7 @@ def splice_system(raw: bytes, old: Mapping[str, Any], new: Mapping[str, Any]) ->
     Only when ``system`` is the one key of that name in the body: a nested
     object may hold a ``system`` key too, even with the same value.
     """
-    keys = [m.start() for m in _SYSTEM_KEY.finditer(raw)]
+    keys = system_keys(raw, old.get("tools"))
     if len(keys) != 1:
         return _encode(dict(new))
     at = keys[0]  # the one place a needle (it starts with the key) can be

@@ -249,7 +249,7 @@ class WireTransport(httpx.AsyncBaseTransport):
             conn = await self._connection(origin, timeouts.get("connect"))
             conn.begin(asyncio.get_running_loop())
             assert conn.transport is not None
-            conn.transport.write(b"".join(head) + body)
+            conn.transport.writelines((b"".join(head), body))  # one writev, the body not copied
             while not conn.status:
                 if conn.error is not None:
                     raise conn.error

@@ -99,11 +99,11 @@ def test_the_session_an_upstream_sees_is_the_tenants_own_with_keys() -> None:
     told = Told()
     ex = exchange(told)
     assert ex.scoped_session is None
-    ex.sent_to(LOCAL, observation("abc"), None)
+    ex.identity = observation("abc").identity  # known before it is sent
     assert ex.scoped_session == "abc"
     alpha = Tenant(name="alpha")
     keyed = Exchange(
         route="/v1/messages", tenant="alpha", session=None, observer=told, principal=alpha
     )
-    keyed.sent_to(LOCAL, observation("abc"), None)
+    keyed.identity = observation("abc").identity
     assert keyed.scoped_session == "alpha:abc"

@@ -35,3 +35,32 @@ def test_an_answer_nested_past_the_parsers_depth_is_no_json_object() -> None:
     assert json_object(deep) is None
     error = status_error(UpstreamConfig(name="u", url="http://u.test"), 400, deep)
     assert "upstream 'u'" in error.message  # its text, cut: no traceback
+
+
+@pytest.mark.parametrize("outcome", ["answered", "refused", "error status"])
+async def test_send_calls_on_sent_once_whatever_the_transport_and_outcome(outcome: str) -> None:
+    """A transport that cannot tell when the request is written (a mock here) gets
+    it called once the answer began, or the sending failed."""
+    from support.servers import free_port
+
+    from prefixgate.config import UpstreamConfig
+    from prefixgate.core.errors import PrefixgateError
+    from prefixgate.upstreams.http import Outgoing, send
+
+    calls: list[str] = []
+    status = 500 if outcome == "error status" else 200
+    transport = httpx.MockTransport(lambda request: httpx.Response(status, json={}))
+    upstreams = UpstreamClient(None if outcome == "refused" else transport)
+    url = f"http://127.0.0.1:{free_port()}" if outcome == "refused" else "http://upstream.test"
+    config = UpstreamConfig(name="u", url=url, connect_timeout=2)
+    async with upstreams.opened():
+        try:
+            response = await send(
+                upstreams, config, Outgoing("/v1/messages", b"{}"), lambda: calls.append("sent")
+            )
+        except PrefixgateError:
+            assert outcome != "answered"
+        else:
+            assert outcome == "answered"
+            await response.aclose()
+    assert calls == ["sent"]

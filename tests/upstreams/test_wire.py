@@ -276,3 +276,24 @@ async def test_a_connection_idle_past_the_keepalive_is_not_reused(
         await asyncio.sleep(0.1)
         await http.post(server.url + "/", content=b"x")
     assert server.connections == 2
+
+
+async def test_on_sent_is_called_once_the_request_is_written_before_the_answer() -> None:
+    answering = asyncio.Event()
+    order: list[str] = []
+
+    async def late(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        order.append("server read the request")
+        await answering.wait()
+        await ok(head, reader, writer)
+
+    def on_sent() -> None:
+        order.append("sent")
+        answering.set()  # the server answers only after the caller was told
+
+    async with raw_server(late) as server, client() as http:
+        request = http.build_request("POST", server.url + "/v1/messages", content=b"{}")
+        request.extensions[wire.ON_SENT] = on_sent
+        response = await asyncio.wait_for(http.send(request), 5)
+        assert (response.status_code, response.text) == (200, "ok")
+    assert order == ["sent", "server read the request"]

@@ -95,7 +95,8 @@ class Exchange:
     rewrite: Rewrite | None = None
     upstream: UpstreamConfig | None = None  # the route's, then the replica's it is sent to
     headers: HeaderRewrite = field(default_factory=HeaderRewrite)  # attribution headers
-    seen: Observation | None = None
+    identity: Identity | None = None  # session, agent, kind (once the body is read)
+    seen: Observation | None = None  # compared with the cache model (while it is sent)
     ttfb: float | None = None
     committed: asyncio.Future[None] | None = None  # set once its audit record is on disk
     # how it ended, and what is left to do then
@@ -103,10 +104,6 @@ class Exchange:
     _release: Callable[[], None] | None = field(default=None, init=False, repr=False)
     _held: bool = field(default=False, init=False, repr=False)  # the observer knows
     _ended: bool = field(default=False, init=False, repr=False)
-
-    @property
-    def identity(self) -> Identity | None:
-        return self.seen.identity if self.seen else None
 
     @property
     def scoped_session(self) -> str | None:
@@ -117,11 +114,20 @@ class Exchange:
         return session
 
     def sent_to(
-        self, upstream: UpstreamConfig, seen: Observation, release: Callable[[], None] | None
+        self,
+        upstream: UpstreamConfig,
+        seen: Observation | None,
+        release: Callable[[], None] | None,
     ) -> None:
-        """It goes to ``upstream`` (one replica); ``release`` ends its hold there."""
+        """It goes to ``upstream`` (one replica); ``release`` ends its hold there.
+
+        ``seen``: its observation, or ``None`` until ``observed`` is told it."""
         self._let_go()
         self.upstream, self.seen, self._release = upstream, seen, release
+
+    def observed(self, seen: Observation) -> None:
+        """Its prompt was compared with ``seen.upstream``'s cache model."""
+        self.seen = seen
 
     def let_go(self) -> None:
         """The replica it was sent to failed it: release the hold before the next."""

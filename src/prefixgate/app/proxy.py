@@ -135,12 +135,12 @@ class Proxy:
             self.capture.append(request.method, request.url, request.headers, raw)
         upstream, kind, rw = self._rewrite(ex, raw, require_max_tokens)
         ex.headers = attribution_headers(request, upstream, rw.policy)
-        who = self.observer.identify(request.headers, request.url.path, rw, ex.tenant)
+        who = ex.identity = self.observer.identify(request.headers, request.url.path, rw, ex.tenant)
         local = upstream.side_requests == "local"
         if who.kind == "count_tokens" and (local or kind.counts_tokens):
             return await self._locally(ex, upstream, rw, who, side.count_tokens)
         if who.kind == "probe" and local:
-            who = replace(who, kind=LOCAL_PROBE)
+            who = ex.identity = replace(who, kind=LOCAL_PROBE)
             return await self._locally(ex, upstream, rw, who, side.probe)
         targets = await self.router.plan(upstream, rw, who, ex.tenant)  # pins, loads
         return await self._attempts(request, ex, kind, rw, who, targets)
@@ -183,11 +183,11 @@ class Proxy:
             sent, release = rw, _releasing(self.router, target)
             if self.prefixes is not None:  # may restore a saved prefix, send to its slot
                 sent, release = await self.prefixes.hold(target.config, rw, who.kind, release)
-            seen = self.observer.begin(who, rw, target.config, ex.tenant)
             self.router.started(target)
-            ex.sent_to(target.config, seen, release)
+            ex.sent_to(target.config, None, release)
+            compare = functools.partial(self._observe, ex, who, rw, target.config)
             try:
-                response = await self._send(request, ex, kind, target.config, sent)
+                response = await self._send(request, ex, kind, target.config, sent, compare)
             except PrefixgateError as exc:
                 ex.let_go()
                 if not exc.retryable or attempt == len(targets) - 1:
@@ -201,13 +201,25 @@ class Proxy:
             return response
         raise AssertionError("a plan has at least one target")  # pragma: no cover
 
+    def _observe(self, ex: Exchange, who: Identity, rw: Rewrite, upstream: UpstreamConfig) -> None:
+        """Compare the prompt with ``upstream``'s cache model (while the upstream works)."""
+        ex.observed(self.observer.begin(who, rw, upstream, ex.tenant))
+
     async def _send(
-        self, request: Request, ex: Exchange, kind: Kind, upstream: UpstreamConfig, rw: Rewrite
+        self,
+        request: Request,
+        ex: Exchange,
+        kind: Kind,
+        upstream: UpstreamConfig,
+        rw: Rewrite,
+        on_sent: Callable[[], None],
     ) -> Response:
-        """Forward to ``upstream``; raises ``PrefixgateError`` only before an answer."""
+        """Forward to ``upstream``; raises ``PrefixgateError`` only before an answer.
+
+        ``on_sent`` runs once, when the request is on the wire (``upstreams.http.send``)."""
         trusted = self.settings.trust_forwarded
         call = kind.call(upstream, incoming(request, ex.headers, trusted), rw, ex.scoped_session)
-        response = await send(self.upstreams, upstream, call.outgoing)
+        response = await send(self.upstreams, upstream, call.outgoing, on_sent)
         ex.ttfb = time.perf_counter()
         streamed = call.stream(response.status_code, response.headers)
         if streamed is not None:

@@ -17,7 +17,7 @@ import base64
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
@@ -34,7 +34,7 @@ from prefixgate.core.errors import (
     error_type_for_status,
 )
 from prefixgate.core.secrets import redact_text
-from prefixgate.upstreams.wire import WireTransport
+from prefixgate.upstreams.wire import ON_SENT, WireTransport
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,18 @@ class UpstreamClient:
         return response
 
 
+class _Once:
+    """Calls ``fn`` (if any) the first time it is called."""
+
+    def __init__(self, fn: Callable[[], None] | None) -> None:
+        self._fn = fn
+
+    def __call__(self) -> None:
+        fn, self._fn = self._fn, None
+        if fn is not None:
+            fn()
+
+
 def basic_auth_value(user: str, password: str) -> bytes:
     """The ``Authorization`` value httpx's ``BasicAuth`` sends."""
     return b"Basic " + base64.b64encode(f"{user}:{password}".encode())
@@ -147,16 +159,26 @@ def _no_cookies() -> CookieJar:
 
 
 async def send(
-    upstreams: UpstreamClient, config: UpstreamConfig, outgoing: Outgoing
+    upstreams: UpstreamClient,
+    config: UpstreamConfig,
+    outgoing: Outgoing,
+    on_sent: Callable[[], None] | None = None,
 ) -> httpx.Response:
     """Send ``outgoing`` to ``config`` and return the response, its body unread.
 
     Raises a typed ``PrefixgateError`` for refused connections, timeouts and
     error statuses (after reading the error body); the caller must close the
     returned response.
+
+    ``on_sent`` is called once: as soon as the request is written (``WireTransport``
+    calls it, so that the caller's work overlaps the upstream's), else when the
+    answer begins or the sending fails.
     """
     timeout = httpx.Timeout(config.read_timeout, connect=config.connect_timeout)
     request = upstreams.request(config, outgoing, timeout)
+    once = _Once(on_sent)
+    if on_sent is not None:
+        request.extensions[ON_SENT] = once
     try:
         try:
             response = await upstreams.send(request)
@@ -167,6 +189,8 @@ async def send(
             response = await upstreams.send(request)
     except httpx.HTTPError as exc:
         raise transport_error(config, exc) from None
+    finally:
+        once()
     if response.status_code >= 400:
         raise status_error(config, response.status_code, await read_all(config, response))
     return response

@@ -36,6 +36,10 @@ stops the socket being read past ``HIGH_WATER`` buffered bytes. An
 informational answer (``103 Early Hints``) is skipped for the one after it.
 Methods whose answers have no body (``HEAD``) are not sent by the gateway and
 not supported here.
+
+A request may carry ``ON_SENT`` in its extensions, a callable the transport
+calls once the request is written and before the answer is awaited: the
+gateway compares the prompt with its cache model while the upstream works.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ MAX_CONNECTIONS: Final = 100
 KEEPALIVE_S: Final = 5.0
 #: Body bytes buffered for a slow reader before the socket stops being read.
 HIGH_WATER: Final = 1 << 20
+#: A request extension: called (no arguments) once the request is written.
+ON_SENT: Final = "prefixgate.on_sent"
 
 Origin = tuple[bytes, bytes, int]  # scheme, host, port
 
@@ -250,6 +256,9 @@ class WireTransport(httpx.AsyncBaseTransport):
             conn.begin(asyncio.get_running_loop())
             assert conn.transport is not None
             conn.transport.writelines((b"".join(head), body))  # one writev, the body not copied
+            sent = request.extensions.get(ON_SENT)
+            if sent is not None:  # the caller's work while the upstream works
+                sent()
             while not conn.status:
                 if conn.error is not None:
                     raise conn.error

@@ -75,14 +75,17 @@ async def test_a_failed_replica_is_released_before_the_next_one_is_held() -> Non
     assert released == ["first", "second"]
 
 
-async def test_the_upstream_is_told_it_holds_the_prompt_once() -> None:
+async def test_settle_does_what_the_end_left_once() -> None:
     told = Told()
     ex = exchange(told)
-    ex.holds_prompt()  # not sent anywhere yet: nothing to tell
+    ex.settle()  # not ended: nothing left to do
     ex.sent_to(LOCAL, observation(), None)
-    ex.holds_prompt()
-    ex.holds_prompt()
-    assert told.calls == ["answered"]
+    ex.answered(200, None)
+    ex.end()
+    assert told.calls == ["finish"]
+    ex.settle()
+    ex.settle()
+    assert told.calls == ["finish", "settled"]
 
 
 async def test_a_refusal_is_recorded_untimed_with_its_own_request_id() -> None:

@@ -330,20 +330,17 @@ class _Observer:
         self.calls = calls
         self.delay = delay
 
-    def answered(self, seen: Any) -> None:
-        self.calls.append("answered")
-
     def finish(
         self,
         rec: AuditRecord,
         seen: Any,
         *,
-        remembered: bool = False,
         on_commit: Callable[[], None] | None = None,
-    ) -> None:
+    ) -> Callable[[], None]:
         self.calls.append(("finish", rec.error))
         if on_commit is not None:
             asyncio.get_running_loop().call_later(self.delay, on_commit)
+        return lambda: self.calls.append("settled")
 
 
 def _relay(
@@ -377,9 +374,9 @@ async def test_the_record_is_made_and_committed_before_the_last_bytes_go_out() -
     sent = [chunk async for chunk in relay.events()]
     assert time.monotonic() - started >= 0.15  # the end waited for the commit
     assert b"".join(sent) == stream
-    assert calls == ["answered", ("finish", None)]
-    await relay.close()
-    assert calls == ["answered", ("finish", None)]  # not a second time
+    assert calls == [("finish", None)]
+    await relay.close()  # right after the last bytes: the rest of the observer's work
+    assert calls == [("finish", None), "settled"]  # not recorded a second time
 
 
 @pytest.mark.parametrize("reads", [1, 2])
@@ -398,14 +395,14 @@ async def test_the_events_read_with_the_end_go_out_with_it_and_earlier_ones_at_o
     batches = []
     async for batch in relay.events():
         batches.append((batch, list(calls)))
-    finished = ["answered", ("finish", None)]
+    finished = [("finish", None)]
     if reads == 1:  # one write, once recorded
         assert batches == [(ANTHROPIC_FIRST + ANTHROPIC_REST, finished)]
     else:  # the first read at once, before the end is known
         assert batches == [(ANTHROPIC_FIRST, []), (ANTHROPIC_REST, finished)]
 
 
-async def test_a_stream_cut_before_message_stop_is_not_announced_and_ends_with_an_error() -> None:
+async def test_a_stream_cut_before_message_stop_ends_with_an_error() -> None:
     calls: list[Any] = []
     partial = ANTHROPIC_FIRST + b'event: content_block_delta\ndata: {"ty'
     relay = _relay(httpx.Response(200, content=partial), calls)
@@ -415,7 +412,7 @@ async def test_a_stream_cut_before_message_stop_is_not_announced_and_ends_with_a
     assert_stream_error(sent, "api_error", "before message_stop")
     assert len(calls) == 1 and "before message_stop" in calls[0][1]
     await relay.close()
-    assert len(calls) == 1
+    assert calls[1:] == ["settled"]
 
 
 async def test_a_stream_abandoned_by_its_client_is_recorded_as_abandoned() -> None:
@@ -429,7 +426,7 @@ async def test_a_stream_abandoned_by_its_client_is_recorded_as_abandoned() -> No
     events = relay.events()
     assert await anext(events) == ANTHROPIC_FIRST
     await relay.close()  # the client went away
-    assert calls == [("finish", Relay.ABANDONED)]
+    assert calls == [("finish", Relay.ABANDONED), "settled"]
 
 
 async def test_closing_a_response_under_a_pending_read_raises_an_httpx_error() -> None:
@@ -480,7 +477,7 @@ async def test_abort_ends_a_live_stream_with_an_overloaded_error(when: str) -> N
         sent += b"".join([chunk async for chunk in events])
         await relay.close()
         assert assert_stream_error(sent, "overloaded_error") == STOPPING
-        assert calls == [("finish", STOPPING)]
+        assert calls == [("finish", STOPPING), "settled"]
         assert len(streams) == 0
         await asyncio.wait_for(upstream.hung_up.wait(), 2)  # the upstream stops generating
 

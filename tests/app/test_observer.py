@@ -532,3 +532,41 @@ async def test_capture_bodies_keeps_the_request_and_the_answer() -> None:
     assert whole.response_text == "Hello"
     assert streamed.request_body == raws[1]
     assert streamed.response_text == "Hi"
+
+
+# -- what waits until the client has its answer ---------------------------------------
+
+
+async def test_finish_records_at_once_and_leaves_learning_and_counting_for_after() -> None:
+    from prefixgate.app.metrics import Metrics
+    from prefixgate.app.observer import CacheObserver
+    from prefixgate.config import UpstreamConfig
+
+    observer = CacheObserver(Settings(), MemoryAudit(), Metrics())
+    upstream = UpstreamConfig(name="local", url=URL)
+    rw = rewrite(json.dumps(body(1)).encode())
+    who = observer.identify({}, "/v1/messages", rw, "default")
+
+    def counted() -> bool:
+        return b"prefixgate_requests_total{" in observer.metrics.exposition()
+
+    for status, learnt in ((502, False), (200, True)):
+        seen = observer.begin(who, rw, upstream, "default")
+        rec = AuditRecord(
+            time=0.0,
+            route="/v1/messages",
+            tenant="default",
+            session=who.session,
+            model="m",
+            upstream="local",
+            policy="strip",
+            status=status,
+        )
+        after = observer.finish(rec, seen)
+        assert observer.audit.records[-1] == rec  # recorded at once
+        assert not observer.begin(who, rw, upstream, "default").comparison.has_session_ref
+        assert counted() == (status == 200)  # the 502 before was counted by its after()
+        after()
+        assert counted()
+        again = observer.begin(who, rw, upstream, "default")
+        assert again.comparison.has_session_ref == learnt  # a failed answer is not learnt

@@ -52,21 +52,21 @@ def relay(content: bytes | httpx.AsyncByteStream, calls: list[str]) -> Relay:
     return Relay(ex, LOCAL, response, Passthrough())
 
 
-async def test_a_whole_answer_is_announced_and_recorded_before_its_last_bytes() -> None:
+async def test_a_whole_answer_is_recorded_before_its_last_bytes_and_settled_after() -> None:
     calls: list[str] = []
     r = relay(STREAM, calls)
     seen: list[tuple[bytes, list[str]]] = []
     async for chunk in r.events():
         seen.append((chunk, list(calls)))
     assert b"".join(chunk for chunk, _ in seen) == STREAM
-    # the last bytes go out only once the answer is announced and its record made
-    assert seen[-1][1] == ["answered", "finish"]
+    # the last bytes go out only once the answer's record is made
+    assert seen[-1][1] == ["finish"]
     assert all(not before for _, before in seen[:-1])
-    await r.close()
-    assert calls == ["answered", "finish"]  # close does not record it twice
+    await r.close()  # right after the last bytes
+    assert calls == ["finish", "settled"]  # close does not record it twice
 
 
-async def test_a_broken_answer_is_not_announced_and_ends_with_an_error_event() -> None:
+async def test_a_broken_answer_ends_with_an_error_event() -> None:
     calls: list[str] = []
     r = relay(Broken(), calls)
     seen: list[tuple[bytes, list[str]]] = []
@@ -77,4 +77,4 @@ async def test_a_broken_answer_is_not_announced_and_ends_with_an_error_event() -
     assert sent[len(FIRST) :].startswith(b"event: error\n")
     assert seen[-1][1] == ["finish"]  # recorded (as failed) before the error event
     await r.close()
-    assert calls == ["finish"]
+    assert calls == ["finish", "settled"]

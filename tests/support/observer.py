@@ -9,24 +9,22 @@ from prefixgate.store.audit import AuditRecord
 
 
 class Told:
-    """Stands for ``CacheObserver``: notes ``answered`` and ``finish``, commits at once."""
+    """Stands for ``CacheObserver``: notes ``finish`` and the work it leaves for
+    ``Exchange.settle`` (``settled``), commits at once."""
 
     def __init__(self, calls: list[str] | None = None) -> None:
         self.calls: list[str] = [] if calls is None else calls
         self.records: list[AuditRecord] = []
-
-    def answered(self, seen: Any) -> None:
-        self.calls.append("answered")
 
     def finish(
         self,
         rec: AuditRecord,
         seen: Any,
         *,
-        remembered: bool = False,
         on_commit: Callable[[], None] | None = None,
-    ) -> None:
+    ) -> Callable[[], None]:
         self.calls.append("finish")
         self.records.append(rec)
         if on_commit is not None:
             on_commit()
+        return lambda: self.calls.append("settled")

@@ -5,7 +5,8 @@ learns what happens to it on the way (its rewrite, the upstream it is sent to,
 the observation), is told how it ended (``answered``, ``failed``,
 ``refused``) and, in ``end``, releases its replica and writes its one audit
 record (``store.records.audit_record``), once, whoever ends it: the request
-handler's ``finally``, or the stream relay when the answer streams.
+handler's ``finally``, or the stream relay when the answer streams. ``settle``
+then does what can wait until the client has the answer.
 """
 
 from __future__ import annotations
@@ -66,16 +67,13 @@ async def read_body(request: Request, limit: int) -> bytes:
 class Observer(Protocol):
     """What an exchange reports to (``CacheObserver``)."""
 
-    def answered(self, seen: Observation) -> None: ...
-
     def finish(
         self,
         rec: AuditRecord,
         seen: Observation | None,
         *,
-        remembered: bool = False,
         on_commit: Callable[[], None] | None = None,
-    ) -> None: ...
+    ) -> Callable[[], None]: ...
 
 
 @dataclass
@@ -102,7 +100,7 @@ class Exchange:
     # how it ended, and what is left to do then
     _outcome: Outcome | None = field(default=None, init=False, repr=False)
     _release: Callable[[], None] | None = field(default=None, init=False, repr=False)
-    _held: bool = field(default=False, init=False, repr=False)  # the observer knows
+    _after: Callable[[], None] | None = field(default=None, init=False, repr=False)
     _ended: bool = field(default=False, init=False, repr=False)
 
     @property
@@ -133,12 +131,6 @@ class Exchange:
         """The replica it was sent to failed it: release the hold before the next."""
         self._let_go()
 
-    def holds_prompt(self) -> None:
-        """The upstream answered in full: it holds the prompt (before the last bytes go out)."""
-        if self.seen is not None and not self._held:
-            self._held = True
-            self.observer.answered(self.seen)
-
     def answered(
         self,
         status: int,
@@ -162,7 +154,9 @@ class Exchange:
             self._outcome = outcome
 
     def end(self) -> None:
-        """Release its replica and write its one audit record (later calls do nothing)."""
+        """Release its replica and write its one audit record (later calls do nothing).
+
+        What is left for when the client has its answer waits for ``settle``."""
         if self._ended:
             return
         self._ended = True
@@ -170,7 +164,17 @@ class Exchange:
         outcome = self._outcome or Outcome(500, error=INTERNAL)
         rec = audit_record(self, outcome, capture_bodies=self.capture_bodies)
         self.committed = committed = asyncio.get_running_loop().create_future()
-        self.observer.finish(rec, self.seen, remembered=self._held, on_commit=_setter(committed))
+        self._after = self.observer.finish(rec, self.seen, on_commit=_setter(committed))
+
+    def settle(self) -> None:
+        """The client has its answer (or is gone): the observer's work left from
+        ``end`` (the cache model learns the prompt, metrics, the log line), once.
+
+        Called before the gateway reads the client's next request: by the relay
+        right after the last bytes, else right after ``end``."""
+        after, self._after = self._after, None
+        if after is not None:
+            after()
 
     def _let_go(self) -> None:
         if self._release is not None:

@@ -307,6 +307,7 @@ class Guard:
         )
         ex.refused(status, message)
         ex.end()
+        ex.settle()
         return ex.request_id
 
 

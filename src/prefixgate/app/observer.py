@@ -17,6 +17,7 @@ a task cut short still writes its record, without the expected count.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -113,9 +114,9 @@ class CacheObserver:
     def answered(self, seen: Observation) -> None:
         """The upstream has answered ``seen`` in full: it now holds that prompt.
 
-        Called before the client gets the end of the answer, so a client that
-        sends its next request at once is compared with this one (a streamed
-        answer is audited only later, when its response closes).
+        Called (through ``finish``'s after-work) as soon as the client has the
+        answer and before the gateway reads anything more, so a client that
+        sends its next request at once is compared with this one.
         """
         if seen.identity.kind not in UNCACHED_KINDS:  # never reached the upstream's cache
             scope = seen.where if seen.upstream.replica else ""
@@ -138,30 +139,40 @@ class CacheObserver:
         rec: AuditRecord,
         seen: Observation | None,
         *,
-        remembered: bool = False,
         on_commit: Callable[[], None] | None = None,
-    ) -> None:
+    ) -> Callable[[], None]:
         """Complete ``rec`` with the cache fields off the request path, then record it.
 
-        ``remembered``: ``answered`` was already called for this request.
         ``on_commit``: called (from any thread) once the record is on disk. When
         the cause still needs the upstream's tokenizer, the record is written
         at once without it, and again (same ``request_id``) when complete, so a
-        gateway killed meanwhile keeps every answered request."""
-        answered = rec.status == 200 and rec.error is None
-        if seen is not None and answered and not remembered:
-            self.answered(seen)
+        gateway killed meanwhile keeps every answered request.
+
+        Returns what is left for when the client has its answer (the caller
+        calls it then, before its next request can be read): the cache model
+        learns the prompt the upstream now holds, and the record is counted in
+        the metrics and logged (when complete)."""
+        learnt = seen if seen is not None and rec.status == 200 and rec.error is None else None
         if seen is None or not self.upstreams.started or seen.identity.kind in UNCACHED_KINDS:
-            self._write(rec, on_commit)
-            return
+            self._record(rec, on_commit)
+            return functools.partial(self._after, learnt, rec)
         known = self.counter(seen.upstream).known(seen.rewrite.view.pieces)
         if known is not None:  # nothing to ask the upstream: finish now
-            self._write(self._judged(rec, seen, *known), on_commit)
-            return
-        self._provisional(rec, on_commit)
+            rec = self._judged(rec, seen, *known)
+            self._record(rec, on_commit)
+            return functools.partial(self._after, learnt, rec)
+        self._record(rec, on_commit)  # provisional: replaced when the count is known
         task = asyncio.get_running_loop().create_task(self._complete(rec, seen))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return functools.partial(self._after, learnt, None)
+
+    def _after(self, learnt: Observation | None, rec: AuditRecord | None) -> None:
+        """``finish``'s part for after the answer (see there)."""
+        if learnt is not None:
+            self.answered(learnt)
+        if rec is not None:
+            self._observed(rec)
 
     @property
     def pending(self) -> int:
@@ -186,7 +197,9 @@ class CacheObserver:
         except Exception:  # a failed count must not lose the record
             log.exception("counting expected cached tokens failed")
         finally:  # also when cancelled at shutdown
-            self._write(self._judged(rec, seen, tokens, source))
+            judged = self._judged(rec, seen, tokens, source)
+            self._record(judged)
+            self._observed(judged)
 
     def _judged(
         self,
@@ -233,22 +246,16 @@ class CacheObserver:
             counter = self._counters[upstream.url] = TokenCounter(upstream, client)
         return counter
 
-    def _provisional(self, rec: AuditRecord, on_commit: Callable[[], None] | None) -> None:
-        """The record without its expected count; replaced when that is known."""
-        try:
-            self.audit.record(rec, on_commit)
-        except Exception:
-            log.exception("audit record could not be written")
-            if on_commit is not None:
-                on_commit()
-
-    def _write(self, rec: AuditRecord, on_commit: Callable[[], None] | None = None) -> None:
+    def _record(self, rec: AuditRecord, on_commit: Callable[[], None] | None = None) -> None:
         try:
             self.audit.record(rec, on_commit)
         except Exception:  # an audit failure must never fail the request
             log.exception("audit record could not be written")
             if on_commit is not None:
                 on_commit()
+
+    def _observed(self, rec: AuditRecord) -> None:
+        """``rec`` counted in the metrics and logged."""
         try:
             self.metrics.observe(rec)
         except Exception:

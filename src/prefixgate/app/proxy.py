@@ -124,6 +124,7 @@ class Proxy:
         finally:
             if not isinstance(response, RelayResponse):  # a stream's relay ends it
                 ex.end()
+                ex.settle()
         response.headers[REQUEST_ID_HEADER] = ex.request_id
         if not isinstance(response, RelayResponse):  # a stream waits before its last bytes
             await ex.durable()

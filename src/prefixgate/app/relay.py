@@ -15,7 +15,9 @@ cannot finish), goes silent for longer than ``stream_idle_timeout``, ends
 before ``message_stop``, or the gateway stops (``Streams.abort``). The audit
 record is made before the last bytes go out, and is committed (``Exchange.durable``)
 before they do. ``RelayResponse`` closes the upstream answer however the
-response ends, and records a stream the client abandoned.
+response ends, records a stream the client abandoned, and settles the exchange
+(``Exchange.settle``: the cache model, metrics, the log line) once the last
+bytes are out.
 """
 
 from __future__ import annotations
@@ -176,8 +178,6 @@ class Relay:
                 out = b""  # an unfinished event: a client's parser would drop it at the end
             yield await self._ending(cut.message, out + self._stream.fail(cut))
             return
-        if summary.error is None:
-            self._ex.holds_prompt()  # before the client can send its next request
         out = await self._ending(None, out)
         if out:
             yield out
@@ -262,13 +262,18 @@ class Relay:
                 await self._response.aclose()
 
     async def close(self) -> None:
-        """Close the upstream answer (once); record the stream if it was abandoned."""
+        """Close the upstream answer (once); record the stream if it was abandoned.
+
+        Called right after the last bytes went out (``RelayResponse``): what the
+        exchange left for then (``Exchange.settle``) is done before the gateway
+        reads the client's next request."""
         if self._closed:
             return
         self._closed = True
         if self._streams is not None:
             self._streams.discard(self)
         self._record()
+        self._ex.settle()
         with anyio.CancelScope(shield=True):
             await self._response.aclose()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from support.observer import Told
@@ -44,6 +46,15 @@ async def test_it_ends_once_with_one_record_and_one_release() -> None:
     assert rec.total_ms is not None and rec.request_id == ex.request_id
     await ex.durable(timeout=1)  # committed: returns at once
     assert ex.committed is not None and ex.committed.done()
+
+
+async def test_a_commit_that_never_comes_delays_the_answer_by_the_timeout_only() -> None:
+    ex = exchange(Told())
+    ex.committed = asyncio.get_running_loop().create_future()  # a stuck disk
+    started = time.monotonic()
+    await ex.durable(timeout=0.1)
+    await ex.durable(timeout=5)  # given up on: at once
+    assert 0.09 <= time.monotonic() - started < 2
 
 
 async def test_the_first_word_on_it_stands() -> None:

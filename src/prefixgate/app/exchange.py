@@ -188,9 +188,12 @@ class Exchange:
         its whole answer can count on the record, even if the gateway is then
         killed. A stuck disk delays the answer by ``timeout`` at most.
         """
-        if self.committed is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self.committed), timeout)
+        committed = self.committed
+        if committed is None or committed.done():
+            return
+        with contextlib.suppress(TimeoutError):  # the future is only ours: no shield
+            async with asyncio.timeout(timeout):
+                await committed
 
 
 def _setter(future: asyncio.Future[None]) -> Callable[[], None]:

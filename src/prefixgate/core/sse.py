@@ -143,10 +143,16 @@ class SSEDecoder:
             if self._first_line:
                 self._first_line = False
                 content = content.removeprefix(_BOM)
-            if content:
-                self._field(content.decode("utf-8", "replace"))
-            else:
+            if not content:
                 events.append(self._dispatch())
+            elif content.startswith(b"data: "):  # the usual lines, read without _field
+                self._data.append(content[6:].decode("utf-8", "replace"))
+                self._has_field = True
+            elif content.startswith(b"event: "):
+                self._event = content[7:].decode("utf-8", "replace")
+                self._has_field = True
+            else:
+                self._field(content.decode("utf-8", "replace"))
         return events
 
     def _field(self, line: str) -> None:

@@ -339,5 +339,8 @@ def splice_system(raw: bytes, old: Mapping[str, Any], new: Mapping[str, Any]) ->
         key = b'"system"' + style[1].encode()
         needle = key + _encode(old["system"], style)
         if raw.startswith(needle, at):
-            return b"".join((raw[:at], key, _encode(new["system"], style), raw[at + len(needle) :]))
+            view = memoryview(raw)  # the parts are copied once, by the join
+            return b"".join(
+                (view[:at], key, _encode(new["system"], style), view[at + len(needle) :])
+            )
     return _encode(dict(new))

@@ -245,11 +245,14 @@ class WireTransport(httpx.AsyncBaseTransport):
         for name, value in request.headers.raw:
             head += (name, b": ", value, b"\r\n")
         head.append(b"\r\n")
-        try:
-            async with asyncio.timeout(timeouts.get("pool")):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise httpx.PoolTimeout("no connection to the upstream came free in time") from None
+        if self._slots.locked():  # every connection in use: wait, up to the pool timeout
+            try:
+                async with asyncio.timeout(timeouts.get("pool")):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise httpx.PoolTimeout("no connection to the upstream came free in time") from None
+        else:
+            await self._slots.acquire()  # at once: no timer to set and cancel
         conn: _Connection | None = None
         try:
             conn = await self._connection(origin, timeouts.get("connect"))

@@ -15,7 +15,7 @@ import socket
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
@@ -213,10 +213,25 @@ async def listening(handle: Handler) -> AsyncIterator[str]:
                 await server.wait_closed()
 
 
+class Serves(Protocol):
+    """A server object: ``serve`` handles one connection; ``url`` is set once it listens."""
+
+    url: str
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None: ...
+
+
+S = TypeVar("S", bound=Serves)
+
+
 @contextlib.asynccontextmanager
-async def scripted_upstream(script: Script) -> AsyncIterator[ScriptedUpstream]:
+async def serving(server: S) -> AsyncIterator[S]:
+    """``server`` listening on a free loopback port, its ``url`` set."""
+    async with listening(server.serve) as url:
+        server.url = url
+        yield server
+
+
+def scripted_upstream(script: Script) -> contextlib.AbstractAsyncContextManager[ScriptedUpstream]:
     """A ``ScriptedUpstream`` listening on a free loopback port (its ``url``)."""
-    upstream = ScriptedUpstream(script)
-    async with listening(upstream.serve) as url:
-        upstream.url = url
-        yield upstream
+    return serving(ScriptedUpstream(script))

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 from support.servers import free_port
-from support.upstream import listening, read_request
+from support.upstream import read_request, serving
 
 from prefixgate.upstreams import wire
 from prefixgate.upstreams.wire import WireTransport
@@ -40,12 +40,8 @@ class RawServer:
             writer.close()
 
 
-@contextlib.asynccontextmanager
-async def raw_server(answer: Answer) -> AsyncIterator[RawServer]:
-    raw = RawServer(answer)
-    async with listening(raw.serve) as url:
-        raw.url = url
-        yield raw
+def raw_server(answer: Answer) -> contextlib.AbstractAsyncContextManager[RawServer]:
+    return serving(RawServer(answer))
 
 
 @contextlib.asynccontextmanager
